@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The README's "test" command (and what .ci/run calls): install, build, run
+# every test through ctest, which ends with its pass/fail summary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/build.sh -DSSM_BUILD_TESTS=ON
+jobs=$(nproc 2>/dev/null || echo 2)
+cd build
+ctest --output-on-failure -j "$jobs"
