@@ -1,0 +1,79 @@
+// Recurrent mode: advance a batch of independent sessions of one SSM layer
+// (H channels) step by step,
+//   x_k = Ab x_{k-1} + Bb u_k,   y_k = Re(Cf^T x_k) + D u_k.
+//
+// State layout (shared with the convolutional mode's carried state): for
+// each session b and channel h, the M kept modes of the conjugate-symmetric
+// state as M real parts followed by M imaginary parts, i.e. batch x H x 2M
+// doubles. Inputs and outputs are batch x H x T (channels first, the same
+// layout as the convolutional mode), so one step is batch x H.
+//
+// Kinds:
+//   kFast   rank 0: the diagonal step, O(M) per channel (ZOH or bilinear).
+//           rank r: the bilinear step through Woodbury's identity on
+//           I - dt/2 A = (1 - dt/2 Lambda) + dt/2 P P^*, O(M r) per channel
+//           and exact. (Diagonalizing Ab instead, as the S4 reference's
+//           "diagonal" step does, is ill-conditioned: HiPPO-LegS's
+//           eigenvectors have a condition number near 2^(4N/3).)
+//   kDense  the full N x N discretized matrix, O(N^2): the reference.
+//
+// Errors: InvalidArgument naming the argument for a bad system, sizes that
+// disagree, or a non-finite input (then neither state nor outputs change).
+// Thread safety: const methods may run concurrently on different states.
+
+#ifndef SSM_RECURRENT_H_
+#define SSM_RECURRENT_H_
+
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "ssm/discretize.h"
+#include "ssm/dplr.h"
+
+namespace ssm {
+
+class SsmStepper {
+ public:
+  enum class Kind { kFast, kDense };
+
+  // system.C is C (not C~; see kernel.h's CFromCTilde). d has H entries.
+  // Rank > 0 supports the bilinear discretization only.
+  static absl::StatusOr<SsmStepper> Create(const DplrSystem& system,
+                                           const Eigen::VectorXd& d,
+                                           Discretization method,
+                                           Kind kind = Kind::kFast);
+
+  int channels() const { return channels_; }
+  int modes() const { return modes_; }
+  // Doubles of state per session: H * 2M.
+  int state_size() const { return channels_ * 2 * modes_; }
+
+  // Runs `steps` steps for `batch` sessions: u and y are batch x H x steps,
+  // state is batch x state_size() and is updated in place.
+  absl::Status Run(absl::Span<const double> u, int batch, int steps,
+                   absl::Span<double> state, absl::Span<double> y) const;
+
+ private:
+  SsmStepper() = default;
+  void StepChannel(int h, const double* u, int steps, double* x, double* y) const;
+
+  Kind kind_ = Kind::kFast;
+  int channels_ = 0, modes_ = 0, rank_ = 0;
+  // Per channel, SoA (M reals then M imaginaries), H x 2M each.
+  std::vector<double> a_, b_, c_;  // diagonal: Ab, Bb, C
+  // Woodbury step: e = 1 + dt/2 lambda, d = 1/(1 - dt/2 lambda), P, d P,
+  // conj(P) d, dt B, and (I + dt/2 G)^-1 (r x r per channel).
+  std::vector<double> e_, dinv_, p_, dp_, qd_, db_, ginv_;
+  std::vector<double> dt_;
+  Eigen::VectorXd d_;
+  // Dense reference: per channel the full N x N Ab and Bb, Cf.
+  std::vector<Eigen::MatrixXcd> dense_a_;
+  std::vector<Eigen::VectorXcd> dense_b_, dense_c_;
+};
+
+}  // namespace ssm
+
+#endif  // SSM_RECURRENT_H_

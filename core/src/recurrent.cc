@@ -1,0 +1,295 @@
+#include "ssm/recurrent.h"
+
+#include <cmath>
+
+#include <Eigen/Dense>
+
+#include "absl/strings/str_cat.h"
+#include "check.h"
+#include "kernel_internal.h"
+#include "parallel.h"
+#include "ssm/kernel.h"
+
+namespace ssm {
+namespace {
+
+// Writes complex values as M reals then M imaginaries at `out`.
+template <typename Row>
+void PutSoA(const Row& row, double* out) {
+  const Eigen::Index m = row.size();
+  for (Eigen::Index j = 0; j < m; ++j) {
+    out[j] = row(j).real();
+    out[m + j] = row(j).imag();
+  }
+}
+
+// The diagonal step over T inputs. Partial sums in kLanes independent
+// accumulators let the compiler vectorize the output reduction without
+// reassociating floating-point sums.
+constexpr int kLanes = 8;
+
+__attribute__((target_clones("arch=x86-64-v3", "default")))
+void DiagonalSteps(int m, const double* a, const double* b, const double* c,
+                   double d, const double* u, int steps, double* x, double* y) {
+  const double *ar = a, *ai = a + m, *br = b, *bi = b + m, *cr = c, *ci = c + m;
+  double *xr = x, *xi = x + m;
+  for (int t = 0; t < steps; ++t) {
+    const double in = u[t];
+    double acc[kLanes] = {};
+    int j = 0;
+    for (; j + kLanes <= m; j += kLanes) {
+      for (int l = 0; l < kLanes; ++l) {
+        const int k = j + l;
+        const double nr = ar[k] * xr[k] - ai[k] * xi[k] + br[k] * in;
+        const double ni = ar[k] * xi[k] + ai[k] * xr[k] + bi[k] * in;
+        xr[k] = nr;
+        xi[k] = ni;
+        acc[l] += cr[k] * nr - ci[k] * ni;
+      }
+    }
+    double sum = 0;
+    for (; j < m; ++j) {
+      const double nr = ar[j] * xr[j] - ai[j] * xi[j] + br[j] * in;
+      const double ni = ar[j] * xi[j] + ai[j] * xr[j] + bi[j] * in;
+      xr[j] = nr;
+      xi[j] = ni;
+      sum += cr[j] * nr - ci[j] * ni;
+    }
+    for (int l = 0; l < kLanes; ++l) sum += acc[l];
+    y[t] = 2 * sum + d * in;
+  }
+}
+
+// sum_j Re(conj(p_j) x_j) = sum pr xr + pi xi, both SoA of length m.
+double ReDot(int m, const double* p, const double* x) {
+  double s = 0;
+  for (int j = 0; j < m; ++j) s += p[j] * x[j] + p[m + j] * x[m + j];
+  return s;
+}
+
+}  // namespace
+
+absl::StatusOr<SsmStepper> SsmStepper::Create(const DplrSystem& s,
+                                              const Eigen::VectorXd& d,
+                                              Discretization method, Kind kind) {
+  if (auto st = ValidateDplr(s); !st.ok()) return st;
+  if (d.size() != s.channels()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "D must have H = ", s.channels(), " entries, got ", d.size()));
+  }
+  if (auto st = internal::CheckAllFinite(d, "D"); !st.ok()) return st;
+  if (method.kind == Discretization::Kind::kGbt &&
+      !(method.alpha >= 0 && method.alpha <= 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("alpha must be in [0, 1], got ", method.alpha));
+  }
+  const bool bilinear = method.kind == Discretization::Kind::kGbt && method.alpha == 0.5;
+  if (kind == Kind::kFast && s.rank() > 0 && !bilinear) {
+    return absl::InvalidArgumentError(
+        "discretization: the low-rank (DPLR) step supports bilinear only");
+  }
+  SsmStepper st;
+  st.kind_ = kind;
+  st.channels_ = s.channels();
+  st.modes_ = s.modes();
+  st.rank_ = s.rank();
+  st.d_ = d;
+  const int h_count = s.channels(), m = s.modes(), r = s.rank();
+
+  if (r > kMaxRank) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("rank must be <= ", kMaxRank, ", got ", r));
+  }
+  if (kind == Kind::kDense) {
+    for (int h = 0; h < h_count; ++h) {
+      const internal::FullState f = internal::MakeFullState(s, h);
+      internal::DiscreteFull df = internal::DiscretizeFull(f, s.dt(h), method);
+      st.dense_a_.push_back(std::move(df.A));
+      st.dense_b_.push_back(std::move(df.B));
+      st.dense_c_.push_back(f.C);
+    }
+    return st;
+  }
+
+  if (r == 0) {
+    absl::StatusOr<DiagonalSystem> disc = DiscretizeDiagonal(
+        {Eigen::MatrixXcd(s.lambda), Eigen::MatrixXcd(s.B)}, s.dt, method);
+    if (!disc.ok()) return disc.status();
+    st.a_.resize(h_count * 2 * m);
+    st.b_.resize(h_count * 2 * m);
+    st.c_.resize(h_count * 2 * m);
+    for (int h = 0; h < h_count; ++h) {
+      PutSoA(disc->A.row(h), &st.a_[h * 2 * m]);
+      PutSoA(disc->B.row(h), &st.b_[h * 2 * m]);
+      PutSoA(s.C.row(h), &st.c_[h * 2 * m]);
+    }
+    return st;
+  }
+
+  st.c_.resize(h_count * 2 * m);
+  st.e_.resize(h_count * 2 * m);
+  st.dinv_.resize(h_count * 2 * m);
+  st.db_.resize(h_count * 2 * m);
+  st.p_.resize(h_count * r * 2 * m);
+  st.dp_.resize(h_count * r * 2 * m);
+  st.qd_.resize(h_count * r * 2 * m);
+  st.ginv_.resize(h_count * r * r);
+  st.dt_.resize(h_count);
+  for (int h = 0; h < h_count; ++h) {
+    const double dt = s.dt(h);
+    st.dt_[h] = dt;
+    const Eigen::RowVectorXcd lam = s.lambda.row(h);
+    const Eigen::RowVectorXcd dinv =
+        (Eigen::RowVectorXcd::Ones(m) - (dt / 2) * lam).cwiseInverse();
+    if (auto chk = internal::CheckAllFinite(dinv, "1/(1 - dt/2 Lambda)"); !chk.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("channel ", h, ": ", chk.message()));
+    }
+    PutSoA(s.C.row(h), &st.c_[h * 2 * m]);
+    PutSoA(Eigen::RowVectorXcd(Eigen::RowVectorXcd::Ones(m) + (dt / 2) * lam), &st.e_[h * 2 * m]);
+    PutSoA(dinv, &st.dinv_[h * 2 * m]);
+    PutSoA(Eigen::RowVectorXcd(dt * s.B.row(h)), &st.db_[h * 2 * m]);
+    // G_ba = 2 Re sum conj(P_b) d P_a; the step solves (I + dt/2 G) s = t.
+    Eigen::MatrixXd g(r, r);
+    for (int a = 0; a < r; ++a) {
+      const Eigen::RowVectorXcd pa = s.P[a].row(h);
+      PutSoA(pa, &st.p_[(h * r + a) * 2 * m]);
+      PutSoA(Eigen::RowVectorXcd(dinv.cwiseProduct(pa)), &st.dp_[(h * r + a) * 2 * m]);
+      PutSoA(Eigen::RowVectorXcd(pa.conjugate().cwiseProduct(dinv)), &st.qd_[(h * r + a) * 2 * m]);
+      for (int b = 0; b < r; ++b) {
+        g(b, a) = 2 * (s.P[b].row(h).conjugate().cwiseProduct(dinv).cwiseProduct(pa)).sum().real();
+      }
+    }
+    const Eigen::MatrixXd sys = Eigen::MatrixXd::Identity(r, r) + (dt / 2) * g;
+    const Eigen::FullPivLU<Eigen::MatrixXd> lu(sys);
+    if (!lu.isInvertible()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "channel ", h, ": the low-rank step's r x r system is singular"));
+    }
+    Eigen::Map<Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(
+        &st.ginv_[h * r * r], r, r) = lu.inverse();
+  }
+  return st;
+}
+
+void SsmStepper::StepChannel(int h, const double* u, int steps, double* x,
+                             double* y) const {
+  const int m = modes_, r = rank_;
+  const double d = d_(h);
+  if (kind_ == Kind::kDense) {
+    const Eigen::MatrixXcd& a = dense_a_[h];
+    const Eigen::VectorXcd& b = dense_b_[h];
+    const Eigen::VectorXcd& c = dense_c_[h];
+    Eigen::VectorXcd full(2 * m), next(2 * m);
+    for (int j = 0; j < m; ++j) {
+      full(j) = cdouble(x[j], x[m + j]);
+      full(m + j) = std::conj(full(j));
+    }
+    for (int t = 0; t < steps; ++t) {
+      next.noalias() = a * full + b * u[t];
+      full.swap(next);
+      y[t] = c.cwiseProduct(full).sum().real() + d * u[t];  // Cf^T x, no conj
+    }
+    for (int j = 0; j < m; ++j) {
+      x[j] = full(j).real();
+      x[m + j] = full(j).imag();
+    }
+    return;
+  }
+  const int off = h * 2 * m;
+  if (r == 0) {
+    DiagonalSteps(m, &a_[off], &b_[off], &c_[off], d, u, steps, x, y);
+    return;
+  }
+  // Woodbury bilinear step (see the header); w is this thread's scratch.
+  thread_local std::vector<double> w;
+  if (static_cast<int>(w.size()) < 2 * m) w.resize(2 * m);
+  double s[kMaxRank], t_vec[kMaxRank];
+  const double half_dt = dt_[h] / 2;
+  const double *e = &e_[off], *dv = &dinv_[off], *db = &db_[off], *c = &c_[off];
+  const double* ginv = &ginv_[h * r * r];
+  double *xr = x, *xi = x + m;
+  for (int t = 0; t < steps; ++t) {
+    const double in = u[t];
+    for (int a = 0; a < r; ++a) s[a] = 2 * ReDot(m, &p_[(h * r + a) * 2 * m], x);
+    // w = e x - dt/2 sum_a P_a s_a + dt B u
+    for (int j = 0; j < m; ++j) {
+      double wr = e[j] * xr[j] - e[m + j] * xi[j] + db[j] * in;
+      double wi = e[j] * xi[j] + e[m + j] * xr[j] + db[m + j] * in;
+      for (int a = 0; a < r; ++a) {
+        const double* p = &p_[(h * r + a) * 2 * m];
+        wr -= half_dt * p[j] * s[a];
+        wi -= half_dt * p[m + j] * s[a];
+      }
+      w[j] = wr;
+      w[m + j] = wi;
+    }
+    // t_b = 2 Re sum conj(P_b) d w, then s = (I + dt/2 G)^-1 t.
+    for (int b = 0; b < r; ++b) {
+      const double* q = &qd_[(h * r + b) * 2 * m];
+      double acc = 0;
+      for (int j = 0; j < m; ++j) acc += q[j] * w[j] - q[m + j] * w[m + j];
+      t_vec[b] = 2 * acc;
+    }
+    for (int a = 0; a < r; ++a) {
+      double acc = 0;
+      for (int b = 0; b < r; ++b) acc += ginv[a * r + b] * t_vec[b];
+      s[a] = acc;
+    }
+    // x = d w - dt/2 sum_a (d P_a) s_a; y = 2 Re sum C x + D u.
+    double out = 0;
+    for (int j = 0; j < m; ++j) {
+      double nr = dv[j] * w[j] - dv[m + j] * w[m + j];
+      double ni = dv[j] * w[m + j] + dv[m + j] * w[j];
+      for (int a = 0; a < r; ++a) {
+        const double* dp = &dp_[(h * r + a) * 2 * m];
+        nr -= half_dt * dp[j] * s[a];
+        ni -= half_dt * dp[m + j] * s[a];
+      }
+      xr[j] = nr;
+      xi[j] = ni;
+      out += c[j] * nr - c[m + j] * ni;
+    }
+    y[t] = 2 * out + d * in;
+  }
+}
+
+absl::Status SsmStepper::Run(absl::Span<const double> u, int batch, int steps,
+                             absl::Span<double> state, absl::Span<double> y) const {
+  if (batch < 1 || steps < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "batch and steps must be >= 1, got ", batch, " and ", steps));
+  }
+  const size_t io = static_cast<size_t>(batch) * channels_ * steps;
+  if (u.size() != io) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "u must have batch x H x steps = ", io, " values, got ", u.size()));
+  }
+  if (y.size() != io) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "y must have batch x H x steps = ", io, " values, got ", y.size()));
+  }
+  const size_t states = static_cast<size_t>(batch) * state_size();
+  if (state.size() != states) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "state must have batch x H x 2M = ", states, " values, got ", state.size()));
+  }
+  for (size_t i = 0; i < u.size(); ++i) {
+    if (!std::isfinite(u[i])) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "u has a non-finite value at index ", i));
+    }
+  }
+  const int64_t rows = static_cast<int64_t>(batch) * channels_;
+  // A thread hand-off costs microseconds: only split work that is larger.
+  const int64_t min_block =
+      std::max<int64_t>(1, 65536 / (int64_t(steps) * modes_ * (rank_ + 1)));
+  internal::ParallelFor(rows, min_block, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int h = static_cast<int>(row % channels_);
+      StepChannel(h, &u[row * steps], steps, &state[row * 2 * modes_], &y[row * steps]);
+    }
+  });
+  return absl::OkStatus();
+}
+
+}  // namespace ssm
