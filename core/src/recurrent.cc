@@ -29,12 +29,45 @@ void PutSoA(const Row& row, double* out) {
 constexpr int kLanes = 8;
 
 __attribute__((target_clones("arch=x86-64-v3", "default")))
-void DiagonalSteps(int m, const double* a, const double* b, const double* c,
-                   double d, const double* u, int steps, double* x, double* y) {
+void DiagonalSteps(int m, const double* __restrict a, const double* __restrict b,
+                   const double* __restrict c, double d, const double* __restrict u,
+                   int steps, double* __restrict x, double* __restrict y) {
   const double *ar = a, *ai = a + m, *br = b, *bi = b + m, *cr = c, *ci = c + m;
-  double *xr = x, *xi = x + m;
+  double *__restrict xr = x, *__restrict xi = x + m;
   for (int t = 0; t < steps; ++t) {
     const double in = u[t];
+    for (int j = 0; j < m; ++j) {
+      const double nr = ar[j] * xr[j] - ai[j] * xi[j] + br[j] * in;
+      const double ni = ar[j] * xi[j] + ai[j] * xr[j] + bi[j] * in;
+      xr[j] = nr;
+      xi[j] = ni;
+    }
+    double acc[kLanes] = {};
+    int j = 0;
+    for (; j + kLanes <= m; j += kLanes) {
+      for (int l = 0; l < kLanes; ++l) acc[l] += cr[j + l] * xr[j + l] - ci[j + l] * xi[j + l];
+    }
+    double sum = 0;
+    for (; j < m; ++j) sum += cr[j] * xr[j] - ci[j] * xi[j];
+    for (int l = 0; l < kLanes; ++l) sum += acc[l];
+    y[t] = 2 * sum + d * in;
+  }
+}
+
+// One step of every channel of one session: the streaming hot path. One
+// call walks the H x 2M parameter and state arrays front to back, which keeps
+// the hardware prefetcher busy; per-channel calls were 4x slower.
+__attribute__((target_clones("arch=x86-64-v3", "default")))
+void DiagonalStepAllChannels(int h_count, int m, const double* __restrict a,
+                             const double* __restrict b, const double* __restrict c,
+                             const double* __restrict d, const double* __restrict u,
+                             double* __restrict x, double* __restrict y) {
+  for (int h = 0; h < h_count; ++h) {
+    const size_t off = static_cast<size_t>(h) * 2 * m;
+    const double *ar = a + off, *ai = ar + m, *br = b + off, *bi = br + m;
+    const double *cr = c + off, *ci = cr + m;
+    double *__restrict xr = x + off, *__restrict xi = xr + m;
+    const double in = u[h];
     double acc[kLanes] = {};
     int j = 0;
     for (; j + kLanes <= m; j += kLanes) {
@@ -56,7 +89,7 @@ void DiagonalSteps(int m, const double* a, const double* b, const double* c,
       sum += cr[j] * nr - ci[j] * ni;
     }
     for (int l = 0; l < kLanes; ++l) sum += acc[l];
-    y[t] = 2 * sum + d * in;
+    y[h] = 2 * sum + d[h] * in;
   }
 }
 
@@ -278,6 +311,17 @@ absl::Status SsmStepper::Run(absl::Span<const double> u, int batch, int steps,
       return absl::InvalidArgumentError(absl::StrCat(
           "u has a non-finite value at index ", i));
     }
+  }
+  if (steps == 1 && rank_ == 0 && kind_ == Kind::kFast) {
+    const int64_t per_session = std::max<int64_t>(1, 65536 / state_size());
+    internal::ParallelFor(batch, per_session, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        DiagonalStepAllChannels(channels_, modes_, a_.data(), b_.data(), c_.data(),
+                                d_.data(), &u[b * channels_], &state[b * state_size()],
+                                &y[b * channels_]);
+      }
+    });
+    return absl::OkStatus();
   }
   const int64_t rows = static_cast<int64_t>(batch) * channels_;
   // A thread hand-off costs microseconds: only split work that is larger.

@@ -1,0 +1,63 @@
+// Kernels and recurrent steps of one SSM layer. Argument order is fixed so
+// figures stay comparable across commits (README's table):
+//   BM_KernelDplr/<H>/<N>/<L>     S4 kernel from C~ (Cauchy + Woodbury + iFFT)
+//   BM_KernelDiag/<H>/<N>/<L>     S4D kernel (Vandermonde GEMM), ZOH
+//   BM_Step/<H>/<N>               one diagonal step, batch 1
+//   BM_StepDplr/<H>/<N>           one low-rank (Woodbury) step, batch 1
+//   BM_StepBatch/<B>/<H>/<N>      one diagonal step for B sessions
+
+#include <vector>
+
+#include <benchmark/benchmark.h>
+
+#include "ssm/dplr.h"
+#include "ssm/kernel.h"
+#include "ssm/recurrent.h"
+
+namespace ssm {
+namespace {
+
+void BM_KernelDiag(benchmark::State& state) {
+  const int h = static_cast<int>(state.range(0)), n = static_cast<int>(state.range(1));
+  const int length = static_cast<int>(state.range(2));
+  const DplrSystem s = *MakeS4dInit(S4dInit::kLegS, n, h, 1e-3, 1e-1, 1);
+  for (auto _ : state) {
+    absl::StatusOr<RowMatrixXd> k = DiagonalKernel(s, length, Discretization::Zoh());
+    benchmark::DoNotOptimize(k->data());
+  }
+}
+BENCHMARK(BM_KernelDiag)->Args({256, 64, 4096})->Args({256, 64, 16384})
+    ->Unit(benchmark::kMillisecond)->UseRealTime();
+
+template <int kRank>
+void BM_StepImpl(benchmark::State& state, int batch, int h, int n) {
+  const DplrSystem s = kRank == 0 ? *MakeS4dInit(S4dInit::kLegS, n, h, 1e-3, 1e-1, 1)
+                                  : *MakeS4Init(Measure::kLegS, n, h, 1e-3, 1e-1, 1);
+  const SsmStepper st = *SsmStepper::Create(s, Eigen::VectorXd::Ones(h),
+                                            Discretization::Bilinear());
+  std::vector<double> u(batch * h, 0.5), y(batch * h), x(batch * st.state_size(), 0.0);
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(st.Run(u, batch, 1, absl::MakeSpan(x), absl::MakeSpan(y)));
+    benchmark::ClobberMemory();
+  }
+  state.SetItemsProcessed(state.iterations() * batch);
+}
+
+void BM_Step(benchmark::State& state) {
+  BM_StepImpl<0>(state, 1, static_cast<int>(state.range(0)), static_cast<int>(state.range(1)));
+}
+BENCHMARK(BM_Step)->Args({256, 64});
+
+void BM_StepDplr(benchmark::State& state) {
+  BM_StepImpl<1>(state, 1, static_cast<int>(state.range(0)), static_cast<int>(state.range(1)));
+}
+BENCHMARK(BM_StepDplr)->Args({256, 64});
+
+void BM_StepBatch(benchmark::State& state) {
+  BM_StepImpl<0>(state, static_cast<int>(state.range(0)), static_cast<int>(state.range(1)),
+                 static_cast<int>(state.range(2)));
+}
+BENCHMARK(BM_StepBatch)->Args({64, 256, 64})->UseRealTime();
+
+}  // namespace
+}  // namespace ssm
