@@ -17,6 +17,20 @@
 namespace ssm {
 namespace {
 
+// Kernel from stored C~, as the S4 reference's forward pass (its setup of
+// C~ is not timed there either).
+void BM_KernelDplr(benchmark::State& state) {
+  const int h = static_cast<int>(state.range(0)), n = static_cast<int>(state.range(1));
+  const int length = static_cast<int>(state.range(2));
+  const DplrSystem s = *MakeS4Init(Measure::kLegS, n, h, 1e-3, 1e-1, 1);
+  for (auto _ : state) {
+    absl::StatusOr<RowMatrixXd> k = DplrKernel(s, length);
+    benchmark::DoNotOptimize(k->data());
+  }
+}
+BENCHMARK(BM_KernelDplr)->Args({256, 64, 4096})->Args({256, 64, 16384})
+    ->Unit(benchmark::kMillisecond)->UseRealTime();
+
 void BM_KernelDiag(benchmark::State& state) {
   const int h = static_cast<int>(state.range(0)), n = static_cast<int>(state.range(1));
   const int length = static_cast<int>(state.range(2));

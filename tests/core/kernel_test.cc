@@ -157,3 +157,50 @@ TEST(KernelTest, RejectsBadArguments) {
 
 }  // namespace
 }  // namespace ssm
+
+namespace ssm {
+namespace {
+
+TEST(KernelDplrTest, DplrKernelMatchesNaive) {
+  for (Measure m : {Measure::kLegS, Measure::kLegT, Measure::kLagT}) {
+    for (const Case& c : Grid()) {
+      const DplrSystem s = *MakeS4Init(m, c.n, c.h, 1e-3, 1e-1, 9);
+      DplrSystem with_ct = s;
+      with_ct.C = *CTilde(s, c.length);
+      const RowMatrixXd fast = *DplrKernel(with_ct, c.length);
+      const RowMatrixXd ref = *NaiveKernel(s, c.length, Discretization::Bilinear());
+      EXPECT_LT(KernelError(fast, ref), 1e-9) << MeasureName(m) << " " << Name(c);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace ssm
+
+namespace ssm {
+namespace {
+
+// Even-N FouT keeps the S4 layout's dead sin(0) slot: its DPLR form has a
+// mode at Lambda = 0, a pole at w = 1 that the generating function cannot
+// evaluate. The error says so; the naive kernel still works.
+TEST(KernelDplrTest, RefusesAZeroMode) {
+  const DplrSystem s = *MakeS4Init(Measure::kFouT, 8, 2, 1e-3, 1e-1, 9);
+  const absl::Status st = DplrKernel(s, 16).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(st.message(), HasSubstr("Lambda = 0"));
+  EXPECT_TRUE(NaiveKernel(s, 16, Discretization::Bilinear()).ok());
+}
+
+TEST(KernelDplrTest, RejectsBadArguments) {
+  const DplrSystem s = *MakeS4Init(Measure::kLegS, 8, 2, 1e-3, 1e-1, 9);
+  EXPECT_EQ(DplrKernel(s, 0).status().code(), absl::StatusCode::kInvalidArgument);
+  DplrSystem bad = s;
+  bad.P[0](0, 0) = cdouble(std::nan(""), 0);
+  EXPECT_THAT(DplrKernel(bad, 8).status().message(), HasSubstr("P[0]"));
+  DplrSystem high = s;
+  for (int i = 0; i < kMaxRank; ++i) high.P.push_back(s.P[0]);
+  EXPECT_THAT(DplrKernel(high, 8).status().message(), HasSubstr("rank must be <= 4"));
+}
+
+}  // namespace
+}  // namespace ssm
