@@ -8,6 +8,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "core/ssm_systems.h"
 #include "core/test_util.h"
 #include "ssm/kernel.h"
 #include "ssm/recurrent.h"
@@ -17,43 +18,15 @@ namespace {
 
 using ::testing::HasSubstr;
 using Eigen::VectorXd;
+using testing::RandomInput;
+using testing::RelError;
 
-std::vector<double> RandomInput(size_t n, uint64_t seed) {
-  const Eigen::MatrixXd m = testing::RandomMatrix(static_cast<int>(n), 1, seed);
-  return std::vector<double>(m.data(), m.data() + n);
-}
 
-double RelError(const std::vector<double>& a, const std::vector<double>& b) {
-  double err = 0, scale = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    err = std::max(err, std::abs(a[i] - b[i]));
-    scale = std::max(scale, std::abs(b[i]));
-  }
-  return scale == 0 ? err : err / scale;
-}
-
-struct System {
-  std::string name;
-  DplrSystem s;
-  Discretization method;
-};
-
-std::vector<System> Systems(int n, int h) {
-  std::vector<System> out;
-  for (S4dInit init : {S4dInit::kLegS, S4dInit::kLin}) {
-    for (const Discretization& m : {Discretization::Zoh(), Discretization::Bilinear()}) {
-      out.push_back({"s4d" + std::to_string(static_cast<int>(init)) +
-                         (m.kind == Discretization::Kind::kZoh ? "/zoh" : "/bilinear"),
-                     *MakeS4dInit(init, n, h, 1e-3, 1e-1, 21), m});
-    }
-  }
-  // (Even-N FouT has a mode at Lambda = 0 that the generating function
-  // cannot evaluate; kernel_test.cc checks the error.)
-  for (Measure meas : {Measure::kLegS, Measure::kLegT, Measure::kLagT}) {
-    out.push_back({"s4/" + std::string(MeasureName(meas)),
-                   *MakeS4Init(meas, n, h, 1e-3, 1e-1, 22), Discretization::Bilinear()});
-  }
-  return out;
+// (Even-N FouT has a mode at Lambda = 0 that the generating function
+// cannot evaluate; kernel_test.cc checks the error.)
+std::vector<testing::NamedSystem> Systems(int n, int h) {
+  return testing::NamedSystems(n, h, {S4dInit::kLegS, S4dInit::kLin},
+                               {Measure::kLegS, Measure::kLegT, Measure::kLagT}, 21);
 }
 
 // Copies time steps [t0, t0 + len) of every (b, h) row.
@@ -90,7 +63,7 @@ std::vector<double> Forward(const ConvMode& conv, const std::vector<double>& u, 
 // convolution) at awkward lengths.
 TEST(ConvModeTest, EqualsTheRecurrence) {
   const int h = 3, batch = 2;
-  for (const System& sys : Systems(16, h)) {
+  for (const testing::NamedSystem& sys : Systems(16, h)) {
     for (int length : {1, 2, 7, 45, 1000}) {
       const VectorXd d = VectorXd::LinSpaced(h, -1, 1);
       const ConvMode conv = *ConvMode::Create(sys.s, d, sys.method, length);
@@ -106,7 +79,7 @@ TEST(ConvModeTest, EqualsTheRecurrence) {
 
 TEST(ConvModeTest, ZeroInputGivesZeroAndImpulseGivesTheKernel) {
   const int h = 2, length = 64;
-  for (const System& sys : Systems(8, h)) {
+  for (const testing::NamedSystem& sys : Systems(8, h)) {
     const VectorXd d = VectorXd::Constant(h, 0.5);
     const ConvMode conv = *ConvMode::Create(sys.s, d, sys.method, length);
     const std::vector<double> zero(h * length, 0.0);
@@ -125,7 +98,7 @@ TEST(ConvModeTest, ZeroInputGivesZeroAndImpulseGivesTheKernel) {
 // the outputs of one call.
 TEST(ConvModeTest, ChunksWithCarriedStateEqualOneCall) {
   const int h = 2, batch = 2, steps = 300;
-  for (const System& sys : Systems(16, h)) {
+  for (const testing::NamedSystem& sys : Systems(16, h)) {
     const VectorXd d = VectorXd::Constant(h, -0.3);
     const ConvMode conv = *ConvMode::Create(sys.s, d, sys.method, steps);
     const std::vector<double> u = RandomInput(batch * h * steps, 3);
@@ -145,7 +118,7 @@ TEST(ConvModeTest, ChunksWithCarriedStateEqualOneCall) {
 // Convolutional mode for a prefix, then recurrent steps from its state.
 TEST(ConvModeTest, RecurrentModeContinuesFromTheCarriedState) {
   const int h = 3, batch = 1, steps = 500, split = 317;
-  for (const System& sys : Systems(16, h)) {
+  for (const testing::NamedSystem& sys : Systems(16, h)) {
     const VectorXd d = VectorXd::Ones(h);
     const ConvMode conv = *ConvMode::Create(sys.s, d, sys.method, steps);
     const SsmStepper st = *SsmStepper::Create(sys.s, d, sys.method);
@@ -165,7 +138,7 @@ TEST(ConvModeTest, RecurrentModeContinuesFromTheCarriedState) {
 // 10^5 steps: convolutional mode (one long kernel) and the recurrence agree.
 TEST(ConvModeTest, LongSequenceMatchesTheRecurrence) {
   const int h = 2, steps = 100000;
-  for (const System& sys : Systems(16, h)) {
+  for (const testing::NamedSystem& sys : Systems(16, h)) {
     if (sys.name == "s4d0/bilinear" || sys.name == "s4/legt") continue;  // one of each kind suffices
     const VectorXd d = VectorXd::Zero(h);
     const ConvMode conv = *ConvMode::Create(sys.s, d, sys.method, steps);

@@ -8,6 +8,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "core/ssm_systems.h"
 #include "core/test_util.h"
 #include "ssm/kernel.h"
 
@@ -16,10 +17,16 @@ namespace {
 
 using ::testing::HasSubstr;
 using Eigen::VectorXd;
+using testing::RandomInput;
+using testing::RelError;
 
-std::vector<double> RandomInput(size_t n, uint64_t seed) {
-  const Eigen::MatrixXd m = testing::RandomMatrix(static_cast<int>(n), 1, seed);
-  return std::vector<double>(m.data(), m.data() + n);
+
+std::vector<double> RunAll(const SsmStepper& st, const std::vector<double>& u,
+                           int batch, int steps) {
+  std::vector<double> state(batch * st.state_size(), 0.0), y(u.size());
+  const absl::Status s = st.Run(u, batch, steps, absl::MakeSpan(state), absl::MakeSpan(y));
+  EXPECT_TRUE(s.ok()) << s;
+  return y;
 }
 
 // y[b,h,t] = sum_{s<=t} K[h,s] u[b,h,t-s] + D[h] u[b,h,t], in long double.
@@ -39,43 +46,9 @@ std::vector<double> DirectConv(const RowMatrixXd& k, const VectorXd& d,
   return y;
 }
 
-double RelError(const std::vector<double>& a, const std::vector<double>& b) {
-  double err = 0, scale = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    err = std::max(err, std::abs(a[i] - b[i]));
-    scale = std::max(scale, std::abs(b[i]));
-  }
-  return err / scale;
-}
-
-std::vector<double> RunAll(const SsmStepper& st, const std::vector<double>& u,
-                           int batch, int steps) {
-  std::vector<double> state(batch * st.state_size(), 0.0), y(u.size());
-  const absl::Status s = st.Run(u, batch, steps, absl::MakeSpan(state), absl::MakeSpan(y));
-  EXPECT_TRUE(s.ok()) << s;
-  return y;
-}
-
-struct System {
-  std::string name;
-  DplrSystem s;
-  Discretization method;
-};
-
-std::vector<System> Systems(int n, int h) {
-  std::vector<System> out;
-  for (S4dInit init : {S4dInit::kLegS, S4dInit::kLin, S4dInit::kInv}) {
-    for (const Discretization& m : {Discretization::Zoh(), Discretization::Bilinear()}) {
-      out.push_back({"s4d" + std::to_string(static_cast<int>(init)) +
-                         (m.kind == Discretization::Kind::kZoh ? "/zoh" : "/bilinear"),
-                     *MakeS4dInit(init, n, h, 1e-3, 1e-1, 11), m});
-    }
-  }
-  for (Measure meas : {Measure::kLegS, Measure::kLegT, Measure::kFouT}) {
-    out.push_back({"s4/" + std::string(MeasureName(meas)),
-                   *MakeS4Init(meas, n, h, 1e-3, 1e-1, 12), Discretization::Bilinear()});
-  }
-  return out;
+std::vector<testing::NamedSystem> Systems(int n, int h) {
+  return testing::NamedSystems(n, h, {S4dInit::kLegS, S4dInit::kLin, S4dInit::kInv},
+                               {Measure::kLegS, Measure::kLegT, Measure::kFouT}, 11);
 }
 
 // Recurrent outputs equal the convolution with the naive kernel, for every
@@ -83,7 +56,7 @@ std::vector<System> Systems(int n, int h) {
 TEST(RecurrentTest, StepsEqualConvolutionWithTheKernel) {
   const int h = 3, batch = 2, steps = 400;
   for (int n : {2, 16, 64}) {
-    for (const System& sys : Systems(n, h)) {
+    for (const testing::NamedSystem& sys : Systems(n, h)) {
       const VectorXd d = VectorXd::LinSpaced(h, -0.5, 0.7);
       const RowMatrixXd k = *NaiveKernel(sys.s, steps, sys.method);
       const std::vector<double> u = RandomInput(batch * h * steps, n);
@@ -100,7 +73,7 @@ TEST(RecurrentTest, StepsEqualConvolutionWithTheKernel) {
 // 10^5 steps: the fast O(M r) steppers stay on the dense reference.
 TEST(RecurrentTest, LongStreamsStayOnTheReference) {
   const int h = 2, steps = 100000, n = 16;
-  for (const System& sys : Systems(n, h)) {
+  for (const testing::NamedSystem& sys : Systems(n, h)) {
     const VectorXd d = VectorXd::Constant(h, 0.25);
     const std::vector<double> u = RandomInput(h * steps, 99);
     const std::vector<double> fast = RunAll(
@@ -115,7 +88,7 @@ TEST(RecurrentTest, LongStreamsStayOnTheReference) {
 // Any split of a stream into Run calls gives bit-identical outputs.
 TEST(RecurrentTest, ChunkingDoesNotChangeOutputs) {
   const int h = 3, batch = 2, steps = 100;
-  for (const System& sys : Systems(8, h)) {
+  for (const testing::NamedSystem& sys : Systems(8, h)) {
     const SsmStepper st = *SsmStepper::Create(sys.s, VectorXd::Ones(h), sys.method);
     const std::vector<double> u = RandomInput(batch * h * steps, 5);
     const std::vector<double> whole = RunAll(st, u, batch, steps);
