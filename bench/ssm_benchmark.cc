@@ -60,7 +60,7 @@ void BM_StepImpl(benchmark::State& state, int batch, int h, int n) {
 void BM_Step(benchmark::State& state) {
   BM_StepImpl<0>(state, 1, static_cast<int>(state.range(0)), static_cast<int>(state.range(1)));
 }
-BENCHMARK(BM_Step)->Args({256, 64});
+BENCHMARK(BM_Step)->Args({256, 64})->Args({16, 64});
 
 void BM_StepDplr(benchmark::State& state) {
   BM_StepImpl<1>(state, 1, static_cast<int>(state.range(0)), static_cast<int>(state.range(1)));
