@@ -2,9 +2,10 @@
 // core uses comes from here.
 //
 // FFTW's planner (plan creation and destruction, in either precision) is not
-// thread-safe, but executing a plan on new arrays (fftw_execute_dft_r2c /
-// _c2r) is. So plans are made once per (precision, size, direction) under one
-// process-wide mutex, shared, and executed concurrently without a lock.
+// thread-safe, but executing a plan on new arrays (fftw_execute_dft,
+// _dft_r2c, _dft_c2r) is. So plans are made once per (precision, size, type)
+// under one process-wide mutex, shared, and executed concurrently without a
+// lock.
 // Code that plans with FFTW outside this file would race with it: don't.
 //
 // New-array execution requires arrays with the alignment the plan was made
@@ -18,11 +19,13 @@
 // backward x_t = sum_j X_j e^(+2 pi i jt/n), n times the inverse DFT
 // (unnormalized). The real ones keep the n/2 + 1 bins j = 0..n/2 of a
 // Hermitian spectrum; c2r overwrites its input.
-// Plans use FFTW_ESTIMATE: planning takes microseconds to a few ms and reads
-// no data. FFTW_MEASURE finds plans ~25% faster at n = 8192 on the
-// development machine, but costs 0.3-0.7 s per (size, type), under the
-// planner lock; not worth it while sizes come and go (every test makes new
-// ones). A wisdom file would be the way to get both, if it ever matters.
+//
+// Plans use FFTW_ESTIMATE: planning takes at most a few ms and reads no
+// data. FFTW_MEASURE finds plans ~25% faster at n = 8192 on the development
+// machine, but costs 0.15-0.35 s per plan there (more for larger n), under
+// the planner lock, and it picks plans by timing, so results could differ
+// in the last bits from run to run; ESTIMATE's are reproducible. A wisdom
+// file would give speed and reproducibility both, if it ever matters.
 
 #ifndef SSM_CORE_SRC_FFTW_PLANS_H_
 #define SSM_CORE_SRC_FFTW_PLANS_H_
@@ -32,6 +35,7 @@
 #include <cstdint>
 #include <memory>
 #include <type_traits>
+#include <utility>
 
 #include "absl/status/statusor.h"
 

@@ -28,7 +28,6 @@ void PutSoA(const Row& row, double* out) {
 // reassociating floating-point sums.
 constexpr int kLanes = 8;
 
-__attribute__((target_clones("arch=x86-64-v3", "default")))
 void DiagonalSteps(int m, const double* __restrict a, const double* __restrict b,
                    const double* __restrict c, double d, const double* __restrict u,
                    int steps, double* __restrict x, double* __restrict y) {
@@ -67,7 +66,6 @@ inline V4 Load4(const double* p) {
 }
 inline void Store4(double* p, V4 v) { __builtin_memcpy(p, &v, sizeof(v)); }
 
-__attribute__((target_clones("arch=x86-64-v3", "default")))
 void DiagonalStepAllChannels(int h_count, int m, const double* __restrict a,
                              const double* __restrict b, const double* __restrict c,
                              const double* __restrict d, const double* __restrict u,
