@@ -56,7 +56,8 @@ class Scratch {
   Scratch(int modes, int sets) {
     // Every piece is rounded up to whole 64-byte lines by take() below.
     auto lines = [](int64_t k) { return (k + 7) / 8 * 8; };
-    const int64_t n = 5 * lines(kStride) + lines(int64_t{2} * kUnroll * kStride) +
+    // sc.u holds kBasis (4 shifted, 2 unshifted) rows per unrolled pole.
+    const int64_t n = 5 * lines(kStride) + lines(int64_t{4} * kUnroll * kStride) +
                       lines(int64_t{4} * sets * kStride) + 2 * lines(modes) +
                       2 * lines(int64_t{sets} * modes);
     data_ = static_cast<double*>(
@@ -72,7 +73,7 @@ class Scratch {
     y2 = take(kStride);
     re = take(kStride);
     im = take(kStride);
-    u = take(int64_t{2} * kUnroll * kStride);
+    u = take(int64_t{4} * kUnroll * kStride);
     acc = take(int64_t{4} * sets * kStride);
     lr = take(modes);
     li = take(modes);

@@ -93,21 +93,11 @@ absl::StatusOr<RowMatrixXd> DplrKernel(const DplrSystem& s, int length) {
       const double scale = 2.0 / s.dt(h0 + i);
       for (int j = 0; j < points; ++j) z(i, j) = cdouble(0.0, scale * tangent(j));
     }
-    // At most kCauchySets numerator sets per call (rank 1 needs 4, rank 2
-    // needs 9): four is the Cauchy component's widest single group, and its
-    // path that reuses 1/D across groups of sets gave wrong sums when this
-    // was written.
-    constexpr int kCauchySets = 4;
-    std::vector<RowMatrixXcd> k;
-    k.reserve(sets);
-    const RowMatrixXcd lambda_block = s.lambda.middleRows(h0, hb);
-    for (int first = 0; first < sets; first += kCauchySets) {
-      const int count = std::min(kCauchySets, sets - first);
-      absl::StatusOr<std::vector<RowMatrixXcd>> sums = CauchyConjugateSums(
-          lambda_block, absl::MakeConstSpan(v).subspan(first, count), z);
-      if (!sums.ok()) return sums.status();
-      for (RowMatrixXcd& m_out : *sums) k.push_back(std::move(m_out));
-    }
+    // All (r+1)^2 sets in one call share each 1/(z - lambda) computation.
+    absl::StatusOr<std::vector<RowMatrixXcd>> sums =
+        CauchyConjugateSums(s.lambda.middleRows(h0, hb), v, z);
+    if (!sums.ok()) return sums.status();
+    const std::vector<RowMatrixXcd>& k = *sums;
 
     internal::ParallelFor(hb, 1, [&](int64_t begin, int64_t end) {
       // FFTW executes new-array plans only on fftw_malloc'd (aligned) arrays.
