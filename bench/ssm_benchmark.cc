@@ -1,5 +1,6 @@
 // Kernels and recurrent steps of one SSM layer. Argument order is fixed so
 // figures stay comparable across commits (README's table):
+//   BM_Cauchy/<H>/<M>/<J>/<S>     folded Cauchy sums (S sets, J points)
 //   BM_KernelDplr/<H>/<N>/<L>     S4 kernel from C~ (Cauchy + Woodbury + iFFT)
 //   BM_KernelDiag/<H>/<N>/<L>     S4D kernel (Vandermonde GEMM), ZOH
 //   BM_Step/<H>/<N>               one diagonal step, batch 1
@@ -10,12 +11,32 @@
 
 #include <benchmark/benchmark.h>
 
+#include "ssm/cauchy.h"
 #include "ssm/dplr.h"
 #include "ssm/kernel.h"
 #include "ssm/recurrent.h"
 
 namespace ssm {
 namespace {
+
+// The DPLR kernel's hot loop alone: H channels, M pole pairs, J points on
+// the imaginary axis, S numerator sets (4 for rank 1, 9 for rank 2).
+void BM_Cauchy(benchmark::State& state) {
+  const int h = static_cast<int>(state.range(0)), m = static_cast<int>(state.range(1));
+  const int j = static_cast<int>(state.range(2)), sets = static_cast<int>(state.range(3));
+  const DplrSystem s = *MakeS4Init(Measure::kLegS, 2 * m, h, 1e-3, 1e-1, 1);
+  std::vector<RowMatrixXcd> v(sets, s.B.cwiseProduct(s.C));
+  RowMatrixXcd z(h, j);
+  for (int i = 0; i < h; ++i)
+    for (int k = 0; k < j; ++k) z(i, k) = cdouble(0, 2.0 / s.dt(i) * std::tan(3.14159265 * k / (2.0 * j)));
+  for (auto _ : state) {
+    absl::StatusOr<std::vector<RowMatrixXcd>> out = CauchyConjugateSums(s.lambda, v, z);
+    benchmark::DoNotOptimize(out->data());
+  }
+  state.SetItemsProcessed(state.iterations() * int64_t{h} * m * j);
+}
+BENCHMARK(BM_Cauchy)->Args({256, 32, 2049, 4})->Args({256, 32, 2049, 9})
+    ->Args({256, 32, 8193, 4})->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // Kernel from stored C~, as the S4 reference's forward pass (its setup of
 // C~ is not timed there either).
