@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the Debian 12 (bookworm) packages ssmserve needs to build and test.
+# Installs the Debian 12 (bookworm) packages ssmserve needs to build and run;
+# with --test also what only the tests need.
 # Idempotent: when everything is present it prints nothing and touches nothing;
 # `apt-get update` runs only when something is missing. Works as root with no
 # prompts, or through sudo for a normal user.
@@ -9,7 +10,13 @@ packages=(
   build-essential cmake ninja-build pkg-config ccache git
   libeigen3-dev libfftw3-dev libabsl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  libprotobuf-dev protobuf-compiler nlohmann-json3-dev
 )
+# Only the tests need these: the S4 checkpoint converter (an optional tool)
+# and its test use Debian's PyTorch and NumPy.
+if [[ "${1:-}" == "--test" ]]; then
+  packages+=(python3-numpy python3-torch)
+fi
 
 missing=()
 for p in "${packages[@]}"; do

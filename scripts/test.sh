@@ -3,6 +3,7 @@
 # every test through ctest, which ends with its pass/fail summary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+./scripts/install-deps.sh --test
 ./scripts/build.sh -DSSM_BUILD_TESTS=ON
 jobs=$(nproc 2>/dev/null || echo 2)
 cd build

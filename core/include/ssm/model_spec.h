@@ -1,0 +1,75 @@
+// What a model is, as plain values: the core's mirror of the repository's
+// `ModelConfig` (proto/ssm/v1/model_config.proto), so the core needs no
+// protobuf. The server parses config.pbtxt and fills these structs; tests
+// and tools may fill them directly.
+//
+// Thread safety: plain values.
+
+#ifndef SSM_MODEL_SPEC_H_
+#define SSM_MODEL_SPEC_H_
+
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "ssm/discretize.h"
+
+namespace ssm {
+
+enum class KernelKind { kDplr, kDiagonal };
+enum class ActivationKind { kGelu, kIdentity };
+enum class OutputLinearKind { kGlu, kLinear, kNone };
+enum class NormPlacement { kNone, kPre, kPost };
+
+// A stack of S4 blocks (see model_config.proto's S4Stack for the formula).
+// Weights use the official S4 implementation's names (model.h).
+struct S4StackSpec {
+  int n_layers = 1;
+  int d_model = 0;  // H
+  int d_state = 0;  // N; N/2 complex modes are kept
+  KernelKind kernel = KernelKind::kDplr;
+  // DPLR: bilinear only. Diagonal: ZOH or bilinear.
+  Discretization discretization = Discretization::Bilinear();
+  int rank = 1;  // DPLR: 1..kMaxRank; diagonal: 0
+  ActivationKind activation = ActivationKind::kGelu;
+  OutputLinearKind output_linear = OutputLinearKind::kGlu;
+  NormPlacement norm = NormPlacement::kPost;
+  bool residual = true;
+  bool bidirectional = false;  // convolutional mode only
+  bool encoder = true;         // Linear d_input -> H
+  bool decoder = true;         // Linear H -> d_output
+  double layer_norm_eps = 1e-5;
+};
+
+// A training-free HiPPO memory of a scalar input (d_input = 1).
+struct HippoMemorySpec {
+  enum class Measure { kLegT, kLegS };
+  enum class Output { kCoefficients, kDelayed };
+  Measure measure = Measure::kLegT;
+  int n = 0;
+  double window = 0;  // LegT window theta, in steps
+  Output output = Output::kCoefficients;
+  std::vector<double> delays;  // steps, each in [0, window]; kDelayed only
+};
+
+struct ModelSpec {
+  std::string name;
+  std::string description;
+  int d_input = 0;
+  int d_output = 0;
+  int max_length = 0;  // longest unary (convolutional) call
+  std::variant<S4StackSpec, HippoMemorySpec> architecture;
+};
+
+// InvalidArgument naming the field when the values cannot describe a model:
+// non-positive sizes, odd d_state, a rank the kernel kind does not allow,
+// d_input/d_output that disagree with the architecture (no encoder means
+// d_input == H, no decoder means d_output == H, a HiPPO memory has
+// d_input 1 and d_output N or the number of delays), delays outside the
+// window, LegS with delayed outputs, a non-finite or non-positive window.
+absl::Status ValidateModelSpec(const ModelSpec& spec);
+
+}  // namespace ssm
+
+#endif  // SSM_MODEL_SPEC_H_
