@@ -3,7 +3,8 @@
 //   BM_Cauchy/<H>/<M>/<J>/<S>     folded Cauchy sums (S sets, J points)
 //   BM_KernelDplr/<H>/<N>/<L>     S4 kernel from C~ (Cauchy + Woodbury + iFFT)
 //   BM_KernelDiag/<H>/<N>/<L>     S4D kernel (Vandermonde GEMM), ZOH
-//   BM_Step/<H>/<N>               one diagonal step, batch 1
+//   BM_Step/<H>/<N>               one diagonal step, batch 1, float32
+//   BM_StepDouble/<H>/<N>         the same in double
 //   BM_StepDplr/<H>/<N>           one low-rank (Woodbury) step, batch 1
 //   BM_StepBatch/<B>/<H>/<N>      one diagonal step for B sessions
 
@@ -78,10 +79,27 @@ void BM_StepImpl(benchmark::State& state, int batch, int h, int n) {
   state.SetItemsProcessed(state.iterations() * batch);
 }
 
+// The streaming step at batch 1 in float32 (the precision the S4
+// reference's step runs in).
 void BM_Step(benchmark::State& state) {
-  BM_StepImpl<0>(state, 1, static_cast<int>(state.range(0)), static_cast<int>(state.range(1)));
+  const int h = static_cast<int>(state.range(0)), n = static_cast<int>(state.range(1));
+  const DplrSystem s = *MakeS4dInit(S4dInit::kLegS, n, h, 1e-3, 1e-1, 1);
+  const DiagonalStepperF32 st =
+      *DiagonalStepperF32::Create(s, Eigen::VectorXd::Ones(h), Discretization::Zoh());
+  std::vector<float> u(h, 0.5f), y(h), x(st.state_size(), 0.0f);
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(st.Run(u, 1, 1, absl::MakeSpan(x), absl::MakeSpan(y)));
+    benchmark::ClobberMemory();
+  }
+  state.SetItemsProcessed(state.iterations());
 }
 BENCHMARK(BM_Step)->Args({256, 64})->Args({16, 64});
+
+// The same step in double (the models' serving precision).
+void BM_StepDouble(benchmark::State& state) {
+  BM_StepImpl<0>(state, 1, static_cast<int>(state.range(0)), static_cast<int>(state.range(1)));
+}
+BENCHMARK(BM_StepDouble)->Args({256, 64});
 
 void BM_StepDplr(benchmark::State& state) {
   BM_StepImpl<1>(state, 1, static_cast<int>(state.range(0)), static_cast<int>(state.range(1)));

@@ -57,6 +57,7 @@ class SsmStepper {
                    absl::Span<double> state, absl::Span<double> y) const;
 
  private:
+  friend class DiagonalStepperF32;  // packs a_, b_, c_ in float
   SsmStepper() = default;
   void StepChannel(int h, const double* u, int steps, double* x, double* y) const;
 
@@ -72,6 +73,36 @@ class SsmStepper {
   // Dense reference: per channel the full N x N Ab and Bb, Cf.
   std::vector<Eigen::MatrixXcd> dense_a_;
   std::vector<Eigen::VectorXcd> dense_b_, dense_c_;
+};
+
+// The diagonal (S4D) step in float32, for latency-bound streaming: at batch 1
+// a step streams every parameter once, so halving the bytes halves the time
+// (the double step is bound by L2 bandwidth at H = 256, N = 64). Parameters
+// are discretized in double, then rounded and packed per block of 8 modes
+// (Ab, Bb, C interleaved). The state keeps SsmStepper's layout (H x 2M per
+// session: M reals, then M imaginaries), so converting one to the other is a
+// cast. Accuracy against the double stepper: tests/core/recurrent_test.cc
+// (FloatStepTracksDouble) states the bound. Errors and thread safety as
+// SsmStepper.
+class DiagonalStepperF32 {
+ public:
+  static absl::StatusOr<DiagonalStepperF32> Create(const DplrSystem& system,
+                                                   const Eigen::VectorXd& d,
+                                                   Discretization method);
+
+  int channels() const { return channels_; }
+  int modes() const { return modes_; }
+  int state_size() const { return channels_ * 2 * modes_; }  // floats per session
+
+  // u and y: batch x H x steps; state: batch x state_size(), in place.
+  absl::Status Run(absl::Span<const float> u, int batch, int steps,
+                   absl::Span<float> state, absl::Span<float> y) const;
+
+ private:
+  DiagonalStepperF32() = default;
+  int channels_ = 0, modes_ = 0, blocks_ = 0;
+  std::vector<float> packed_;  // H x blocks x {ar, ai, br, bi, cr, ci} x 8
+  std::vector<float> d_;
 };
 
 }  // namespace ssm
