@@ -17,7 +17,7 @@ thread_local bool in_parallel_region = false;
 // One ParallelFor call: blocks are claimed through an atomic counter, so the
 // caller and any number of workers share them without a queue per block.
 struct Job {
-  const std::function<void(int64_t, int64_t)>* fn;
+  const absl::FunctionRef<void(int64_t, int64_t)>* fn;
   int64_t n, block, blocks;
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> done{0};
@@ -96,7 +96,7 @@ Pool& SharedPool() {
 int Parallelism() { return SharedPool().workers() + 1; }
 
 void ParallelFor(int64_t n, int64_t min_block,
-                 const std::function<void(int64_t, int64_t)>& fn) {
+                 absl::FunctionRef<void(int64_t, int64_t)> fn) {
   if (n <= 0) return;
   Pool& pool = SharedPool();
   const int threads = pool.workers() + 1;

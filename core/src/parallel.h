@@ -11,13 +11,16 @@
 #define SSM_CORE_SRC_PARALLEL_H_
 
 #include <cstdint>
-#include <functional>
+
+#include "absl/functional/function_ref.h"
 
 namespace ssm::internal {
 
 // min_block: the smallest block worth handing to another thread.
+// fn is borrowed, never copied to the heap: a call that runs inline
+// allocates nothing (the streaming step relies on it).
 void ParallelFor(int64_t n, int64_t min_block,
-                 const std::function<void(int64_t begin, int64_t end)>& fn);
+                 absl::FunctionRef<void(int64_t begin, int64_t end)> fn);
 
 // Number of threads ParallelFor may use (>= 1).
 int Parallelism();

@@ -99,10 +99,14 @@ void DiagonalStepAllChannels(int h_count, int m, const double* __restrict a,
   }
 }
 
-// sum_j Re(conj(p_j) x_j) = sum pr xr + pi xi, both SoA of length m.
-double ReDot(int m, const double* p, const double* x) {
-  double s = 0;
-  for (int j = 0; j < m; ++j) s += p[j] * x[j] + p[m + j] * x[m + j];
+// sum_j Re(conj(p_j) x_j) = sum pr xr + pi xi, both SoA of length m, with
+// 4 partial sums so the loop is not bound by the adder's latency.
+double ReDot4(int m, const double* p, const double* x) {
+  V4 acc = {0, 0, 0, 0};
+  int j = 0;
+  for (; j + 4 <= m; j += 4) acc += Load4(p + j) * Load4(x + j) + Load4(p + m + j) * Load4(x + m + j);
+  double s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+  for (; j < m; ++j) s += p[j] * x[j] + p[m + j] * x[m + j];
   return s;
 }
 
@@ -271,50 +275,91 @@ void SsmStepper::StepChannel(int h, const double* u, int steps, double* x,
     DiagonalSteps(m, &a_[off], &b_[off], &c_[off], d, u, steps, x, y);
     return;
   }
-  // Woodbury bilinear step (see the header); w is this thread's scratch.
+  // Woodbury bilinear step (see the header) in two fused passes per step,
+  // 4 modes per vector, with vector accumulators for the reductions (a
+  // scalar running sum would serialize every step on the adder's latency):
+  //   pass 1: w = e x - dt/2 sum_a P_a s_a + dt B u, and t_b = 2 Re sum conj(P_b) d w
+  //   then    s = (I + dt/2 G)^-1 t
+  //   pass 2: x = d w - dt/2 sum_a (d P_a) s_a, y = 2 Re sum C x.
+  // Each step starts with s_a = 2 Re sum conj(P_a) x from its own x (not
+  // carried from the previous step's pass 2), so how a stream is cut into
+  // calls cannot change a single bit of the outputs.
   thread_local std::vector<double> w;
   if (static_cast<int>(w.size()) < 2 * m) w.resize(2 * m);
-  double s[kMaxRank], t_vec[kMaxRank];
   const double half_dt = dt_[h] / 2;
   const double *e = &e_[off], *dv = &dinv_[off], *db = &db_[off], *c = &c_[off];
   const double* ginv = &ginv_[h * r * r];
-  double *xr = x, *xi = x + m;
+  const double* p[kMaxRank];
+  const double* dp[kMaxRank];
+  const double* qd[kMaxRank];
+  for (int a = 0; a < r; ++a) {
+    p[a] = &p_[(h * r + a) * 2 * m];
+    dp[a] = &dp_[(h * r + a) * 2 * m];
+    qd[a] = &qd_[(h * r + a) * 2 * m];
+  }
+  double *xr = x, *xi = x + m, *wr = w.data(), *wi = w.data() + m;
+  const int mv = m - m % 4;  // modes handled 4 at a time
+  double s[kMaxRank];
   for (int t = 0; t < steps; ++t) {
     const double in = u[t];
-    for (int a = 0; a < r; ++a) s[a] = 2 * ReDot(m, &p_[(h * r + a) * 2 * m], x);
-    // w = e x - dt/2 sum_a P_a s_a + dt B u
-    for (int j = 0; j < m; ++j) {
-      double wr = e[j] * xr[j] - e[m + j] * xi[j] + db[j] * in;
-      double wi = e[j] * xi[j] + e[m + j] * xr[j] + db[m + j] * in;
+    for (int a = 0; a < r; ++a) s[a] = 2 * ReDot4(m, p[a], x);
+    const V4 vin = {in, in, in, in};
+    V4 hs[kMaxRank];
+    for (int a = 0; a < r; ++a) hs[a] = V4{1, 1, 1, 1} * (half_dt * s[a]);
+    V4 tacc[kMaxRank];
+    for (int b = 0; b < r; ++b) tacc[b] = V4{0, 0, 0, 0};
+    int j = 0;
+    for (; j < mv; j += 4) {
+      const V4 x_r = Load4(xr + j), x_i = Load4(xi + j), er = Load4(e + j), ei = Load4(e + m + j);
+      V4 nr = er * x_r - ei * x_i + Load4(db + j) * vin;
+      V4 ni = er * x_i + ei * x_r + Load4(db + m + j) * vin;
       for (int a = 0; a < r; ++a) {
-        const double* p = &p_[(h * r + a) * 2 * m];
-        wr -= half_dt * p[j] * s[a];
-        wi -= half_dt * p[m + j] * s[a];
+        nr -= Load4(p[a] + j) * hs[a];
+        ni -= Load4(p[a] + m + j) * hs[a];
       }
-      w[j] = wr;
-      w[m + j] = wi;
+      Store4(wr + j, nr);
+      Store4(wi + j, ni);
+      for (int b = 0; b < r; ++b) tacc[b] += Load4(qd[b] + j) * nr - Load4(qd[b] + m + j) * ni;
     }
-    // t_b = 2 Re sum conj(P_b) d w, then s = (I + dt/2 G)^-1 t.
-    for (int b = 0; b < r; ++b) {
-      const double* q = &qd_[(h * r + b) * 2 * m];
-      double acc = 0;
-      for (int j = 0; j < m; ++j) acc += q[j] * w[j] - q[m + j] * w[m + j];
-      t_vec[b] = 2 * acc;
+    double tv[kMaxRank];
+    for (int b = 0; b < r; ++b) tv[b] = (tacc[b][0] + tacc[b][1]) + (tacc[b][2] + tacc[b][3]);
+    for (; j < m; ++j) {
+      double nr = e[j] * xr[j] - e[m + j] * xi[j] + db[j] * in;
+      double ni = e[j] * xi[j] + e[m + j] * xr[j] + db[m + j] * in;
+      for (int a = 0; a < r; ++a) {
+        nr -= half_dt * p[a][j] * s[a];
+        ni -= half_dt * p[a][m + j] * s[a];
+      }
+      wr[j] = nr;
+      wi[j] = ni;
+      for (int b = 0; b < r; ++b) tv[b] += qd[b][j] * nr - qd[b][m + j] * ni;
     }
     for (int a = 0; a < r; ++a) {
       double acc = 0;
-      for (int b = 0; b < r; ++b) acc += ginv[a * r + b] * t_vec[b];
+      for (int b = 0; b < r; ++b) acc += ginv[a * r + b] * 2 * tv[b];
       s[a] = acc;
     }
-    // x = d w - dt/2 sum_a (d P_a) s_a; y = 2 Re sum C x + D u.
-    double out = 0;
-    for (int j = 0; j < m; ++j) {
-      double nr = dv[j] * w[j] - dv[m + j] * w[m + j];
-      double ni = dv[j] * w[m + j] + dv[m + j] * w[j];
+    for (int a = 0; a < r; ++a) hs[a] = V4{1, 1, 1, 1} * (half_dt * s[a]);
+    V4 out_acc = {0, 0, 0, 0};
+    for (j = 0; j < mv; j += 4) {
+      const V4 w_r = Load4(wr + j), w_i = Load4(wi + j), dr = Load4(dv + j), di = Load4(dv + m + j);
+      V4 nr = dr * w_r - di * w_i;
+      V4 ni = dr * w_i + di * w_r;
       for (int a = 0; a < r; ++a) {
-        const double* dp = &dp_[(h * r + a) * 2 * m];
-        nr -= half_dt * dp[j] * s[a];
-        ni -= half_dt * dp[m + j] * s[a];
+        nr -= Load4(dp[a] + j) * hs[a];
+        ni -= Load4(dp[a] + m + j) * hs[a];
+      }
+      Store4(xr + j, nr);
+      Store4(xi + j, ni);
+      out_acc += Load4(c + j) * nr - Load4(c + m + j) * ni;
+    }
+    double out = (out_acc[0] + out_acc[1]) + (out_acc[2] + out_acc[3]);
+    for (; j < m; ++j) {
+      double nr = dv[j] * wr[j] - dv[m + j] * wi[j];
+      double ni = dv[j] * wi[j] + dv[m + j] * wr[j];
+      for (int a = 0; a < r; ++a) {
+        nr -= half_dt * dp[a][j] * s[a];
+        ni -= half_dt * dp[a][m + j] * s[a];
       }
       xr[j] = nr;
       xi[j] = ni;
