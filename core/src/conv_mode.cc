@@ -28,19 +28,33 @@ struct ConvMode::Rep {
   SsmStepper stepper;
   DiagonalSystem diag;  // rank 0: discretized Ab, Bb (H x M)
 
-  // One convolver per chunk length, built on first use: FFT sizes follow
-  // the chunk, so a short chunk does not pay for a max_length transform.
+  // Convolvers built on first use for a ladder of lengths (2^k and 3 2^(k-1),
+  // capped at max_length): a chunk runs on the smallest rung that holds it,
+  // so a short chunk does not pay for a max_length transform, at most 1.5x
+  // more than its own size, and the cache holds at most 2 log2(max_length)
+  // spectra, about 3x the largest one's memory, whatever lengths callers
+  // send.
   mutable std::mutex mu;
   mutable std::map<int, std::shared_ptr<const FftConvolver<double>>> convolvers;
 
+  int Rung(int steps) const {
+    int64_t p = 1;
+    while (p < steps) p *= 2;
+    const int64_t three_halves = p / 4 * 3;  // 3 2^(k-2) for p = 2^k
+    const int64_t rung = (p >= 4 && three_halves >= steps) ? three_halves : p;
+    return static_cast<int>(std::min<int64_t>(rung, max_length));
+  }
+
   absl::StatusOr<std::shared_ptr<const FftConvolver<double>>> Convolver(int steps) const {
+    const int rung = Rung(steps);
     std::lock_guard<std::mutex> lock(mu);
-    auto it = convolvers.find(steps);
+    auto it = convolvers.find(rung);
     if (it != convolvers.end()) return it->second;
-    absl::StatusOr<FftConvolver<double>> c = FftConvolver<double>::Create(kernel, d, steps);
+    absl::StatusOr<FftConvolver<double>> c = FftConvolver<double>::Create(
+        kernel, d, rung);
     if (!c.ok()) return c.status();
     auto shared = std::make_shared<const FftConvolver<double>>(*std::move(c));
-    convolvers.emplace(steps, shared);
+    convolvers.emplace(rung, shared);
     return shared;
   }
 
@@ -191,7 +205,7 @@ absl::Status ConvMode::Forward(absl::Span<const double> u, int batch, int steps,
   if (!conv.ok()) return conv.status();
   // Everything goes to scratch first so an error leaves y untouched.
   std::vector<double> out(io);
-  if (auto st = (*conv)->Apply(u, batch, absl::MakeSpan(out)); !st.ok()) return st;
+  if (auto st = (*conv)->Apply(u, batch, steps, absl::MakeSpan(out)); !st.ok()) return st;
 
   std::vector<double> final_state;
   if (!state_out.empty()) final_state.resize(states);

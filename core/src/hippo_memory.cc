@@ -145,4 +145,23 @@ void HippoMemory::Reset() {
   steps_ = 0;
 }
 
+absl::Status HippoMemory::Restore(absl::Span<const double> c, int64_t steps) {
+  if (c.size() != static_cast<size_t>(c_.size())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("coefficients must have N = ", c_.size(), " values, got ", c.size()));
+  }
+  if (steps < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("steps must be >= 0, got ", steps));
+  }
+  for (size_t i = 0; i < c.size(); ++i) {
+    if (!std::isfinite(c[i])) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("coefficient ", i, " is not finite: ", c[i]));
+    }
+  }
+  c_ = Eigen::Map<const Eigen::VectorXd>(c.data(), c_.size());
+  steps_ = steps;
+  return absl::OkStatus();
+}
+
 }  // namespace ssm

@@ -80,9 +80,11 @@ absl::Status ValidateHippo(const ModelSpec& spec, const HippoMemorySpec& h) {
   }
   if (h.delays.empty()) return Invalid("hippo.delays", "OUTPUT_DELAYED needs at least one delay");
   for (size_t i = 0; i < h.delays.size(); ++i) {
-    if (!(h.delays[i] >= 0 && h.delays[i] <= h.window)) {
+    // The oldest whole sample of the window sits half a step inside it.
+    if (!(h.delays[i] >= 0 && h.delays[i] <= h.window - 0.5)) {
       return Invalid("hippo.delays", absl::StrCat("delay ", i, " = ", h.delays[i],
-                                                  " is outside [0, window = ", h.window, "]"));
+                                                  " is outside [0, window - 1/2 = ",
+                                                  h.window - 0.5, "]"));
     }
   }
   if (spec.d_output != static_cast<int>(h.delays.size())) {

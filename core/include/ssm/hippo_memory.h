@@ -70,6 +70,10 @@ class HippoMemory {
   int64_t steps() const { return steps_; }
   int size() const { return static_cast<int>(c_.size()); }
   void Reset();
+  // Continues a saved stream: sets the coefficients and the number of
+  // samples seen. InvalidArgument for a size other than size(), a
+  // non-finite coefficient or steps < 0; then nothing changes.
+  absl::Status Restore(absl::Span<const double> c, int64_t steps);
 
  private:
   enum class Kind { kLegS, kLegT };

@@ -50,7 +50,7 @@ struct HippoMemorySpec {
   int n = 0;
   double window = 0;  // LegT window theta, in steps
   Output output = Output::kCoefficients;
-  std::vector<double> delays;  // steps, each in [0, window]; kDelayed only
+  std::vector<double> delays;  // steps, each in [0, window - 1/2]; kDelayed only
 };
 
 struct ModelSpec {
@@ -67,7 +67,7 @@ struct ModelSpec {
 // d_input/d_output that disagree with the architecture (no encoder means
 // d_input == H, no decoder means d_output == H, a HiPPO memory has
 // d_input 1 and d_output N or the number of delays), delays outside the
-// window, LegS with delayed outputs, a non-finite or non-positive window.
+// window (the oldest whole sample sits at window - 1/2), LegS with delayed outputs, a non-finite or non-positive window.
 absl::Status ValidateModelSpec(const ModelSpec& spec);
 
 }  // namespace ssm

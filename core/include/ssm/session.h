@@ -1,0 +1,73 @@
+// A streaming session of one model: `batch` independent streams that advance
+// together, chunk by chunk, with the state kept between chunks.
+//
+// Run(x, steps) takes batch x steps x d_input and returns the outputs for
+// exactly those steps. Short chunks run as recurrent steps, long ones
+// (steps >= kConvChunkThreshold) as the convolutional mode from the carried
+// state; either way the outputs equal Model::Forward over the concatenated
+// input (tests: <= 1e-9 relative, every split). A step of a loaded session
+// allocates nothing: scratch buffers grow to the largest chunk seen, once.
+//
+// Snapshots (ExportState / Import) are portable bytes, little-endian:
+//   "SSMSNAP\0", u32 format version (1), u32 batch, u64 model fingerprint,
+//   u32 name length, name, i64 position, u64 state length n, n doubles,
+//   u32 CRC-32C of all preceding bytes.
+// Import refuses a snapshot of another model (FailedPrecondition, naming
+// both), and a truncated or corrupted one (DataLoss: bad magic, version,
+// length or checksum), leaving nothing half-built.
+//
+// Errors from Run: InvalidArgument for a shape that disagrees or a
+// non-finite input (the state is unchanged), FailedPrecondition for a model
+// that cannot stream (bidirectional).
+// Thread safety: a Session is not shareable without external locking;
+// distinct sessions of one model may run concurrently.
+
+#ifndef SSM_SESSION_H_
+#define SSM_SESSION_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "ssm/model.h"
+
+namespace ssm {
+
+class Session {
+ public:
+  static constexpr int kConvChunkThreshold = 64;
+  static constexpr uint32_t kSnapshotVersion = 1;
+
+  static absl::StatusOr<Session> Create(std::shared_ptr<const Model> model, int batch);
+  static absl::StatusOr<Session> Import(std::shared_ptr<const Model> model,
+                                        std::string_view snapshot);
+
+  const Model& model() const { return *model_; }
+  int batch() const { return batch_; }
+  int64_t position() const { return position_; }
+  size_t state_bytes() const { return state_.size() * sizeof(double); }
+
+  // x: batch x steps x d_input; y: batch x steps x d_output; steps >= 1.
+  absl::Status Run(absl::Span<const double> x, int steps, absl::Span<double> y);
+
+  std::string ExportState() const;
+
+ private:
+  Session(std::shared_ptr<const Model> model, int batch);
+
+  std::shared_ptr<const Model> model_;
+  int batch_ = 0;
+  int64_t position_ = 0;
+  std::vector<double> state_;
+  std::vector<double> scratch_;
+};
+
+// CRC-32C (Castagnoli) of bytes, as used by snapshots.
+uint32_t Crc32c(std::string_view bytes);
+
+}  // namespace ssm
+
+#endif  // SSM_SESSION_H_

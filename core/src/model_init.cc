@@ -1,0 +1,136 @@
+// Deterministic untrained weights in the S4 reference's layout.
+
+#include <cmath>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "ssm/dplr.h"
+#include "ssm/hippo.h"
+#include "ssm/model.h"
+
+namespace ssm {
+namespace {
+
+// Portable draws (std::uniform_real_distribution is implementation-defined):
+// the same seed gives the same file on every platform.
+class Rng {
+ public:
+  explicit Rng(uint64_t seed) : gen_(seed) {}
+  double Uniform() { return static_cast<double>(gen_() >> 11) * 0x1.0p-53; }
+  double Symmetric(double bound) { return (2 * Uniform() - 1) * bound; }
+  double Normal() {
+    const double u = 1.0 - Uniform(), v = Uniform();
+    return std::sqrt(-2 * std::log(u)) * std::cos(2 * M_PI * v);
+  }
+
+ private:
+  std::mt19937_64 gen_;
+};
+
+void AddComplex(std::vector<TensorToWrite>& out, const std::string& name,
+                std::vector<int64_t> shape, const RowMatrixXcd& m, DType dtype) {
+  TensorToWrite t{name, dtype, std::move(shape), {}};
+  for (Eigen::Index r = 0; r < m.rows(); ++r)
+    for (Eigen::Index j = 0; j < m.cols(); ++j) {
+      t.values.push_back(m(r, j).real());
+      t.values.push_back(m(r, j).imag());
+    }
+  out.push_back(std::move(t));
+}
+
+void AddLinear(std::vector<TensorToWrite>& out, const std::string& prefix, int rows, int cols,
+               Rng& rng, DType dtype) {
+  const double bound = 1.0 / std::sqrt(static_cast<double>(cols));
+  TensorToWrite w{prefix + ".weight", dtype, {rows, cols}, {}};
+  for (int i = 0; i < rows * cols; ++i) w.values.push_back(rng.Symmetric(bound));
+  TensorToWrite b{prefix + ".bias", dtype, {rows}, {}};
+  for (int i = 0; i < rows; ++i) b.values.push_back(rng.Symmetric(bound));
+  out.push_back(std::move(w));
+  out.push_back(std::move(b));
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<TensorToWrite>> InitS4StackWeights(const ModelSpec& spec,
+                                                              uint64_t seed, DType dtype) {
+  if (auto st = ValidateModelSpec(spec); !st.ok()) return st;
+  const auto* s4 = std::get_if<S4StackSpec>(&spec.architecture);
+  if (s4 == nullptr) return absl::InvalidArgumentError("not an S4 stack");
+  const int h = s4->d_model, n = s4->d_state, m = n / 2;
+  Rng rng(seed);
+  std::vector<TensorToWrite> out;
+  if (s4->encoder) AddLinear(out, "encoder", h, spec.d_input, rng, dtype);
+  if (s4->decoder) AddLinear(out, "decoder", spec.d_output, h, rng, dtype);
+  for (int i = 0; i < s4->n_layers; ++i) {
+    const std::string k = absl::StrCat("s4_layers.", i, ".layer.kernel.");
+    const bool dplr = s4->kernel == KernelKind::kDplr;
+    absl::StatusOr<DplrSystem> sys =
+        dplr ? MakeS4Init(Measure::kLegS, n, h, 1e-3, 1e-1, seed + 101 * i)
+             : MakeS4dInit(S4dInit::kLegS, n, h, 1e-3, 1e-1, seed + 101 * i);
+    if (!sys.ok()) return sys.status();
+    TensorToWrite inv_dt{k + "inv_dt", dtype, {h, 1}, {}};
+    for (int r = 0; r < h; ++r) inv_dt.values.push_back(std::log(sys->dt(r)));
+    TensorToWrite a_real{k + "A_real", dtype, {h, m}, {}}, a_imag{k + "A_imag", dtype, {h, m}, {}};
+    for (int r = 0; r < h; ++r)
+      for (int j = 0; j < m; ++j) {
+        // Lambda = -exp(A_real) - i A_imag.
+        a_real.values.push_back(std::log(-sys->lambda(r, j).real()));
+        a_imag.values.push_back(-sys->lambda(r, j).imag());
+      }
+    out.push_back(std::move(inv_dt));
+    out.push_back(std::move(a_real));
+    out.push_back(std::move(a_imag));
+    AddComplex(out, k + "B", {1, h, m, 2}, sys->B, dtype);
+    RowMatrixXcd c = sys->C;
+    const int channels = s4->bidirectional ? 2 : 1;
+    if (channels == 2) {
+      RowMatrixXcd both(2 * h, m);
+      both << sys->C, sys->C.reverse();
+      c = both;
+    }
+    AddComplex(out, k + "C", {channels, h, m, 2}, c, dtype);
+    if (dplr) {
+      RowMatrixXcd p(s4->rank * h, m);
+      for (int a = 0; a < s4->rank; ++a) {
+        // MakeS4Init builds rank 1; further ranks get small random P.
+        for (int r = 0; r < h; ++r)
+          for (int j = 0; j < m; ++j)
+            p(a * h + r, j) = a < sys->rank() ? sys->P[a](r, j)
+                                              : cdouble(0.1 * rng.Normal(), 0.1 * rng.Normal());
+      }
+      AddComplex(out, k + "P", {s4->rank, h, m, 2}, p, dtype);
+      out.push_back({k + "l_kernel", DType::kI64, {}, {0.0}});
+    }
+    TensorToWrite d{absl::StrCat("s4_layers.", i, ".layer.D"), dtype, {1, h}, {}};
+    for (int r = 0; r < h; ++r) d.values.push_back(rng.Normal());
+    out.push_back(std::move(d));
+    if (s4->output_linear != OutputLinearKind::kNone) {
+      const int rows = s4->output_linear == OutputLinearKind::kGlu ? 2 * h : h;
+      AddLinear(out, absl::StrCat("s4_layers.", i, ".output_linear.0"), rows, h, rng, dtype);
+    }
+    if (s4->norm != NormPlacement::kNone) {
+      out.push_back({absl::StrCat("norms.", i, ".weight"), dtype, {h},
+                     std::vector<double>(h, 1.0)});
+      out.push_back({absl::StrCat("norms.", i, ".bias"), dtype, {h}, std::vector<double>(h, 0.0)});
+    }
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<TensorToWrite>> HippoMemoryWeights(const ModelSpec& spec) {
+  if (auto st = ValidateModelSpec(spec); !st.ok()) return st;
+  const auto* h = std::get_if<HippoMemorySpec>(&spec.architecture);
+  if (h == nullptr) return absl::InvalidArgumentError("not a HiPPO memory");
+  absl::StatusOr<ContinuousSystem> sys =
+      h->measure == HippoMemorySpec::Measure::kLegT
+          ? MakeHippo(Measure::kLmu, h->n, HippoOptions{.theta = h->window})
+          : MakeHippo(Measure::kLegS, h->n);
+  if (!sys.ok()) return sys.status();
+  TensorToWrite a{"hippo.A", DType::kF64, {h->n, h->n}, {}};
+  for (int r = 0; r < h->n; ++r)
+    for (int c = 0; c < h->n; ++c) a.values.push_back(sys->A(r, c));
+  TensorToWrite b{"hippo.B", DType::kF64, {h->n}, {sys->B.data(), sys->B.data() + h->n}};
+  return std::vector<TensorToWrite>{std::move(a), std::move(b)};
+}
+
+}  // namespace ssm

@@ -1,0 +1,32 @@
+// The pieces model.cc shares with the architectures' implementations.
+
+#ifndef SSM_CORE_SRC_MODEL_INTERNAL_H_
+#define SSM_CORE_SRC_MODEL_INTERNAL_H_
+
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "ssm/model.h"
+
+namespace ssm::internal {
+
+// Forward's shape, length and finiteness checks (InvalidArgument).
+absl::Status CheckForwardArgs(const Model& model, absl::Span<const double> x, int batch,
+                              int length, absl::Span<const double> y);
+
+// A hash of the architecture and, when given, every tensor's name, shape
+// and values.
+uint64_t FingerprintOf(const ModelSpec& spec, const SafeTensors* file);
+
+absl::StatusOr<std::shared_ptr<const Model>> LoadS4Stack(const ModelSpec& spec,
+                                                         const S4StackSpec& s4,
+                                                         const SafeTensors& file);
+absl::StatusOr<std::shared_ptr<const Model>> LoadHippoMemory(const ModelSpec& spec,
+                                                             const HippoMemorySpec& hippo,
+                                                             const SafeTensors* file);
+
+}  // namespace ssm::internal
+
+#endif  // SSM_CORE_SRC_MODEL_INTERNAL_H_

@@ -1,0 +1,487 @@
+// The S4 stack: encoder, S4 blocks (SSM, activation, output linear,
+// residual, LayerNorm), decoder; weights by the S4 reference's names.
+
+#include <cmath>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <Eigen/Dense>
+
+#include "absl/strings/str_cat.h"
+#include "model_internal.h"
+#include "model_weights.h"
+#include "parallel.h"
+#include "ssm/conv_mode.h"
+#include "ssm/fft_conv.h"
+#include "ssm/kernel.h"
+#include "ssm/recurrent.h"
+#include "ssm/session.h"
+
+namespace ssm::internal {
+namespace {
+
+using Eigen::Map;
+using Eigen::VectorXd;
+using ConstRows = Map<const RowMatrixXd>;
+using Rows = Map<RowMatrixXd>;
+
+struct Linear {
+  RowMatrixXd w;  // out x in
+  VectorXd b;     // out
+  int in() const { return static_cast<int>(w.cols()); }
+  int out() const { return static_cast<int>(w.rows()); }
+  // y = x w^T + b over rows. For a single row Eigen picks a GEMV, and for
+  // the small GEMMs of short chunks its blocking space lives on the stack:
+  // no heap allocation on the step path.
+  void Apply(const double* x, int rows, double* y) const {
+    Rows out(y, rows, this->out());
+    out.noalias() = ConstRows(x, rows, in()) * w.transpose();
+    out.rowwise() += b.transpose();
+  }
+};
+
+void LayerNorm(const VectorXd& gamma, const VectorXd& beta, double eps, const double* x,
+               int rows, double* y) {
+  const int h = static_cast<int>(gamma.size());
+  for (int r = 0; r < rows; ++r) {
+    const double* in = x + static_cast<size_t>(r) * h;
+    double* out = y + static_cast<size_t>(r) * h;
+    double mean = 0;
+    for (int j = 0; j < h; ++j) mean += in[j];
+    mean /= h;
+    double var = 0;
+    for (int j = 0; j < h; ++j) var += (in[j] - mean) * (in[j] - mean);
+    var /= h;  // biased, as torch.nn.LayerNorm
+    const double inv = 1.0 / std::sqrt(var + eps);
+    for (int j = 0; j < h; ++j) out[j] = (in[j] - mean) * inv * gamma(j) + beta(j);
+  }
+}
+
+inline double Gelu(double x) { return 0.5 * x * (1.0 + std::erf(x * M_SQRT1_2)); }
+
+struct Block {
+  DplrSystem system;  // C is the true C (channel 0 of a bidirectional kernel)
+  VectorXd d;
+  std::optional<ConvMode> conv;
+  std::optional<ConvMode> backward;  // bidirectional: the anti-causal kernel
+  std::optional<SsmStepper> stepper;
+  Linear out;  // empty when OutputLinearKind::kNone
+  VectorXd norm_w, norm_b;
+};
+
+class S4Model final : public Model {
+ public:
+  S4Model(ModelSpec spec, uint64_t fingerprint, S4StackSpec s4)
+      : Model(std::move(spec), fingerprint), s4_(std::move(s4)) {}
+
+  static constexpr size_t kPooledBuffers = 2;
+  mutable std::mutex pool_mu_;
+  mutable std::vector<std::vector<double>> pool_;  // GUARDED_BY(pool_mu_)
+
+  S4StackSpec s4_;
+  std::optional<Linear> encoder_, decoder_;
+  std::vector<Block> blocks_;
+  size_t bytes_ = 0;
+
+  bool streamable() const override { return !s4_.bidirectional; }
+  size_t memory_bytes() const override { return bytes_; }
+
+  size_t state_size() const override {
+    size_t n = 0;
+    for (const Block& b : blocks_) n += b.stepper->state_size();
+    return n;
+  }
+
+  absl::Status Forward(absl::Span<const double> x, int batch, int length,
+                       absl::Span<double> y) const override {
+    if (auto st = CheckForwardArgs(*this, x, batch, length, y); !st.ok()) return st;
+    // Scratch is large (7 doubles per feature and step) and touching fresh
+    // pages costs more than the math: keep a few buffers between calls.
+    std::vector<double> scratch;
+    {
+      std::lock_guard<std::mutex> lock(pool_mu_);
+      if (!pool_.empty()) {
+        scratch = std::move(pool_.back());
+        pool_.pop_back();
+      }
+    }
+    const absl::Status st = Run(x, batch, length, /*state=*/{}, y, scratch);
+    std::lock_guard<std::mutex> lock(pool_mu_);
+    if (pool_.size() < kPooledBuffers) pool_.push_back(std::move(scratch));
+    return st;
+  }
+
+  absl::Status Advance(absl::Span<const double> x, int batch, int steps, int64_t /*position*/,
+                       absl::Span<double> state, absl::Span<double> y,
+                       std::vector<double>& scratch) const override {
+    return Run(x, batch, steps, state, y, scratch);
+  }
+
+ private:
+  // One pass of the stack over `steps` steps. With a state (sessions), each
+  // SSM continues from and updates its slice of it; without (Forward), the
+  // SSMs start from zero.
+  //
+  // Everything but the SSM works row by row (one row = one time step of one
+  // sequence), so those parts run on blocks of rows in parallel, each block
+  // through all its pointwise steps while it is in cache; the SSM works
+  // channel by channel on the transposed (batch x H x steps) layout.
+  absl::Status Run(absl::Span<const double> x, int batch, int steps, absl::Span<double> state,
+                   absl::Span<double> y, std::vector<double>& scratch) const {
+    const int h = s4_.d_model;
+    const int64_t rows = static_cast<int64_t>(batch) * steps;
+    const size_t width = static_cast<size_t>(rows) * h;
+    // Scratch: residual stream, SSM input and output (features first), the
+    // backward kernel's output, and per row the block's input and the output
+    // linear's result (2H wide).
+    const size_t need = 7 * width;
+    if (scratch.size() < need) scratch.resize(need);
+    double* stream = scratch.data();
+    double* ssm_in = stream + width;
+    double* ssm_out = ssm_in + width;
+    double* back = ssm_out + width;
+    double* z_all = back + width;
+    double* wide_all = z_all + width;  // 2 width
+    // Rows per parallel block: enough work to be worth a hand-off.
+    const int64_t min_rows = std::max<int64_t>(1, 16384 / (h * 4));
+    // Row r = b * steps + t sits at column t of row (b, c) in the SSM layout.
+    auto to_ssm = [&](int64_t r, const double* src, double* dst) {
+      const int64_t b = r / steps, t = r % steps;
+      for (int c = 0; c < h; ++c) dst[(b * h + c) * steps + t] = src[c];
+    };
+    auto from_ssm = [&](int64_t r, const double* src, double* dst) {
+      const int64_t b = r / steps, t = r % steps;
+      for (int c = 0; c < h; ++c) dst[c] = src[(b * h + c) * steps + t];
+    };
+
+    if (encoder_) {
+      ParallelFor(rows, min_rows, [&](int64_t begin, int64_t end) {
+        encoder_->Apply(x.data() + begin * spec().d_input, static_cast<int>(end - begin),
+                        stream + begin * h);
+      });
+    } else {
+      std::copy(x.begin(), x.end(), stream);
+    }
+    size_t state_off = 0;
+    for (const Block& blk : blocks_) {
+      ParallelFor(rows, min_rows, [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+          const double* in = stream + r * h;
+          if (s4_.norm == NormPlacement::kPre) {
+            LayerNorm(blk.norm_w, blk.norm_b, s4_.layer_norm_eps, in, 1, z_all + r * h);
+            in = z_all + r * h;
+          }
+          to_ssm(r, in, ssm_in);
+        }
+      });
+      if (auto st = RunSsm(blk, ssm_in, batch, steps, state, state_off, ssm_out, back);
+          !st.ok()) {
+        return st;
+      }
+      ParallelFor(rows, min_rows, [&](int64_t begin, int64_t end) {
+        const int n = static_cast<int>(end - begin);
+        double* z = z_all + begin * h;
+        double* wide = wide_all + begin * 2 * h;
+        for (int64_t r = begin; r < end; ++r) from_ssm(r, ssm_out, z_all + r * h);
+        if (s4_.activation == ActivationKind::kGelu) {
+          for (size_t i = 0; i < static_cast<size_t>(n) * h; ++i) z[i] = Gelu(z[i]);
+        }
+        switch (s4_.output_linear) {
+          case OutputLinearKind::kGlu:
+            blk.out.Apply(z, n, wide);
+            for (int r = 0; r < n; ++r) {
+              const double* a = wide + static_cast<size_t>(r) * 2 * h;
+              for (int j = 0; j < h; ++j) z[r * h + j] = a[j] / (1.0 + std::exp(-a[h + j]));
+            }
+            break;
+          case OutputLinearKind::kLinear:
+            blk.out.Apply(z, n, wide);
+            std::copy(wide, wide + static_cast<size_t>(n) * h, z);
+            break;
+          case OutputLinearKind::kNone:
+            break;
+        }
+        double* out = stream + begin * h;
+        if (s4_.residual) {
+          for (size_t i = 0; i < static_cast<size_t>(n) * h; ++i) out[i] += z[i];
+        } else {
+          std::copy(z, z + static_cast<size_t>(n) * h, out);
+        }
+        if (s4_.norm == NormPlacement::kPost) {
+          LayerNorm(blk.norm_w, blk.norm_b, s4_.layer_norm_eps, out, n, out);
+        }
+      });
+    }
+    if (decoder_) {
+      ParallelFor(rows, min_rows, [&](int64_t begin, int64_t end) {
+        decoder_->Apply(stream + begin * h, static_cast<int>(end - begin),
+                        y.data() + begin * spec().d_output);
+      });
+    } else {
+      std::copy(stream, stream + width, y.begin());
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status RunSsm(const Block& blk, const double* u, int batch, int steps,
+                      absl::Span<double> state, size_t& state_off, double* y,
+                      double* back) const {
+    const size_t io = static_cast<size_t>(batch) * s4_.d_model * steps;
+    absl::Span<const double> in(u, io);
+    absl::Span<double> out(y, io);
+    if (state.empty()) {  // Forward: from zero, both directions
+      if (auto st = blk.conv->Forward(in, batch, steps, {}, out, {}); !st.ok()) return st;
+      if (blk.backward) AddAntiCausal(blk, u, batch, steps, y, back);
+      return absl::OkStatus();
+    }
+    const size_t n = static_cast<size_t>(batch) * blk.stepper->state_size();
+    absl::Span<double> s = state.subspan(state_off, n);
+    state_off += n;
+    if (steps < Session::kConvChunkThreshold) return blk.stepper->Run(in, batch, steps, s, out);
+    // Long chunks: the convolutional mode from the carried state, in pieces
+    // of at most max_length.
+    const int max_len = blk.conv->max_length();
+    for (int t0 = 0; t0 < steps; t0 += max_len) {
+      const int len = std::min(max_len, steps - t0);
+      std::vector<double> piece_in(static_cast<size_t>(batch) * s4_.d_model * len);
+      std::vector<double> piece_out(piece_in.size());
+      for (size_t r = 0; r < static_cast<size_t>(batch) * s4_.d_model; ++r) {
+        std::copy(u + r * steps + t0, u + r * steps + t0 + len, &piece_in[r * len]);
+      }
+      if (auto st = blk.conv->Forward(piece_in, batch, len, s, absl::MakeSpan(piece_out), s);
+          !st.ok()) {
+        return st;
+      }
+      for (size_t r = 0; r < static_cast<size_t>(batch) * s4_.d_model; ++r) {
+        std::copy(&piece_out[r * len], &piece_out[r * len] + len, y + r * steps + t0);
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  // The second kernel k1 looks ahead: y[t] += sum_s k1[s] u[t + 1 + s].
+  // With v = u reversed in time, that is the causal convolution w = k1 * v
+  // read backwards and shifted by one: y[t] += w[L - 2 - t].
+  void AddAntiCausal(const Block& blk, const double* u, int batch, int steps, double* y,
+                     double* back) const {
+    const size_t rows = static_cast<size_t>(batch) * s4_.d_model;
+    std::vector<double> rev(rows * steps);
+    for (size_t r = 0; r < rows; ++r)
+      for (int t = 0; t < steps; ++t) rev[r * steps + t] = u[r * steps + steps - 1 - t];
+    absl::Span<double> w(back, rows * steps);
+    // Zero state, zero D: cannot fail once the forward kernel has run.
+    (void)blk.backward->Forward(rev, batch, steps, {}, w, {});
+    for (size_t r = 0; r < rows; ++r)
+      for (int t = 0; t + 1 < steps; ++t) y[r * steps + t] += back[r * steps + steps - 2 - t];
+  }
+};
+
+// ---- Loading the S4 reference's tensors ----
+
+absl::StatusOr<Linear> ReadLinear(WeightReader& w, const std::string& prefix, int out, int in,
+                                  bool conv1d = false) {
+  absl::StatusOr<std::vector<double>> weight =
+      conv1d ? w.Take(prefix + ".weight", {{out, in, 1}, {out, in}})
+             : w.Take(prefix + ".weight", {{out, in}});
+  if (!weight.ok()) return weight.status();
+  absl::StatusOr<std::vector<double>> bias = w.Take(prefix + ".bias", {{out}});
+  if (!bias.ok()) return bias.status();
+  Linear l;
+  l.w = Map<const RowMatrixXd>(weight->data(), out, in);
+  l.b = Map<const VectorXd>(bias->data(), out);
+  return l;
+}
+
+// Complex (rows x m x 2) values -> rows x m, row r of the result taking
+// source row r % rows_src (the reference shares A, B, P across channel
+// groups: channel h uses SSM h mod n_ssm).
+RowMatrixXcd Complex(const std::vector<double>& v, int rows_src, int m, int rows,
+                     size_t offset = 0) {
+  RowMatrixXcd out(rows, m);
+  for (int r = 0; r < rows; ++r)
+    for (int j = 0; j < m; ++j) {
+      const size_t i = offset + (static_cast<size_t>(r % rows_src) * m + j) * 2;
+      out(r, j) = cdouble(v[i], v[i + 1]);
+    }
+  return out;
+}
+
+absl::Status LoadBlock(WeightReader& w, const S4StackSpec& s4, int max_length, int i,
+                       Block& blk) {
+  const std::string pre = absl::StrCat("s4_layers.", i, ".");
+  const int h = s4.d_model, m = s4.d_state / 2;
+  const bool minimal = w.Has(pre + "kernel.log_dt");
+  const std::string k = minimal ? pre + "kernel." : pre + "layer.kernel.";
+  DplrSystem& sys = blk.system;
+  int c_channels = 1;
+  std::vector<double> c_values;
+  if (minimal) {
+    if (s4.kernel != KernelKind::kDiagonal || s4.bidirectional) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          w.source(), ": '", k, "log_dt' is a minimal S4D block, but the config says ",
+          s4.kernel == KernelKind::kDplr ? "DPLR" : "bidirectional"));
+    }
+    auto log_dt = w.Take(k + "log_dt", {{h}});
+    auto log_a_real = w.Take(k + "log_A_real", {{h, m}});
+    auto a_imag = w.Take(k + "A_imag", {{h, m}});
+    auto c = w.Take(k + "C", {{h, m, 2}});
+    for (const auto* t : {&log_dt, &log_a_real, &a_imag, &c})
+      if (!t->ok()) return t->status();
+    sys.dt = Map<const VectorXd>(log_dt->data(), h).array().exp();
+    sys.lambda.resize(h, m);
+    for (int r = 0; r < h; ++r)
+      for (int j = 0; j < m; ++j) {
+        const size_t idx = static_cast<size_t>(r) * m + j;
+        // The minimal S4D keeps +i A_imag (the full kernel uses -i).
+        sys.lambda(r, j) = cdouble(-std::exp((*log_a_real)[idx]), (*a_imag)[idx]);
+      }
+    sys.B = RowMatrixXcd::Ones(h, m);
+    c_values = *std::move(c);
+  } else {
+    const std::vector<int64_t> a_shape = w.Shape(k + "A_real");
+    const int n_ssm = a_shape.size() == 2 ? static_cast<int>(a_shape[0]) : 0;
+    if (n_ssm < 1 || h % n_ssm != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          w.source(), ": '", k, "A_real' must be n_ssm x N/2 with n_ssm dividing H = ", h));
+    }
+    const bool dplr = w.Has(k + "P");
+    if (dplr != (s4.kernel == KernelKind::kDplr)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          w.source(), ": layer ", i, (dplr ? " has" : " lacks"), " '", k,
+          "P', but the config's kernel is ", s4.kernel == KernelKind::kDplr ? "DPLR" : "diagonal"));
+    }
+    c_channels = s4.bidirectional ? 2 : 1;
+    auto inv_dt = w.Take(k + "inv_dt", {{h, 1}, {h}});
+    auto a_real = w.Take(k + "A_real", {{n_ssm, m}});
+    auto a_imag = w.Take(k + "A_imag", {{n_ssm, m}});
+    auto b = w.Take(k + "B", {{1, n_ssm, m, 2}, {n_ssm, m, 2}});
+    auto c = w.Take(k + "C", {{c_channels, h, m, 2}});
+    for (const auto* t : {&inv_dt, &a_real, &a_imag, &b, &c})
+      if (!t->ok()) return t->status();
+    sys.dt = Map<const VectorXd>(inv_dt->data(), h).array().exp();
+    sys.lambda.resize(h, m);
+    for (int r = 0; r < h; ++r)
+      for (int j = 0; j < m; ++j) {
+        const size_t idx = static_cast<size_t>(r % n_ssm) * m + j;
+        sys.lambda(r, j) = cdouble(-std::exp((*a_real)[idx]), -(*a_imag)[idx]);
+      }
+    sys.B = Complex(*b, n_ssm, m, h);
+    c_values = *std::move(c);
+    if (dplr) {
+      auto p = w.Take(k + "P", {{s4.rank, n_ssm, m, 2}});
+      if (!p.ok()) return p.status();
+      for (int a = 0; a < s4.rank; ++a) {
+        sys.P.push_back(Complex(*p, n_ssm, m, h, static_cast<size_t>(a) * n_ssm * m * 2));
+      }
+    }
+  }
+  auto d = minimal ? w.Take(pre + "D", {{h}}) : w.Take(pre + "layer.D", {{1, h}, {h}});
+  if (!d.ok()) return d.status();
+  blk.d = Map<const VectorXd>(d->data(), h);
+
+  // C per kernel channel; C~ (l_kernel > 0) maps back to C exactly.
+  int64_t l_kernel = 0;
+  if (!minimal && w.Has(k + "l_kernel")) {
+    auto l = w.Take(k + "l_kernel", {{}, {1}});
+    if (!l.ok()) return l.status();
+    if ((*l)[0] < 0 || (*l)[0] > kMaxFftConvLength || (*l)[0] != std::floor((*l)[0])) {
+      return absl::InvalidArgumentError(absl::StrCat(w.source(), ": '", k,
+                                                     "l_kernel' must be a length, got ", (*l)[0]));
+    }
+    l_kernel = static_cast<int64_t>((*l)[0]);
+  }
+  std::vector<RowMatrixXcd> cs;
+  for (int ch = 0; ch < c_channels; ++ch) {
+    DplrSystem with_c = sys;
+    with_c.C = Complex(c_values, h, m, h, static_cast<size_t>(ch) * h * m * 2);
+    if (l_kernel > 0) {
+      if (auto st = ValidateDplr(with_c); !st.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat(w.source(), ": layer ", i, ": ",
+                                                       st.message()));
+      }
+      absl::StatusOr<RowMatrixXcd> c = CFromCTilde(with_c, static_cast<int>(l_kernel));
+      if (!c.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat(w.source(), ": layer ", i,
+                                                       ": C~ cannot be inverted: ",
+                                                       c.status().message()));
+      }
+      with_c.C = *std::move(c);
+    }
+    cs.push_back(std::move(with_c.C));
+  }
+  sys.C = cs[0];
+  auto wrap = [&](const absl::Status& st) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(w.source(), ": layer ", i, ": ", st.message()));
+  };
+  absl::StatusOr<ConvMode> conv = ConvMode::Create(sys, blk.d, s4.discretization, max_length);
+  if (!conv.ok()) return wrap(conv.status());
+  blk.conv.emplace(*std::move(conv));
+  absl::StatusOr<SsmStepper> stepper = SsmStepper::Create(sys, blk.d, s4.discretization);
+  if (!stepper.ok()) return wrap(stepper.status());
+  blk.stepper.emplace(*std::move(stepper));
+  if (c_channels == 2) {
+    DplrSystem back = sys;
+    back.C = cs[1];
+    absl::StatusOr<ConvMode> bconv =
+        ConvMode::Create(back, VectorXd::Zero(h), s4.discretization, max_length);
+    if (!bconv.ok()) return wrap(bconv.status());
+    blk.backward.emplace(*std::move(bconv));
+  }
+
+  const std::string ol = pre + "output_linear.0";
+  if (s4.output_linear != OutputLinearKind::kNone) {
+    const int out = s4.output_linear == OutputLinearKind::kGlu ? 2 * h : h;
+    absl::StatusOr<Linear> lin = ReadLinear(w, ol, out, h, /*conv1d=*/minimal);
+    if (!lin.ok()) return lin.status();
+    blk.out = *std::move(lin);
+  }
+  if (s4.norm != NormPlacement::kNone) {
+    auto nw = w.Take(absl::StrCat("norms.", i, ".weight"), {{h}});
+    auto nb = w.Take(absl::StrCat("norms.", i, ".bias"), {{h}});
+    if (!nw.ok()) return nw.status();
+    if (!nb.ok()) return nb.status();
+    blk.norm_w = Map<const VectorXd>(nw->data(), h);
+    blk.norm_b = Map<const VectorXd>(nb->data(), h);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<const Model>> LoadS4Stack(const ModelSpec& spec,
+                                                         const S4StackSpec& s4,
+                                                         const SafeTensors& file) {
+  WeightReader w(file);
+  const int h = s4.d_model;
+  auto model = std::make_shared<S4Model>(spec, FingerprintOf(spec, &file), s4);
+  if (s4.encoder) {
+    absl::StatusOr<Linear> enc = ReadLinear(w, "encoder", h, spec.d_input);
+    if (!enc.ok()) return enc.status();
+    model->encoder_ = *std::move(enc);
+  }
+  if (s4.decoder) {
+    absl::StatusOr<Linear> dec = ReadLinear(w, "decoder", spec.d_output, h);
+    if (!dec.ok()) return dec.status();
+    model->decoder_ = *std::move(dec);
+  }
+  model->blocks_.resize(s4.n_layers);
+  for (int i = 0; i < s4.n_layers; ++i) {
+    if (auto st = LoadBlock(w, s4, spec.max_length, i, model->blocks_[i]); !st.ok()) return st;
+  }
+  if (auto st = w.CheckAllUsed(); !st.ok()) return st;
+  size_t bytes = 0;
+  for (const Block& b : model->blocks_) {
+    const size_t kernels = b.backward ? 2 : 1;
+    // Kernel, its spectra on the ladder of FFT sizes (about 3x one 2L
+    // transform), the linear layer.
+    bytes += kernels * static_cast<size_t>(h) * spec.max_length * sizeof(double) * 4 +
+             b.out.w.size() * sizeof(double);
+  }
+  model->bytes_ = bytes;
+  return std::shared_ptr<const Model>(std::move(model));
+}
+
+}  // namespace ssm::internal

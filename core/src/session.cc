@@ -1,0 +1,188 @@
+#include "ssm/session.h"
+
+#include <array>
+#include <cmath>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+namespace ssm {
+namespace {
+
+constexpr char kMagic[8] = {'S', 'S', 'M', 'S', 'N', 'A', 'P', '\0'};
+
+std::array<uint32_t, 256> MakeCrcTable() {
+  std::array<uint32_t, 256> t{};
+  for (uint32_t i = 0; i < 256; ++i) {
+    uint32_t c = i;
+    for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;  // reflected
+    t[i] = c;
+  }
+  return t;
+}
+
+// Little-endian fixed-width fields; the hosts we build for are
+// little-endian, and a static_assert below keeps it that way.
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "snapshots assume little-endian");
+
+template <typename T>
+void Put(std::string& out, T v) {
+  out.append(reinterpret_cast<const char*>(&v), sizeof(T));
+}
+
+class Reader {
+ public:
+  explicit Reader(std::string_view in) : in_(in) {}
+  template <typename T>
+  bool Get(T& v) {
+    if (in_.size() - pos_ < sizeof(T)) return false;
+    std::memcpy(&v, in_.data() + pos_, sizeof(T));
+    pos_ += sizeof(T);
+    return true;
+  }
+  bool Bytes(size_t n, std::string_view& out) {
+    if (in_.size() - pos_ < n) return false;
+    out = in_.substr(pos_, n);
+    pos_ += n;
+    return true;
+  }
+  size_t pos() const { return pos_; }
+  size_t left() const { return in_.size() - pos_; }
+
+ private:
+  std::string_view in_;
+  size_t pos_ = 0;
+};
+
+}  // namespace
+
+uint32_t Crc32c(std::string_view bytes) {
+  static const std::array<uint32_t, 256> table = MakeCrcTable();
+  uint32_t c = 0xFFFFFFFFu;
+  for (unsigned char b : bytes) c = table[(c ^ b) & 0xFF] ^ (c >> 8);
+  return c ^ 0xFFFFFFFFu;
+}
+
+Session::Session(std::shared_ptr<const Model> model, int batch)
+    : model_(std::move(model)), batch_(batch), state_(batch * model_->state_size(), 0.0) {}
+
+absl::StatusOr<Session> Session::Create(std::shared_ptr<const Model> model, int batch) {
+  if (model == nullptr) return absl::InvalidArgumentError("model must not be null");
+  if (!model->streamable()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "model '", model->spec().name,
+        "' is bidirectional: its outputs depend on future inputs, so it cannot stream; "
+        "use a unary (convolutional) call"));
+  }
+  if (batch < 1) return absl::InvalidArgumentError(absl::StrCat("batch must be >= 1, got ", batch));
+  return Session(std::move(model), batch);
+}
+
+absl::Status Session::Run(absl::Span<const double> x, int steps, absl::Span<double> y) {
+  const Model& m = *model_;
+  if (steps < 1) return absl::InvalidArgumentError(absl::StrCat("steps must be >= 1, got ", steps));
+  const size_t in = static_cast<size_t>(batch_) * steps * m.d_input();
+  const size_t out = static_cast<size_t>(batch_) * steps * m.d_output();
+  if (x.size() != in) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "input must have batch x steps x d_input = ", batch_, " x ", steps, " x ", m.d_input(),
+        " = ", in, " values, got ", x.size()));
+  }
+  if (y.size() != out) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "output must have batch x steps x d_output = ", out, " values, got ", y.size()));
+  }
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (!std::isfinite(x[i])) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "input has a non-finite value at index ", i, " (step ", i / m.d_input() % steps,
+          " of the chunk)"));
+    }
+  }
+  // The inputs are checked, so Advance cannot fail half-way on them; still,
+  // run on a copy of the state when the chunk is long enough that a copy is
+  // cheap next to it, so no error can leave a half-advanced state. One step
+  // runs in place: it allocates nothing and its checks already passed.
+  if (steps == 1) {
+    if (auto st = m.Advance(x, batch_, steps, position_, absl::MakeSpan(state_), y, scratch_);
+        !st.ok()) {
+      return st;
+    }
+  } else {
+    std::vector<double> next = state_;
+    if (auto st = m.Advance(x, batch_, steps, position_, absl::MakeSpan(next), y, scratch_);
+        !st.ok()) {
+      return st;
+    }
+    state_.swap(next);
+  }
+  position_ += steps;
+  return absl::OkStatus();
+}
+
+std::string Session::ExportState() const {
+  std::string out(kMagic, sizeof(kMagic));
+  Put<uint32_t>(out, kSnapshotVersion);
+  Put<uint32_t>(out, static_cast<uint32_t>(batch_));
+  Put<uint64_t>(out, model_->fingerprint());
+  const std::string& name = model_->spec().name;
+  Put<uint32_t>(out, static_cast<uint32_t>(name.size()));
+  out += name;
+  Put<int64_t>(out, position_);
+  Put<uint64_t>(out, state_.size());
+  out.append(reinterpret_cast<const char*>(state_.data()), state_.size() * sizeof(double));
+  Put<uint32_t>(out, Crc32c(out));
+  return out;
+}
+
+absl::StatusOr<Session> Session::Import(std::shared_ptr<const Model> model,
+                                        std::string_view snapshot) {
+  if (model == nullptr) return absl::InvalidArgumentError("model must not be null");
+  auto loss = [](const std::string& why) {
+    return absl::DataLossError(absl::StrCat("state snapshot: ", why));
+  };
+  if (snapshot.size() < sizeof(kMagic) + 4 ||
+      std::memcmp(snapshot.data(), kMagic, sizeof(kMagic)) != 0) {
+    return loss(std::string("not a snapshot (bad magic)"));
+  }
+  uint32_t crc = 0;
+  std::memcpy(&crc, snapshot.data() + snapshot.size() - 4, 4);
+  if (Crc32c(snapshot.substr(0, snapshot.size() - 4)) != crc) {
+    return loss("checksum mismatch (truncated or corrupted)");
+  }
+  Reader r(snapshot.substr(0, snapshot.size() - 4));
+  std::string_view magic, name;
+  uint32_t version = 0, batch = 0, name_len = 0;
+  uint64_t fingerprint = 0, n = 0;
+  int64_t position = 0;
+  if (!r.Bytes(sizeof(kMagic), magic) || !r.Get(version)) return loss("truncated header");
+  if (version != kSnapshotVersion) {
+    return loss(absl::StrCat("format version ", version, " is not supported (this build reads ",
+                             kSnapshotVersion, ")"));
+  }
+  if (!r.Get(batch) || !r.Get(fingerprint) || !r.Get(name_len) || !r.Bytes(name_len, name) ||
+      !r.Get(position) || !r.Get(n)) {
+    return loss("truncated header");
+  }
+  if (name != model->spec().name || fingerprint != model->fingerprint()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "state snapshot belongs to model '", std::string(name), "' (weights fingerprint ",
+        absl::Hex(fingerprint, absl::kZeroPad16), "), not to '", model->spec().name,
+        "' (fingerprint ", absl::Hex(model->fingerprint(), absl::kZeroPad16), ")"));
+  }
+  if (batch < 1 || position < 0 || n != batch * model->state_size() ||
+      r.left() != n * sizeof(double)) {
+    return loss(absl::StrCat("inconsistent sizes (batch ", batch, ", position ", position,
+                             ", ", n, " state values, ", r.left(), " bytes left)"));
+  }
+  absl::StatusOr<Session> s = Create(std::move(model), static_cast<int>(batch));
+  if (!s.ok()) return s.status();
+  std::memcpy(s->state_.data(), snapshot.data() + r.pos(), n * sizeof(double));
+  for (double v : s->state_) {
+    if (!std::isfinite(v)) return loss("non-finite state value");
+  }
+  s->position_ = position;
+  return s;
+}
+
+}  // namespace ssm

@@ -1,0 +1,355 @@
+#include "ssm/model.h"
+
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "core/ssm_systems.h"
+#include "ssm/hippo_memory.h"
+#include "ssm/session.h"
+
+namespace ssm {
+namespace {
+
+using ::testing::HasSubstr;
+using testing::RandomInput;
+using testing::RelError;
+
+ModelSpec S4Spec(S4StackSpec s4, int d_input = 3, int d_output = 2, int max_length = 600) {
+  ModelSpec spec;
+  spec.name = "test-s4";
+  spec.d_input = s4.encoder ? d_input : s4.d_model;
+  spec.d_output = s4.decoder ? d_output : s4.d_model;
+  spec.max_length = max_length;
+  spec.architecture = s4;
+  return spec;
+}
+
+SafeTensors ToFile(const std::vector<TensorToWrite>& tensors, const std::string& name) {
+  absl::StatusOr<std::string> bytes = SerializeSafeTensors(tensors);
+  EXPECT_TRUE(bytes.ok()) << bytes.status();
+  absl::StatusOr<SafeTensors> file = SafeTensors::Parse(*std::move(bytes), name);
+  EXPECT_TRUE(file.ok()) << file.status();
+  return *std::move(file);
+}
+
+std::shared_ptr<const Model> Load(const ModelSpec& spec, uint64_t seed = 7) {
+  absl::StatusOr<std::vector<TensorToWrite>> w = InitS4StackWeights(spec, seed, DType::kF64);
+  EXPECT_TRUE(w.ok()) << w.status();
+  const SafeTensors file = ToFile(*w, "mem.safetensors");
+  absl::StatusOr<std::shared_ptr<const Model>> m = LoadModel(spec, &file);
+  EXPECT_TRUE(m.ok()) << m.status();
+  return m.ok() ? *m : nullptr;
+}
+
+// The architectures the stack supports, each a different path.
+std::vector<std::pair<std::string, S4StackSpec>> Variants() {
+  std::vector<std::pair<std::string, S4StackSpec>> v;
+  S4StackSpec base;
+  base.n_layers = 2;
+  base.d_model = 5;
+  base.d_state = 8;
+  v.push_back({"dplr-post-glu", base});
+  S4StackSpec r2 = base;
+  r2.rank = 2;
+  r2.norm = NormPlacement::kPre;
+  v.push_back({"dplr2-pre", r2});
+  S4StackSpec diag = base;
+  diag.kernel = KernelKind::kDiagonal;
+  diag.rank = 0;
+  diag.discretization = Discretization::Zoh();
+  diag.output_linear = OutputLinearKind::kLinear;
+  v.push_back({"diag-zoh-linear", diag});
+  S4StackSpec diag_bl = diag;
+  diag_bl.discretization = Discretization::Bilinear();
+  diag_bl.residual = false;
+  diag_bl.norm = NormPlacement::kNone;
+  diag_bl.activation = ActivationKind::kIdentity;
+  v.push_back({"diag-bilinear-plain", diag_bl});
+  S4StackSpec plain = base;  // a single SSM layer, nothing around it
+  plain.n_layers = 1;
+  plain.encoder = plain.decoder = plain.residual = false;
+  plain.norm = NormPlacement::kNone;
+  plain.output_linear = OutputLinearKind::kNone;
+  plain.activation = ActivationKind::kIdentity;
+  v.push_back({"plain-ssm", plain});
+  return v;
+}
+
+// Feeds x (batch x total x d_in) to a session in chunks of the given sizes.
+std::vector<double> RunChunks(Session& s, const std::vector<double>& x, int total,
+                              const std::vector<int>& chunks) {
+  const Model& m = s.model();
+  const int batch = s.batch(), din = m.d_input(), dout = m.d_output();
+  std::vector<double> y(static_cast<size_t>(batch) * total * dout);
+  int t0 = 0;
+  for (int c : chunks) {
+    std::vector<double> in(static_cast<size_t>(batch) * c * din), out(batch * c * dout);
+    for (int b = 0; b < batch; ++b)
+      std::copy(&x[(b * total + t0) * din], &x[(b * total + t0 + c) * din], &in[b * c * din]);
+    const absl::Status st = s.Run(in, c, absl::MakeSpan(out));
+    EXPECT_TRUE(st.ok()) << st;
+    for (int b = 0; b < batch; ++b)
+      std::copy(&out[b * c * dout], &out[(b + 1) * c * dout], &y[(b * total + t0) * dout]);
+    t0 += c;
+  }
+  EXPECT_EQ(t0, total);
+  return y;
+}
+
+// A session fed in chunks of any sizes (steps below the convolution
+// threshold, long chunks through the convolutional mode from the carried
+// state) gives Forward's outputs.
+TEST(ModelTest, ChunkedSessionsEqualForward) {
+  const int batch = 2, total = 600;
+  for (const auto& [name, s4] : Variants()) {
+    const std::shared_ptr<const Model> m = Load(S4Spec(s4));
+    ASSERT_NE(m, nullptr) << name;
+    const std::vector<double> x = RandomInput(batch * total * m->d_input(), 3);
+    std::vector<double> ref(batch * total * m->d_output());
+    ASSERT_TRUE(m->Forward(x, batch, total, absl::MakeSpan(ref)).ok()) << name;
+    for (const std::vector<int>& chunks :
+         {std::vector<int>(total, 1), std::vector<int>{1, 7, 100, 63, 64, 365},
+          std::vector<int>{600}, std::vector<int>{299, 2, 299}}) {
+      Session s = *Session::Create(m, batch);
+      EXPECT_LT(RelError(RunChunks(s, x, total, chunks), ref), 1e-9)
+          << name << " first chunk " << chunks[0] << " of " << chunks.size();
+      EXPECT_EQ(s.position(), total);
+    }
+  }
+}
+
+// Chunks longer than max_length run in pieces; the stream goes on past it.
+TEST(ModelTest, SessionsRunPastMaxLength) {
+  S4StackSpec s4 = Variants()[0].second;
+  const ModelSpec long_spec = S4Spec(s4, 3, 2, 900);
+  const ModelSpec short_spec = S4Spec(s4, 3, 2, 100);
+  const std::shared_ptr<const Model> long_model = Load(long_spec), short_model = Load(short_spec);
+  const std::vector<double> x = RandomInput(900 * 3, 4);
+  std::vector<double> ref(900 * 2);
+  ASSERT_TRUE(long_model->Forward(x, 1, 900, absl::MakeSpan(ref)).ok());
+  Session s = *Session::Create(short_model, 1);
+  EXPECT_LT(RelError(RunChunks(s, x, 900, {250, 1, 649}), ref), 1e-9);
+}
+
+// Steps [t0, t0 + len) of x (batch x total x d_in) through a session.
+std::vector<double> RunRange(Session& s, const std::vector<double>& x, int total, int t0,
+                             int len) {
+  const int batch = s.batch(), din = s.model().d_input(), dout = s.model().d_output();
+  std::vector<double> in(static_cast<size_t>(batch) * len * din), out(batch * len * dout);
+  for (int b = 0; b < batch; ++b)
+    std::copy(&x[(b * total + t0) * din], &x[(b * total + t0 + len) * din], &in[b * len * din]);
+  const absl::Status st = s.Run(in, len, absl::MakeSpan(out));
+  EXPECT_TRUE(st.ok()) << st;
+  return out;
+}
+
+TEST(ModelTest, SnapshotsContinueExactly) {
+  const ModelSpec spec = S4Spec(Variants()[1].second);
+  const std::shared_ptr<const Model> m = Load(spec);
+  const std::vector<double> x = RandomInput(2 * 200 * 3, 5);
+  Session a = *Session::Create(m, 2);
+  RunRange(a, x, 200, 0, 120);
+  const std::string snap = a.ExportState();
+  const std::vector<double> rest = RunRange(a, x, 200, 120, 80);
+
+  // A separately loaded copy of the same weights (another process, another
+  // replica) takes the snapshot and continues bit for bit.
+  const std::shared_ptr<const Model> again = Load(spec);
+  ASSERT_EQ(again->fingerprint(), m->fingerprint());
+  absl::StatusOr<Session> b = Session::Import(again, snap);
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(b->position(), 120);
+  EXPECT_EQ(b->batch(), 2);
+  EXPECT_EQ(RunRange(*b, x, 200, 120, 80), rest);
+}
+
+TEST(ModelTest, SnapshotsOfAnotherModelOrCorruptedAreRefused) {
+  const ModelSpec spec = S4Spec(Variants()[0].second);
+  const std::shared_ptr<const Model> m = Load(spec, 7), other = Load(spec, 8);
+  ASSERT_NE(m->fingerprint(), other->fingerprint());
+  Session a = *Session::Create(m, 1);
+  RunRange(a, RandomInput(10 * 3, 1), 10, 0, 10);
+  const std::string snap = a.ExportState();
+
+  absl::StatusOr<Session> wrong = Session::Import(other, snap);
+  EXPECT_EQ(wrong.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(wrong.status().message()), HasSubstr("belongs to model 'test-s4'"));
+
+  for (size_t i : {size_t{0}, size_t{9}, snap.size() / 2, snap.size() - 1}) {
+    std::string bad = snap;
+    bad[i] ^= 0x10;
+    EXPECT_EQ(Session::Import(m, bad).status().code(), absl::StatusCode::kDataLoss) << i;
+  }
+  for (size_t len : {size_t{0}, size_t{5}, size_t{40}, snap.size() - 1}) {
+    EXPECT_EQ(Session::Import(m, snap.substr(0, len)).status().code(),
+              absl::StatusCode::kDataLoss)
+        << len;
+  }
+  EXPECT_TRUE(Session::Import(m, snap).ok());
+}
+
+TEST(ModelTest, BadInputLeavesTheSessionAsItWas) {
+  const std::shared_ptr<const Model> m = Load(S4Spec(Variants()[0].second));
+  Session s = *Session::Create(m, 1);
+  RunRange(s, RandomInput(5 * 3, 1), 5, 0, 5);
+  const std::string before = s.ExportState();
+  std::vector<double> x(2 * 3, 0.5), y(2 * 2);
+  x[4] = std::numeric_limits<double>::quiet_NaN();
+  absl::Status st = s.Run(x, 2, absl::MakeSpan(y));
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(st.message()), HasSubstr("non-finite value at index 4"));
+  EXPECT_EQ(s.Run(x, 3, absl::MakeSpan(y)).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.Run(x, 0, absl::MakeSpan(y)).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.ExportState(), before);
+  EXPECT_EQ(s.position(), 5);
+
+  std::vector<double> fx(4 * 3, 0.1), fy(4 * 2);
+  EXPECT_EQ(m->Forward(fx, 1, 601, absl::MakeSpan(fy)).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(m->Forward(fx, 1, 3, absl::MakeSpan(fy)).code(), absl::StatusCode::kInvalidArgument);
+  fx[7] = std::numeric_limits<double>::infinity();
+  st = m->Forward(fx, 1, 4, absl::MakeSpan(fy));
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(st.message()), HasSubstr("step 2, feature 1"));
+}
+
+TEST(ModelTest, BidirectionalModelsRefuseToStream) {
+  S4StackSpec s4 = Variants()[0].second;
+  s4.bidirectional = true;
+  const std::shared_ptr<const Model> m = Load(S4Spec(s4));
+  ASSERT_NE(m, nullptr);
+  EXPECT_FALSE(m->streamable());
+  std::vector<double> x = RandomInput(20 * 3, 2), y(20 * 2);
+  EXPECT_TRUE(m->Forward(x, 1, 20, absl::MakeSpan(y)).ok());
+  absl::StatusOr<Session> s = Session::Create(m, 1);
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(s.status().message()), HasSubstr("bidirectional"));
+}
+
+// Each bad weights file is refused with the tensor named.
+TEST(ModelTest, BadWeightsAreRefusedByName) {
+  const ModelSpec spec = S4Spec(Variants()[0].second);
+  const std::vector<TensorToWrite> good = *InitS4StackWeights(spec, 1, DType::kF32);
+  auto load = [&](std::vector<TensorToWrite> w) {
+    const SafeTensors f = ToFile(w, "bad.safetensors");
+    return LoadModel(spec, &f).status();
+  };
+  auto find = [](std::vector<TensorToWrite>& w, const std::string& name) -> TensorToWrite& {
+    for (TensorToWrite& t : w)
+      if (t.name == name) return t;
+    ADD_FAILURE() << name;
+    return w[0];
+  };
+  auto expect = [](const absl::Status& st, const std::string& words) {
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+    EXPECT_THAT(std::string(st.message()), HasSubstr(words));
+  };
+  EXPECT_TRUE(load(good).ok());
+  {
+    std::vector<TensorToWrite> w = good;
+    w.erase(w.begin() + 3);
+    const std::string name = good[3].name;
+    expect(load(w), "missing tensor '" + name + "'");
+  }
+  {
+    std::vector<TensorToWrite> w = good;
+    TensorToWrite& t = find(w, "s4_layers.1.layer.kernel.P");
+    t.shape = {1, 5, 2, 4};
+    expect(load(w), "'s4_layers.1.layer.kernel.P' has shape [1, 5, 2, 4], expected [1, 5, 4, 2]");
+  }
+  {
+    // The writer refuses NaN, so plant a marker value and overwrite its bytes.
+    std::vector<TensorToWrite> w = good;
+    TensorToWrite& bias = find(w, "decoder.bias");
+    bias.dtype = DType::kF64;
+    const double marker = 12345.678901;
+    bias.values[1] = marker;
+    std::string bytes = *SerializeSafeTensors(w);
+    const size_t at = bytes.find(std::string(reinterpret_cast<const char*>(&marker), 8));
+    ASSERT_NE(at, std::string::npos);
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    bytes.replace(at, 8, std::string(reinterpret_cast<const char*>(&nan), 8));
+    const SafeTensors f = *SafeTensors::Parse(bytes, "nan.safetensors");
+    const absl::Status st = LoadModel(spec, &f).status();
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+    EXPECT_THAT(std::string(st.message()), HasSubstr("decoder.bias"));
+  }
+  {
+    std::vector<TensorToWrite> w = good;
+    w.push_back({"s4_layers.0.layer.kernel.typo", DType::kF32, {1}, {1.0}});
+    expect(load(w), "unknown tensor 's4_layers.0.layer.kernel.typo'");
+  }
+  {
+    ModelSpec diag = spec;
+    std::get<S4StackSpec>(diag.architecture).kernel = KernelKind::kDiagonal;
+    std::get<S4StackSpec>(diag.architecture).rank = 0;
+    std::get<S4StackSpec>(diag.architecture).discretization = Discretization::Zoh();
+    const SafeTensors f = ToFile(good, "dplr.safetensors");
+    expect(LoadModel(diag, &f).status(), "has 's4_layers.0.layer.kernel.P'");
+  }
+  expect(LoadModel(spec, nullptr).status(), "needs a weights file");
+}
+
+ModelSpec HippoSpec(HippoMemorySpec h, int d_output) {
+  ModelSpec spec;
+  spec.name = "hippo";
+  spec.d_input = 1;
+  spec.d_output = d_output;
+  spec.max_length = 4096;
+  spec.architecture = std::move(h);
+  return spec;
+}
+
+// The LegT delay line reads the input back at fixed lags; on a smooth
+// signal (two sines, periods 200 and 90 steps, window 64) the error is
+// small and stated in README.
+TEST(ModelTest, LegtDelayLineRecallsThePast) {
+  HippoMemorySpec h;
+  h.measure = HippoMemorySpec::Measure::kLegT;
+  h.n = 32;
+  h.window = 64;
+  h.output = HippoMemorySpec::Output::kDelayed;
+  h.delays = {16, 32, 63};
+  const ModelSpec spec = HippoSpec(h, 3);
+  const SafeTensors file = ToFile(*HippoMemoryWeights(spec), "legt.safetensors");
+  const std::shared_ptr<const Model> m = *LoadModel(spec, &file);
+  const int total = 2000;
+  auto f = [](double t) { return std::sin(2 * M_PI * t / 200) + 0.5 * std::cos(2 * M_PI * t / 90); };
+  std::vector<double> x(total), y(total * 3);
+  for (int t = 0; t < total; ++t) x[t] = f(t);
+  ASSERT_TRUE(m->Forward(x, 1, total, absl::MakeSpan(y)).ok());
+  double worst = 0;
+  for (int t = 200; t < total; ++t)  // after the window has filled
+    for (int k = 0; k < 3; ++k) worst = std::max(worst, std::abs(y[t * 3 + k] - f(t - h.delays[k])));
+  // Measured 3.1e-4 (the signal's amplitude is 1.5).
+  EXPECT_LT(worst, 1e-3) << "max |delayed - true| over steps 200..2000";
+  RecordProperty("legt_delay_max_error", std::to_string(worst));
+
+  Session s = *Session::Create(m, 1);
+  EXPECT_LT(RelError(RunChunks(s, x, total, {1, 999, 1000}), y), 1e-12);
+}
+
+// legs-memory's outputs are its coefficients, as HippoMemory computes them.
+TEST(ModelTest, LegsMemoryExposesItsCoefficients) {
+  HippoMemorySpec h;
+  h.measure = HippoMemorySpec::Measure::kLegS;
+  h.n = 16;
+  const ModelSpec spec = HippoSpec(h, 16);
+  const std::shared_ptr<const Model> m = *LoadModel(spec, nullptr);
+  const std::vector<double> x = RandomInput(300, 9);
+  std::vector<double> y(300 * 16);
+  ASSERT_TRUE(m->Forward(x, 1, 300, absl::MakeSpan(y)).ok());
+  HippoMemory mem = *HippoMemory::LegS(16);
+  ASSERT_TRUE(mem.Update(x).ok());
+  for (int j = 0; j < 16; ++j) EXPECT_DOUBLE_EQ(y[299 * 16 + j], mem.coefficients()(j));
+  Session s = *Session::Create(m, 1);
+  EXPECT_EQ(RunChunks(s, x, 300, {1, 150, 149}), y);
+}
+
+}  // namespace
+}  // namespace ssm
