@@ -1,0 +1,75 @@
+// Whole models, loaded from the shipped repository (models/):
+//   BM_ModelForward/s4-demo/<B>/<L>  convolutional mode, kernels cached
+//   BM_SessionStep/s4-demo           one streaming step, batch 1
+//   BM_SessionChunk/s4-demo/<T>      one chunk of T steps, batch 1
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <benchmark/benchmark.h>
+
+#include "server/model_config.h"
+#include "ssm/model.h"
+#include "ssm/session.h"
+
+namespace ssm {
+namespace {
+
+std::shared_ptr<const Model> LoadShipped(const std::string& name) {
+  const std::string dir = std::string(SSM_SOURCE_DIR) + "/models/" + name;
+  absl::StatusOr<ModelSpec> spec = server::ReadModelConfig(dir + "/config.pbtxt");
+  if (!spec.ok()) return nullptr;
+  absl::StatusOr<SafeTensors> file = SafeTensors::ReadFile(dir + "/1/weights.safetensors");
+  if (!file.ok()) return nullptr;
+  absl::StatusOr<std::shared_ptr<const Model>> m = LoadModel(*spec, &*file);
+  return m.ok() ? *m : nullptr;
+}
+
+const std::shared_ptr<const Model>& S4Demo() {
+  static const std::shared_ptr<const Model> model = LoadShipped("s4-demo");
+  return model;
+}
+
+void BM_ModelForward(benchmark::State& state) {
+  const std::shared_ptr<const Model>& m = S4Demo();
+  if (m == nullptr) return state.SkipWithError("cannot load models/s4-demo");
+  const int batch = static_cast<int>(state.range(0)), length = static_cast<int>(state.range(1));
+  std::vector<double> x(static_cast<size_t>(batch) * length * m->d_input());
+  for (size_t i = 0; i < x.size(); ++i) x[i] = std::sin(0.01 * i);
+  std::vector<double> y(static_cast<size_t>(batch) * length * m->d_output());
+  // The first call builds the FFT convolvers for this length (cached after).
+  if (!m->Forward(x, batch, length, absl::MakeSpan(y)).ok()) return state.SkipWithError("forward");
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(m->Forward(x, batch, length, absl::MakeSpan(y)));
+    benchmark::ClobberMemory();
+  }
+  state.SetItemsProcessed(state.iterations() * batch * length);
+}
+BENCHMARK(BM_ModelForward)->Name("BM_ModelForward/s4-demo")->Args({8, 4096})
+    ->Unit(benchmark::kMillisecond)->UseRealTime();
+
+void BM_SessionChunkImpl(benchmark::State& state, int steps) {
+  const std::shared_ptr<const Model>& m = S4Demo();
+  if (m == nullptr) return state.SkipWithError("cannot load models/s4-demo");
+  Session s = *Session::Create(m, 1);
+  std::vector<double> x(steps * m->d_input(), 0.25), y(steps * m->d_output());
+  if (!s.Run(x, steps, absl::MakeSpan(y)).ok()) return state.SkipWithError("run");
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(s.Run(x, steps, absl::MakeSpan(y)));
+    benchmark::ClobberMemory();
+  }
+  state.SetItemsProcessed(state.iterations() * steps);
+}
+
+void BM_SessionStep(benchmark::State& state) { BM_SessionChunkImpl(state, 1); }
+BENCHMARK(BM_SessionStep)->Name("BM_SessionStep/s4-demo");
+
+void BM_SessionChunk(benchmark::State& state) {
+  BM_SessionChunkImpl(state, static_cast<int>(state.range(0)));
+}
+BENCHMARK(BM_SessionChunk)->Name("BM_SessionChunk/s4-demo")->Arg(16)->Arg(256)
+    ->Unit(benchmark::kMicrosecond);
+
+}  // namespace
+}  // namespace ssm
