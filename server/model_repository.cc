@@ -159,4 +159,32 @@ absl::StatusOr<RepositoryScan> ScanRepository(const std::string& repo_path) {
   return scan;
 }
 
+absl::StatusOr<LoadedRepository> LoadRepository(const std::string& repo_path) {
+  absl::StatusOr<RepositoryScan> scan = ScanRepository(repo_path);
+  if (!scan.ok()) return scan.status();
+  LoadedRepository out;
+  out.warnings = std::move(scan->warnings);
+  for (const ModelEntry& entry : scan->models) {
+    if (!entry.status.ok()) {
+      out.errors.emplace(entry.name, entry.status);
+      continue;
+    }
+    for (const auto& [version, path] : entry.versions) {
+      absl::StatusOr<ssm::SafeTensors> file = ssm::SafeTensors::ReadFile(path);
+      absl::StatusOr<std::shared_ptr<const ssm::Model>> model =
+          file.ok() ? ssm::LoadModel(entry.spec, &*file)
+                    : absl::StatusOr<std::shared_ptr<const ssm::Model>>(file.status());
+      if (model.ok()) {
+        out.models[entry.name].emplace(version, *std::move(model));
+      } else if (!out.errors.count(entry.name)) {
+        out.errors.emplace(entry.name,
+                           absl::Status(model.status().code(),
+                                        absl::StrCat("version ", version, ": ",
+                                                     model.status().message())));
+      }
+    }
+  }
+  return out;
+}
+
 }  // namespace ssm::server

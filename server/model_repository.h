@@ -14,11 +14,13 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "ssm/model.h"
 #include "ssm/model_spec.h"
 
 namespace ssm::server {
@@ -54,6 +56,22 @@ struct RepositoryScan {
 // listed. Entries whose name starts with '.' are skipped silently (editor
 // and VCS folders), as are plain files at either level.
 absl::StatusOr<RepositoryScan> ScanRepository(const std::string& repo_path);
+
+// A scanned repository with every version of every servable model loaded.
+struct LoadedRepository {
+  // name -> version -> model, for the versions that loaded.
+  std::map<std::string, std::map<int64_t, std::shared_ptr<const ssm::Model>>> models;
+  // name -> why it (or one of its versions) is not served: the scan's error,
+  // or the first version that failed to load, naming its file and tensor.
+  std::map<std::string, absl::Status> errors;
+  std::vector<std::string> warnings;  // the scan's
+};
+
+// Scans and loads. A model whose config or weights are bad lands in
+// `errors` and never keeps the others from loading; a version that fails
+// does not hide the model's other versions. NotFound if the repository
+// itself is missing.
+absl::StatusOr<LoadedRepository> LoadRepository(const std::string& repo_path);
 
 }  // namespace ssm::server
 

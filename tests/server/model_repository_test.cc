@@ -12,6 +12,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "server/model_config.h"
+#include "ssm/model.h"
 
 namespace ssm::server {
 namespace {
@@ -264,6 +266,54 @@ TEST_F(ModelRepositoryTest, TrailingSlashGivesTheSamePaths) {
   ASSERT_EQ(scan->models.size(), 1u);
   EXPECT_TRUE(scan->models[0].status.ok()) << scan->models[0].status;
   EXPECT_EQ(scan->models[0].versions.at(1), Path("m/1/weights.safetensors"));
+}
+
+// Loading: each model's weights are its own business. A truncated file, a
+// NaN weight or a missing tensor fails that model (or version) only.
+TEST_F(ModelRepositoryTest, OneBadModelNeverStopsTheOthersLoading) {
+  auto spec_of = [](const std::string& text) {
+    return *ParseModelConfigText(text, "test");
+  };
+  auto weights = [&](const std::string& config, uint64_t seed) {
+    return *SerializeSafeTensors(*InitS4StackWeights(spec_of(config), seed));
+  };
+  Write("good/config.pbtxt", S4Config("good", 8));
+  Write("good/1/weights.safetensors", weights(S4Config("good", 8), 1));
+  Write("good/2/weights.safetensors", weights(S4Config("good", 8), 2));
+  // Version 3 is truncated: the other two still serve.
+  const std::string w3 = weights(S4Config("good", 8), 3);
+  Write("good/3/weights.safetensors", w3.substr(0, w3.size() / 2));
+  Write("wrong_state/config.pbtxt", S4Config("wrong_state", 6));
+  Write("wrong_state/1/weights.safetensors", weights(S4Config("wrong_state", 8), 1));
+  Write("hippo/config.pbtxt", HippoConfig("hippo"));
+  Write("hippo/1/weights.safetensors", *SerializeSafeTensors(*HippoMemoryWeights(
+                                            spec_of(HippoConfig("hippo")))));
+  Write("broken/config.pbtxt", "name: \"broken\" d_input: {");
+
+  absl::StatusOr<LoadedRepository> repo = LoadRepository(repo_);
+  ASSERT_TRUE(repo.ok()) << repo.status();
+  ASSERT_EQ(repo->models.count("good"), 1u);
+  EXPECT_EQ(repo->models["good"].size(), 2u);
+  EXPECT_EQ(repo->models.count("hippo"), 1u);
+  EXPECT_EQ(repo->models.count("wrong_state"), 0u);
+  EXPECT_EQ(repo->models.count("broken"), 0u);
+  ASSERT_EQ(repo->errors.count("good"), 1u);
+  EXPECT_EQ(repo->errors["good"].code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(repo->errors["good"].message()),
+              HasSubstr("version 3: " + Path("good/3/weights.safetensors")));
+  EXPECT_EQ(repo->errors["wrong_state"].code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(repo->errors["wrong_state"].message()),
+              HasSubstr("s4_layers.0.layer.kernel.A_real' has shape [4, 4], expected [4, 3]"));
+  EXPECT_EQ(repo->errors["broken"].code(), absl::StatusCode::kInvalidArgument);
+
+  // The models that loaded answer.
+  const std::shared_ptr<const Model>& m = repo->models["good"][2];
+  std::vector<double> x(4 * 10, 0.5), y(4 * 10);
+  EXPECT_TRUE(m->Forward(x, 1, 10, absl::MakeSpan(y)).ok());
+}
+
+TEST_F(ModelRepositoryTest, LoadingAMissingRepositoryIsNotFound) {
+  EXPECT_EQ(LoadRepository(Path("nowhere")).status().code(), absl::StatusCode::kNotFound);
 }
 
 }  // namespace
