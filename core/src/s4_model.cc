@@ -147,13 +147,31 @@ class S4Model final : public Model {
     // Rows per parallel block: enough work to be worth a hand-off.
     const int64_t min_rows = std::max<int64_t>(1, 16384 / (h * 4));
     // Row r = b * steps + t sits at column t of row (b, c) in the SSM layout.
-    auto to_ssm = [&](int64_t r, const double* src, double* dst) {
-      const int64_t b = r / steps, t = r % steps;
-      for (int c = 0; c < h; ++c) dst[(b * h + c) * steps + t] = src[c];
+    // A block of rows moves as per-sequence tiles, channel by channel, so the
+    // SSM side is written (or read) contiguously.
+    auto to_ssm = [&](int64_t begin, int64_t end, const double* src, double* dst) {
+      for (int64_t r0 = begin; r0 < end;) {
+        const int64_t b = r0 / steps, t0 = r0 % steps;
+        const int64_t n = std::min(end - r0, steps - t0);
+        for (int c = 0; c < h; ++c) {
+          double* out = dst + (b * h + c) * steps + t0;
+          const double* in = src + r0 * h + c;
+          for (int64_t i = 0; i < n; ++i) out[i] = in[i * h];
+        }
+        r0 += n;
+      }
     };
-    auto from_ssm = [&](int64_t r, const double* src, double* dst) {
-      const int64_t b = r / steps, t = r % steps;
-      for (int c = 0; c < h; ++c) dst[c] = src[(b * h + c) * steps + t];
+    auto from_ssm = [&](int64_t begin, int64_t end, const double* src, double* dst) {
+      for (int64_t r0 = begin; r0 < end;) {
+        const int64_t b = r0 / steps, t0 = r0 % steps;
+        const int64_t n = std::min(end - r0, steps - t0);
+        for (int c = 0; c < h; ++c) {
+          const double* in = src + (b * h + c) * steps + t0;
+          double* out = dst + r0 * h + c;
+          for (int64_t i = 0; i < n; ++i) out[i * h] = in[i];
+        }
+        r0 += n;
+      }
     };
 
     if (encoder_) {
@@ -167,14 +185,13 @@ class S4Model final : public Model {
     size_t state_off = 0;
     for (const Block& blk : blocks_) {
       ParallelFor(rows, min_rows, [&](int64_t begin, int64_t end) {
-        for (int64_t r = begin; r < end; ++r) {
-          const double* in = stream + r * h;
-          if (s4_.norm == NormPlacement::kPre) {
-            LayerNorm(blk.norm_w, blk.norm_b, s4_.layer_norm_eps, in, 1, z_all + r * h);
-            in = z_all + r * h;
-          }
-          to_ssm(r, in, ssm_in);
+        const double* in = stream;
+        if (s4_.norm == NormPlacement::kPre) {
+          LayerNorm(blk.norm_w, blk.norm_b, s4_.layer_norm_eps, stream + begin * h,
+                    static_cast<int>(end - begin), z_all + begin * h);
+          in = z_all;
         }
+        to_ssm(begin, end, in, ssm_in);
       });
       if (auto st = RunSsm(blk, ssm_in, batch, steps, state, state_off, ssm_out, back);
           !st.ok()) {
@@ -184,7 +201,7 @@ class S4Model final : public Model {
         const int n = static_cast<int>(end - begin);
         double* z = z_all + begin * h;
         double* wide = wide_all + begin * 2 * h;
-        for (int64_t r = begin; r < end; ++r) from_ssm(r, ssm_out, z_all + r * h);
+        from_ssm(begin, end, ssm_out, z_all);
         if (s4_.activation == ActivationKind::kGelu) {
           for (size_t i = 0; i < static_cast<size_t>(n) * h; ++i) z[i] = Gelu(z[i]);
         }
