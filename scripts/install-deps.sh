@@ -11,11 +11,12 @@ packages=(
   libeigen3-dev libfftw3-dev libabsl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libprotobuf-dev protobuf-compiler nlohmann-json3-dev
+  libgrpc++-dev protobuf-compiler-grpc prometheus-cpp-dev
 )
 # Only the tests need these: the S4 checkpoint converter (an optional tool)
 # and its test use Debian's PyTorch and NumPy.
 if [[ "${1:-}" == "--test" ]]; then
-  packages+=(python3-numpy python3-torch)
+  packages+=(python3-numpy python3-torch python3-grpcio python3-grpc-tools)
 fi
 
 missing=()
