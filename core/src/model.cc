@@ -9,6 +9,29 @@
 namespace ssm {
 namespace internal {
 
+absl::Status CheckIoArgs(const Model& model, absl::Span<const double> x, int batch, int steps,
+                         absl::Span<const double> y) {
+  const size_t in = static_cast<size_t>(batch) * steps * model.d_input();
+  const size_t out = static_cast<size_t>(batch) * steps * model.d_output();
+  if (x.size() != in) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "input must have batch x steps x d_input = ", batch, " x ", steps, " x ",
+        model.d_input(), " = ", in, " values, got ", x.size()));
+  }
+  if (y.size() != out) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "output must have batch x steps x d_output = ", out, " values, got ", y.size()));
+  }
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (!std::isfinite(x[i])) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "input has a non-finite value at index ", i, " (batch ", i / (in / batch), ", step ",
+          i / model.d_input() % steps, ", feature ", i % model.d_input(), ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckForwardArgs(const Model& model, absl::Span<const double> x, int batch,
                               int length, absl::Span<const double> y) {
   if (batch < 1) {
@@ -18,25 +41,7 @@ absl::Status CheckForwardArgs(const Model& model, absl::Span<const double> x, in
     return absl::InvalidArgumentError(absl::StrCat("length must be in [1, max_length = ",
                                                    model.max_length(), "], got ", length));
   }
-  const size_t in = static_cast<size_t>(batch) * length * model.d_input();
-  const size_t out = static_cast<size_t>(batch) * length * model.d_output();
-  if (x.size() != in) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "input must have batch x length x d_input = ", batch, " x ", length, " x ",
-        model.d_input(), " = ", in, " values, got ", x.size()));
-  }
-  if (y.size() != out) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "output must have batch x length x d_output = ", out, " values, got ", y.size()));
-  }
-  for (size_t i = 0; i < x.size(); ++i) {
-    if (!std::isfinite(x[i])) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "input has a non-finite value at index ", i, " (batch ", i / (in / batch), ", step ",
-          i / model.d_input() % length, ", feature ", i % model.d_input(), ")"));
-    }
-  }
-  return absl::OkStatus();
+  return CheckIoArgs(model, x, batch, length, y);
 }
 
 uint64_t FingerprintOf(const ModelSpec& spec, const SafeTensors* file) {

@@ -12,7 +12,11 @@
 
 namespace ssm::internal {
 
-// Forward's shape, length and finiteness checks (InvalidArgument).
+// Shapes (batch x steps x d_input in, batch x steps x d_output out) and
+// finite inputs (InvalidArgument naming the index, step and feature).
+absl::Status CheckIoArgs(const Model& model, absl::Span<const double> x, int batch, int steps,
+                         absl::Span<const double> y);
+// Forward's checks: CheckIoArgs plus batch >= 1 and 1 <= length <= max_length.
 absl::Status CheckForwardArgs(const Model& model, absl::Span<const double> x, int batch,
                               int length, absl::Span<const double> y);
 

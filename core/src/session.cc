@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "model_internal.h"
 
 namespace ssm {
 namespace {
@@ -81,24 +82,7 @@ absl::StatusOr<Session> Session::Create(std::shared_ptr<const Model> model, int 
 absl::Status Session::Run(absl::Span<const double> x, int steps, absl::Span<double> y) {
   const Model& m = *model_;
   if (steps < 1) return absl::InvalidArgumentError(absl::StrCat("steps must be >= 1, got ", steps));
-  const size_t in = static_cast<size_t>(batch_) * steps * m.d_input();
-  const size_t out = static_cast<size_t>(batch_) * steps * m.d_output();
-  if (x.size() != in) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "input must have batch x steps x d_input = ", batch_, " x ", steps, " x ", m.d_input(),
-        " = ", in, " values, got ", x.size()));
-  }
-  if (y.size() != out) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "output must have batch x steps x d_output = ", out, " values, got ", y.size()));
-  }
-  for (size_t i = 0; i < x.size(); ++i) {
-    if (!std::isfinite(x[i])) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "input has a non-finite value at index ", i, " (step ", i / m.d_input() % steps,
-          " of the chunk)"));
-    }
-  }
+  if (auto st = internal::CheckIoArgs(m, x, batch_, steps, y); !st.ok()) return st;
   // The inputs are checked, so Advance cannot fail half-way on them; still,
   // run on a copy of the state when the chunk is long enough that a copy is
   // cheap next to it, so no error can leave a half-advanced state. One step
