@@ -414,39 +414,84 @@ inline V8 Load8(const float* p) {
 }
 inline void Store8(float* p, V8 v) { __builtin_memcpy(p, &v, sizeof(v)); }
 
-// One step of every channel of one session. u and y advance by `stride`
-// between channels (the batch x H x T layout with T = stride).
+// One channel's step: updates its state and returns its output sum as a
+// vector of 8 partial sums plus the scalar sum of a partial last block.
+inline V8 ChannelStepF32(int m, const float* __restrict q, float in, float* __restrict xr,
+                         float* __restrict xi, float& tail) {
+  const V8 vin = {in, in, in, in, in, in, in, in};
+  // Two accumulators: the output sum is the loop's only dependency chain.
+  V8 acc_r = {}, acc_i = {};
+  int j = 0;
+  for (; j + kBlock <= m; j += kBlock, q += kPacked) {
+    const V8 rr = Load8(q), ri = Load8(q + 8), pr = Load8(xr + j), pi = Load8(xi + j);
+    const V8 nr = rr * pr - ri * pi + Load8(q + 16) * vin;
+    const V8 ni = rr * pi + ri * pr + Load8(q + 24) * vin;
+    Store8(xr + j, nr);
+    Store8(xi + j, ni);
+    acc_r += Load8(q + 32) * nr;
+    acc_i += Load8(q + 40) * ni;
+  }
+  float sum = 0;
+  for (int k = 0; j < m; ++j, ++k) {  // the last, partial block
+    const float nr = q[k] * xr[j] - q[8 + k] * xi[j] + q[16 + k] * in;
+    const float ni = q[k] * xi[j] + q[8 + k] * xr[j] + q[24 + k] * in;
+    xr[j] = nr;
+    xi[j] = ni;
+    sum += q[32 + k] * nr - q[40 + k] * ni;
+  }
+  tail = sum;
+  return acc_r - acc_i;
+}
+
+// Horizontal sums of 8 vectors at once: out[c] = sum of v[c]'s lanes. Three
+// rounds of pairwise shuffles and adds instead of 8 separate reductions,
+// each a chain of dependent adds.
+inline V8 Sum8x8(const V8 v[8]) {
+  typedef int I8 __attribute__((vector_size(32)));
+  auto pair = [](V8 a, V8 b) {  // [a01 b01 a23 b23 a45 b45 a67 b67]
+    return __builtin_shuffle(a, b, I8{0, 8, 2, 10, 4, 12, 6, 14}) +
+           __builtin_shuffle(a, b, I8{1, 9, 3, 11, 5, 13, 7, 15});
+  };
+  auto quad = [](V8 a, V8 b) {  // [a0-3 a'0-3 b0-3 b'0-3 | the same for lanes 4-7]
+    return __builtin_shuffle(a, b, I8{0, 1, 8, 9, 4, 5, 12, 13}) +
+           __builtin_shuffle(a, b, I8{2, 3, 10, 11, 6, 7, 14, 15});
+  };
+  const V8 ab = quad(pair(v[0], v[1]), pair(v[2], v[3]));
+  const V8 cd = quad(pair(v[4], v[5]), pair(v[6], v[7]));
+  return __builtin_shuffle(ab, cd, I8{0, 1, 2, 3, 8, 9, 10, 11}) +
+         __builtin_shuffle(ab, cd, I8{4, 5, 6, 7, 12, 13, 14, 15});
+}
+
+// One step of every channel of one session, 8 channels at a time. u and y
+// advance by `stride` between channels (the batch x H x T layout, T =
+// stride).
 void DiagonalStepAllChannelsF32(int h_count, int m, int blocks, const float* __restrict packed,
                                 const float* __restrict d, const float* __restrict u,
                                 int stride, float* __restrict x, float* __restrict y) {
-  for (int h = 0; h < h_count; ++h) {
-    const float* q = packed + static_cast<size_t>(h) * blocks * kPacked;
+  const size_t per_channel = static_cast<size_t>(blocks) * kPacked;
+  int h = 0;
+  for (; h + 8 <= h_count; h += 8) {
+    V8 acc[8];
+    float tail[8];
+    for (int c = 0; c < 8; ++c) {
+      float* xr = x + static_cast<size_t>(h + c) * 2 * m;
+      acc[c] = ChannelStepF32(m, packed + (h + c) * per_channel,
+                              u[static_cast<size_t>(h + c) * stride], xr, xr + m, tail[c]);
+    }
+    const V8 sums = Sum8x8(acc);
+    for (int c = 0; c < 8; ++c) {
+      const size_t at = static_cast<size_t>(h + c) * stride;
+      y[at] = 2 * (sums[c] + tail[c]) + d[h + c] * u[at];
+    }
+  }
+  for (; h < h_count; ++h) {
     float* xr = x + static_cast<size_t>(h) * 2 * m;
-    float* xi = xr + m;
-    const float in = u[static_cast<size_t>(h) * stride];
-    const V8 vin = {in, in, in, in, in, in, in, in};
-    // Two accumulators: the output sum is the loop's only dependency chain.
-    V8 acc_r = {}, acc_i = {};
-    int j = 0;
-    for (; j + kBlock <= m; j += kBlock, q += kPacked) {
-      const V8 rr = Load8(q), ri = Load8(q + 8), pr = Load8(xr + j), pi = Load8(xi + j);
-      const V8 nr = rr * pr - ri * pi + Load8(q + 16) * vin;
-      const V8 ni = rr * pi + ri * pr + Load8(q + 24) * vin;
-      Store8(xr + j, nr);
-      Store8(xi + j, ni);
-      acc_r += Load8(q + 32) * nr;
-      acc_i += Load8(q + 40) * ni;
-    }
-    const V8 acc = acc_r - acc_i;
-    float sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-    for (int k = 0; j < m; ++j, ++k) {  // the last, partial block
-      const float nr = q[k] * xr[j] - q[8 + k] * xi[j] + q[16 + k] * in;
-      const float ni = q[k] * xi[j] + q[8 + k] * xr[j] + q[24 + k] * in;
-      xr[j] = nr;
-      xi[j] = ni;
-      sum += q[32 + k] * nr - q[40 + k] * ni;
-    }
-    y[static_cast<size_t>(h) * stride] = 2 * sum + d[h] * in;
+    const size_t at = static_cast<size_t>(h) * stride;
+    float tail;
+    const V8 acc = ChannelStepF32(m, packed + h * per_channel, u[at], xr, xr + m, tail);
+    const float sum =
+        ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    y[at] = 2 * (sum + tail) + d[h] * u[at];
   }
 }
 
@@ -466,13 +511,13 @@ absl::StatusOr<DiagonalStepperF32> DiagonalStepperF32::Create(const DplrSystem& 
   st.channels_ = h_count;
   st.modes_ = m;
   st.blocks_ = (m + kBlock - 1) / kBlock;
-  st.packed_.assign(static_cast<size_t>(h_count) * st.blocks_ * kPacked, 0.0f);
+  st.storage_.assign(static_cast<size_t>(h_count) * st.blocks_ * kPacked + 16, 0.0f);
   st.d_.resize(h_count);
   for (int h = 0; h < h_count; ++h) {
     st.d_[h] = static_cast<float>(d(h));
     const size_t off = static_cast<size_t>(h) * 2 * m;
     for (int j = 0; j < m; ++j) {
-      float* q = &st.packed_[(static_cast<size_t>(h) * st.blocks_ + j / kBlock) * kPacked];
+      float* q = st.packed() + (static_cast<size_t>(h) * st.blocks_ + j / kBlock) * kPacked;
       const int k = j % kBlock;
       const std::vector<double>* src[3] = {&base->a_, &base->b_, &base->c_};
       for (int p = 0; p < 3; ++p) {
@@ -482,6 +527,14 @@ absl::StatusOr<DiagonalStepperF32> DiagonalStepperF32::Create(const DplrSystem& 
     }
   }
   return st;
+}
+
+const float* DiagonalStepperF32::packed() const {
+  const uintptr_t at = reinterpret_cast<uintptr_t>(storage_.data());
+  return storage_.data() + ((64 - at % 64) % 64) / sizeof(float);
+}
+float* DiagonalStepperF32::packed() {
+  return const_cast<float*>(static_cast<const DiagonalStepperF32*>(this)->packed());
 }
 
 absl::Status DiagonalStepperF32::Run(absl::Span<const float> u, int batch, int steps,
@@ -495,7 +548,7 @@ absl::Status DiagonalStepperF32::Run(absl::Span<const float> u, int batch, int s
     for (int64_t b = begin; b < end; ++b) {
       const size_t io = static_cast<size_t>(b) * channels_ * steps;
       for (int t = 0; t < steps; ++t) {
-        DiagonalStepAllChannelsF32(channels_, modes_, blocks_, packed_.data(), d_.data(),
+        DiagonalStepAllChannelsF32(channels_, modes_, blocks_, packed(), d_.data(),
                                    &u[io + t], steps, &state[b * state_size()], &y[io + t]);
       }
     }
