@@ -1,0 +1,192 @@
+// ssm_server: serves the model repository over gRPC (server/README.md).
+//
+//   ssm_server [--address=127.0.0.1:50051] [--model_repository=models] ...
+//
+// Runs until SIGTERM or SIGINT, then drains (ssm_server.h) and exits 0.
+// Exits 1 when it cannot start: bad flags, no repository, address in use.
+
+#include <signal.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/time.h"
+#include "server/log.h"
+#include "server/model_repository.h"
+#include "server/ssm_server.h"
+
+ABSL_FLAG(std::string, address, "127.0.0.1:50051",
+          "host:port to serve gRPC on (loopback by default; 0.0.0.0:50051 for all interfaces)");
+ABSL_FLAG(std::string, model_repository, "models",
+          "model repository folder (<model>/config.pbtxt, <model>/<version>/weights.safetensors); "
+          "relative paths are from the working directory");
+ABSL_FLAG(int, metrics_port, 9464, "Prometheus metrics port (/metrics); 0 disables");
+ABSL_FLAG(std::string, metrics_address, "127.0.0.1", "host the metrics port binds to");
+ABSL_FLAG(int, threads, static_cast<int>(std::max(1u, std::thread::hardware_concurrency())),
+          "worker threads for model, session and kernel work (default: the number of cores)");
+ABSL_FLAG(int, max_queue, 256,
+          "jobs that may wait for a worker; past it calls get RESOURCE_EXHAUSTED (server busy)");
+ABSL_FLAG(int, max_sessions, 1024, "sessions held at once, attached and detached");
+ABSL_FLAG(int64_t, max_chunk_steps, 16384, "time steps in one stream chunk");
+ABSL_FLAG(int64_t, max_unary_length, 65536,
+          "time steps in one Infer call (also caps ComputeKernel's length); models' own "
+          "max_length applies too");
+ABSL_FLAG(int64_t, max_message_bytes, 64 << 20, "largest gRPC message received or sent");
+ABSL_FLAG(int, max_batch, 64, "streams (batch) in one call or session");
+ABSL_FLAG(absl::Duration, session_ttl, absl::Minutes(5),
+          "how long a detached session waits to be reattached before it is evicted");
+ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(20),
+          "on SIGTERM/SIGINT, how long running calls may take before they are cancelled");
+
+namespace {
+
+using ssm::server::Logf;
+
+void PrintBanner(const ssm::server::SsmServer& server, const std::string& address,
+                 const std::string& repository) {
+  const ssm::server::ModelCatalog& catalog = server.catalog();
+  std::string text = absl::StrFormat("ssm_server listening on %s (gRPC, plaintext)\n", address);
+  absl::StrAppendFormat(&text, "model repository: %s\n", repository);
+  absl::StrAppend(&text, "models served:\n");
+  int served = 0;
+  for (const ssm::server::ModelListing& model : catalog.List()) {
+    if (model.versions.empty()) continue;
+    ++served;
+    absl::StatusOr<ssm::server::ServedModel> newest = catalog.Find(model.name, 0);
+    const ssm::Model& m = *newest->model;
+    absl::StrAppendFormat(&text, "  %-14s versions %s  d_input %d -> d_output %d, max_length %d%s\n",
+                          model.name, absl::StrJoin(model.versions, ","), m.d_input(),
+                          m.d_output(), m.max_length(),
+                          m.streamable() ? ", streamable" : ", unary only");
+  }
+  if (served == 0) absl::StrAppend(&text, "  (none)\n");
+  if (!catalog.errors().empty()) {
+    absl::StrAppend(&text, "models NOT served:\n");
+    for (const auto& [name, status] : catalog.errors()) {
+      absl::StrAppendFormat(&text, "  %s: %s\n", name, status.message());
+    }
+  }
+  if (server.metrics_port() != 0) {
+    absl::StrAppendFormat(&text, "metrics: http://%s:%d/metrics\n",
+                          absl::GetFlag(FLAGS_metrics_address), server.metrics_port());
+  } else {
+    absl::StrAppend(&text, "metrics: disabled (--metrics_port=0)\n");
+  }
+  absl::StrAppend(&text,
+                  "health: grpc.health.v1.Health (\"\", \"ssm.v1.Inference/<model>\"); "
+                  "server reflection on\n");
+  absl::StrAppendFormat(&text, "try:  build/client/ssm_client --address=%s models\n", address);
+  absl::StrAppend(&text, "stop: Ctrl-C or SIGTERM (drains for up to ",
+                  absl::FormatDuration(absl::GetFlag(FLAGS_drain_timeout)), ")\n");
+  std::fputs(text.c_str(), stdout);
+  std::fflush(stdout);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "Serves state-space models over gRPC (ssm.v1.Inference, ssm.v1.Math).\n"
+      "Usage: ssm_server [--address=127.0.0.1:50051] [--model_repository=models] [flags]");
+  absl::ParseCommandLine(argc, argv);
+
+  // Signals are taken synchronously by sigwait below: block them before
+  // any thread starts, so every thread (gRPC's included) inherits the mask
+  // and no handler ever runs in a random thread.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  ssm::server::ServerOptions options;
+  options.address = absl::GetFlag(FLAGS_address);
+  options.threads = absl::GetFlag(FLAGS_threads);
+  options.max_queue = absl::GetFlag(FLAGS_max_queue);
+  options.max_sessions = absl::GetFlag(FLAGS_max_sessions);
+  options.session_ttl = absl::GetFlag(FLAGS_session_ttl);
+  options.limits.max_batch = absl::GetFlag(FLAGS_max_batch);
+  options.limits.max_chunk_steps = absl::GetFlag(FLAGS_max_chunk_steps);
+  options.limits.max_unary_length = absl::GetFlag(FLAGS_max_unary_length);
+  options.limits.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  const int metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  if (metrics_port < 0 || metrics_port > 65535) {
+    std::fprintf(stderr, "ssm_server: --metrics_port must be in [0, 65535], got %d\n",
+                 metrics_port);
+    return 1;
+  }
+  if (metrics_port != 0) {
+    options.metrics_address =
+        absl::StrCat(absl::GetFlag(FLAGS_metrics_address), ":", metrics_port);
+  }
+  const absl::Duration drain_timeout = absl::GetFlag(FLAGS_drain_timeout);
+  if (drain_timeout < absl::ZeroDuration()) {
+    std::fprintf(stderr, "ssm_server: --drain_timeout must be >= 0, got %s\n",
+                 absl::FormatDuration(drain_timeout).c_str());
+    return 1;
+  }
+  if (absl::Status valid = ssm::server::ValidateServerOptions(options); !valid.ok()) {
+    std::fprintf(stderr, "ssm_server: %s\n", std::string(valid.message()).c_str());
+    return 1;
+  }
+
+  const std::string repository_path = absl::GetFlag(FLAGS_model_repository);
+  Logf("ssm_server starting: repository %s", repository_path);
+  absl::StatusOr<ssm::server::LoadedRepository> repository =
+      ssm::server::LoadRepository(repository_path);
+  if (!repository.ok()) {
+    Logf("cannot load the model repository: %s", repository.status().ToString());
+    std::fprintf(stderr, "ssm_server: %s (set --model_repository, or run from the repo root)\n",
+                 std::string(repository.status().message()).c_str());
+    return 1;
+  }
+  for (const std::string& warning : repository->warnings) Logf("repository: %s", warning);
+  for (const auto& [name, versions] : repository->models) {
+    for (const auto& [version, model] : versions) {
+      Logf("model '%s' version %d loaded (fingerprint %016x, %d bytes)", name, version,
+           model->fingerprint(), model->memory_bytes());
+    }
+  }
+  for (const auto& [name, status] : repository->errors) {
+    Logf("model '%s' failed to load: %s", name, status.ToString());
+  }
+
+  absl::StatusOr<std::unique_ptr<ssm::server::SsmServer>> server =
+      ssm::server::SsmServer::Start(options, *std::move(repository));
+  if (!server.ok()) {
+    Logf("cannot start: %s", server.status().ToString());
+    std::fprintf(stderr, "ssm_server: %s\n", std::string(server.status().message()).c_str());
+    return 1;
+  }
+  Logf("ssm_server started on port %d: %d model versions loaded, %d models failed, %d workers, "
+       "metrics %s",
+       (*server)->port(), (*server)->catalog().loaded_versions(),
+       (*server)->catalog().failed_models(), (*server)->pool().threads(),
+       options.metrics_address.empty() ? std::string("off") : options.metrics_address);
+  // With port 0 in --address the system chose one: show the real one.
+  const std::string bound = absl::StrCat(
+      options.address.substr(0, options.address.rfind(':')), ":", (*server)->port());
+  PrintBanner(**server, bound, repository_path);
+
+  int signal_number = 0;
+  while (sigwait(&signals, &signal_number) != 0) {
+  }
+  Logf("received %s: draining for up to %s", signal_number == SIGTERM ? "SIGTERM" : "SIGINT",
+       absl::FormatDuration(drain_timeout));
+  const absl::Time drain_start = absl::Now();
+  (*server)->Shutdown(drain_timeout);
+  const ssm::server::SessionManager::Stats stats = (*server)->sessions().GetStats();
+  Logf("drained in %s; %d sessions dropped with the process; exiting",
+       absl::FormatDuration(absl::Now() - drain_start), stats.attached + stats.detached);
+  server->reset();
+  Logf("ssm_server exited");
+  return 0;
+}

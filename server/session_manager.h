@@ -1,0 +1,174 @@
+// The server's streaming sessions: each one a core ssm::Session (the state
+// of `batch` streams of one model version) under its own lock, registered
+// under a random 128-bit id (32 lowercase hex digits).
+//
+// A session is either attached (a StreamInfer call drives it) or detached
+// (its stream broke, or ImportState created it). Detached sessions wait to
+// be reattached for `ttl` of inactivity (no stream, no ExportState), then
+// they are evicted: counted, logged, their state freed. An expired session
+// is NotFound from the moment its TTL passes, whether or not EvictExpired
+// has run since: lookups evict it on the spot.
+//
+// Errors (the codes the wire reports unchanged):
+//   NotFound            unknown, closed or evicted id
+//   FailedPrecondition  Reattach of a session another stream holds
+//   ResourceExhausted   Add past max_sessions (attached + detached), naming
+//                       the limit and its value
+// Lifecycle events are logged (log.h) with the session id.
+//
+// Thread safety: every method may be called concurrently. The registry has
+// one mutex held only for map updates; each session has its own mutex, held
+// while a chunk runs or a snapshot is taken, so one session's work never
+// waits for another's.
+
+#ifndef SSM_SERVER_SESSION_MANAGER_H_
+#define SSM_SERVER_SESSION_MANAGER_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "ssm/model.h"
+#include "ssm/session.h"
+
+namespace ssm::server {
+
+// A session's state as a snapshot plus the facts StateSnapshot copies.
+struct SessionSnapshot {
+  std::string data;  // Session::ExportState bytes
+  std::string model;
+  int64_t version = 0;
+  uint64_t fingerprint = 0;
+  int64_t position = 0;
+  int batch = 0;
+};
+
+class SessionManager {
+ public:
+  using Clock = std::function<absl::Time()>;
+
+  struct Options {
+    int max_sessions = 1024;
+    absl::Duration ttl = absl::Minutes(5);
+    Clock clock = [] { return absl::Now(); };  // injectable for tests
+  };
+
+  // How a session came to be, for the log.
+  enum class Origin { kNew, kResumed, kImported };
+
+  // One registered session. Its identity is immutable; the core session
+  // behind it is reached only through Run and Export, under its lock.
+  class Entry {
+   public:
+    Entry(std::string id, std::string model_name, int64_t version, ssm::Session session);
+
+    const std::string& id() const { return id_; }
+    const std::string& model_name() const { return model_name_; }
+    int64_t version() const { return version_; }
+    int batch() const { return batch_; }
+    int d_input() const { return d_input_; }
+    int d_output() const { return d_output_; }
+    int64_t state_bytes() const { return state_bytes_; }
+    int64_t position() const;
+
+    // Session::Run under the lock: x is batch x steps x d_input, y batch x
+    // steps x d_output. On error the state is unchanged (the core's
+    // guarantee). When `snapshot` is not null it receives the state after
+    // the chunk, taken under the same lock. Returns the position after.
+    absl::StatusOr<int64_t> Run(absl::Span<const double> x, int steps, absl::Span<double> y,
+                                SessionSnapshot* snapshot);
+
+    SessionSnapshot Export() const;
+
+   private:
+    SessionSnapshot ExportLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+    const std::string id_;
+    const std::string model_name_;
+    const int64_t version_;
+    const int batch_;
+    const int d_input_;
+    const int d_output_;
+    const int64_t state_bytes_;
+    mutable absl::Mutex mu_;
+    ssm::Session session_ ABSL_GUARDED_BY(mu_);
+  };
+
+  struct Stats {
+    int attached = 0;
+    int detached = 0;
+    int64_t state_bytes = 0;     // all sessions' state
+    uint64_t evicted_total = 0;  // since construction
+  };
+
+  explicit SessionManager(Options options);
+
+  // Registers `session` under a fresh id, attached (a stream's) or detached
+  // (ImportState's). ResourceExhausted at max_sessions (after evicting the
+  // expired ones).
+  absl::StatusOr<std::shared_ptr<Entry>> Add(std::string model_name, int64_t version,
+                                             ssm::Session session, bool attached, Origin origin);
+
+  // Attaches a detached session to a new stream. When `model` is not empty
+  // it must be the session's model (else FailedPrecondition), and a `batch`
+  // other than 0 must be the session's batch (else InvalidArgument); a
+  // refused reattach leaves the session as it was.
+  absl::StatusOr<std::shared_ptr<Entry>> Reattach(absl::string_view id,
+                                                  absl::string_view model = "", int batch = 0);
+
+  // The session, attached or not, for ExportState; counts as activity for a
+  // detached one (its TTL restarts).
+  absl::StatusOr<std::shared_ptr<Entry>> Find(absl::string_view id);
+
+  // The stream holding `id` broke or failed: keep the session, detached,
+  // for the TTL. `why` goes to the log. No-op for an unknown id.
+  void Detach(absl::string_view id, absl::string_view why);
+
+  // The stream holding `id` finished cleanly: the session ends. No-op for
+  // an unknown id.
+  void Close(absl::string_view id);
+
+  // Evicts detached sessions idle for ttl or longer; returns how many.
+  int EvictExpired();
+
+  Stats GetStats() const;
+  const Options& options() const { return options_; }
+
+ private:
+  struct Slot {
+    std::shared_ptr<Entry> entry;
+    bool attached = false;
+    absl::Time last_activity;
+  };
+  using Map = absl::flat_hash_map<std::string, Slot>;
+
+  bool ExpiredLocked(const Slot& slot, absl::Time now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void EraseLocked(Map::iterator it) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void EvictLocked(Map::iterator it, absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The slot for `id`, evicting it first if expired; end() if none.
+  Map::iterator LookupLocked(absl::string_view id, absl::Time now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const Options options_;
+  mutable absl::Mutex mu_;
+  Map sessions_ ABSL_GUARDED_BY(mu_);
+  int attached_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t state_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t evicted_total_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// A fresh random session id: 128 bits from the OS's entropy, 32 hex digits.
+std::string NewSessionId();
+
+}  // namespace ssm::server
+
+#endif  // SSM_SERVER_SESSION_MANAGER_H_

@@ -1,0 +1,134 @@
+// ssm_server assembled: the model catalog, the session manager, the worker
+// pool, the Inference and Math services, grpc.health.v1.Health, server
+// reflection and the Prometheus exposer, with a graceful drain. main.cc
+// turns flags into ServerOptions; tests start one in-process on
+// 127.0.0.1:0.
+//
+// Health service names (grpc.health.v1.Health/Check and Watch):
+//   ""                           the server as a whole
+//   "ssm.v1.Inference", "ssm.v1.Math"
+//   "ssm.v1.Inference/<model>"   each model of the repository: SERVING if
+//                                at least one version loaded, NOT_SERVING
+//                                if it failed
+// Every name turns NOT_SERVING when the drain begins.
+//
+// Drain (Shutdown): health flips to NOT_SERVING and new calls and new
+// streams get UNAVAILABLE "server is draining", while the server keeps
+// listening and answering (so health checkers and clients on existing
+// connections see both), until the running calls (open streams included)
+// are done or the grace period ends. Then gRPC's shutdown closes the
+// listener and cancels what is left (streams detach their sessions, which
+// die with the process), the workers finish the jobs they hold, and
+// Shutdown returns.
+//
+// Thread safety: Start and Shutdown from one thread; the accessors and
+// BeginDrain from any.
+
+#ifndef SSM_SERVER_SSM_SERVER_H_
+#define SSM_SERVER_SSM_SERVER_H_
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include <grpcpp/server.h>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "server/metrics.h"
+#include "server/model_catalog.h"
+#include "server/model_repository.h"
+#include "server/services.h"
+#include "server/session_manager.h"
+#include "server/worker_pool.h"
+
+namespace prometheus {
+class Exposer;
+}  // namespace prometheus
+
+namespace ssm::server {
+
+struct ServerOptions {
+  std::string address = "127.0.0.1:50051";  // host:port; port 0 picks a free one
+  int threads = 0;                          // workers; 0: the number of cores
+  int max_queue = 256;                      // jobs waiting for a worker
+  int max_sessions = 1024;
+  absl::Duration session_ttl = absl::Minutes(5);
+  RequestLimits limits;
+  // "host:port" for the Prometheus exposer; empty: no metrics endpoint
+  // (the metrics are still kept, see metrics()).
+  std::string metrics_address;
+  // The session manager's clock (tests inject one); null: absl::Now.
+  SessionManager::Clock clock;
+};
+
+// InvalidArgument naming the flag when an option is out of range (Start
+// checks this too; main calls it before loading any model).
+absl::Status ValidateServerOptions(const ServerOptions& options);
+
+class SsmServer {
+ public:
+  // Starts serving `repository` (whatever loaded; failed models are listed
+  // as such). Errors: Unavailable naming the address when it cannot be
+  // bound (gRPC's or the exposer's); InvalidArgument for options out of
+  // range.
+  static absl::StatusOr<std::unique_ptr<SsmServer>> Start(ServerOptions options,
+                                                           LoadedRepository repository);
+
+  // Shuts down at once (no grace) if Shutdown has not run.
+  ~SsmServer();
+
+  SsmServer(const SsmServer&) = delete;
+  SsmServer& operator=(const SsmServer&) = delete;
+
+  // The gRPC port bound (the chosen one when the address asked for 0).
+  int port() const { return port_; }
+  // The metrics port bound, 0 without an exposer.
+  int metrics_port() const { return metrics_port_; }
+  const ServerOptions& options() const { return options_; }
+  const ModelCatalog& catalog() const { return *catalog_; }
+  SessionManager& sessions() { return *sessions_; }
+  Metrics& metrics() { return *metrics_; }
+  const WorkerPool& pool() const { return *pool_; }
+  bool draining() const { return draining_.load(); }
+
+  // The drain's first half: health NOT_SERVING, new calls UNAVAILABLE.
+  // Running calls are untouched. Idempotent.
+  void BeginDrain();
+
+  // BeginDrain, then waits up to `grace` for running calls, cancels the
+  // rest and stops the workers and the exposer. Returns once every call
+  // is done. Idempotent.
+  void Shutdown(absl::Duration grace);
+
+ private:
+  explicit SsmServer(ServerOptions options);
+  void EvictionLoop();
+
+  const ServerOptions options_;
+  std::atomic<bool> draining_{false};
+  bool shut_down_ = false;
+  int port_ = 0;
+  int metrics_port_ = 0;
+
+  // Declared in dependency order: destroyed in reverse, so nothing outlives
+  // what it borrows.
+  std::unique_ptr<Metrics> metrics_;
+  std::unique_ptr<ModelCatalog> catalog_;
+  std::unique_ptr<SessionManager> sessions_;
+  std::unique_ptr<WorkerPool> pool_;
+  CallCounter calls_;
+  ServiceEnv env_;
+  std::unique_ptr<InferenceService> inference_;
+  std::unique_ptr<MathService> math_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  absl::Notification stop_eviction_;
+  std::thread eviction_thread_;
+};
+
+}  // namespace ssm::server
+
+#endif  // SSM_SERVER_SSM_SERVER_H_

@@ -1,0 +1,89 @@
+#include "server/tensor_codec.h"
+
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace ssm::server {
+namespace {
+
+std::string ShapeText(const ssm::v1::Tensor& tensor) {
+  return absl::StrCat("[", absl::StrJoin(tensor.shape(), ", "), "]");
+}
+
+}  // namespace
+
+absl::StatusOr<SequenceShape> CheckSequenceShape(const ssm::v1::Tensor& tensor,
+                                                 absl::string_view field,
+                                                 int64_t features,
+                                                 absl::string_view model_name) {
+  if (tensor.shape_size() != 3) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ".shape must have 3 dimensions [batch, steps, features], got ",
+        ShapeText(tensor)));
+  }
+  static constexpr const char* kNames[] = {"batch", "steps", "features"};
+  for (int i = 0; i < 3; ++i) {
+    if (tensor.shape(i) < 1) {
+      return absl::InvalidArgumentError(absl::StrCat(field, ".shape[", i, "] (", kNames[i],
+                                                     ") must be >= 1, got ", tensor.shape(i)));
+    }
+  }
+  if (tensor.shape(2) != features) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ".shape[2] = ", tensor.shape(2),
+                                                   " but model '", model_name,
+                                                   "' takes d_input ", features));
+  }
+  SequenceShape shape{tensor.shape(0), tensor.shape(1), tensor.shape(2)};
+  // Each dimension is >= 1, so the product only grows: saturate instead of
+  // letting a hostile shape wrap around to a plausible count.
+  int64_t needed = 1;
+  bool overflow = false;
+  for (int64_t d : tensor.shape()) {
+    if (needed > std::numeric_limits<int64_t>::max() / d) {
+      overflow = true;
+      break;
+    }
+    needed *= d;
+  }
+  if (overflow || needed != tensor.values_size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ".values holds ", tensor.values_size(), " values but shape ", ShapeText(tensor),
+        " needs ", overflow ? std::string("more than 2^63") : absl::StrCat(needed)));
+  }
+  return shape;
+}
+
+absl::Status ReadFiniteValues(const ssm::v1::Tensor& tensor, absl::string_view field,
+                              std::vector<double>* out) {
+  const int n = tensor.values_size();
+  out->resize(n);
+  const float* in = tensor.values().data();
+  double* dst = out->data();
+  for (int i = 0; i < n; ++i) {
+    const float v = in[i];
+    if (!std::isfinite(v)) {
+      const char* what = std::isnan(v) ? "NaN" : (v > 0 ? "+Inf" : "-Inf");
+      return absl::InvalidArgumentError(absl::StrCat(field, ".values[", i, "] is ", what));
+    }
+    dst[i] = v;
+  }
+  return absl::OkStatus();
+}
+
+void WriteSequenceTensor(absl::Span<const double> values, const SequenceShape& shape,
+                         ssm::v1::Tensor* tensor) {
+  tensor->Clear();
+  tensor->add_shape(shape.batch);
+  tensor->add_shape(shape.steps);
+  tensor->add_shape(shape.features);
+  auto* out = tensor->mutable_values();
+  out->Resize(static_cast<int>(values.size()), 0.0f);
+  float* dst = out->mutable_data();
+  for (size_t i = 0; i < values.size(); ++i) dst[i] = static_cast<float>(values[i]);
+}
+
+}  // namespace ssm::server

@@ -1,0 +1,61 @@
+// Wire tensors (ssm.v1.Tensor: packed float32, row-major, explicit shape) to
+// and from the core's double buffers, with the validation every inference
+// input goes through before any work is scheduled.
+//
+// Errors are InvalidArgument and name the field the caller passes (for
+// example "input" or "chunk"), so a client can tell which one is wrong:
+//   "input.shape must have 3 dimensions [batch, steps, features], got [4, 2]"
+//   "chunk.shape[2] = 2 but model 'legt-delay' takes d_input 1"
+//   "input.values holds 5 values but shape [1, 3, 2] needs 6"
+//   "chunk.values[17] is NaN"
+// Server limits (batch, steps) are not checked here: they are the caller's,
+// and they are RESOURCE_EXHAUSTED, not INVALID_ARGUMENT.
+//
+// Thread safety: pure functions.
+
+#ifndef SSM_SERVER_TENSOR_CODEC_H_
+#define SSM_SERVER_TENSOR_CODEC_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+#include "ssm/v1/ssm_service.pb.h"
+
+namespace ssm::server {
+
+// The dimensions of a [batch, steps, features] tensor; every one >= 1.
+struct SequenceShape {
+  int64_t batch = 0;
+  int64_t steps = 0;
+  int64_t features = 0;
+
+  int64_t size() const { return batch * steps * features; }
+};
+
+// Checks that `tensor` is exactly [batch, steps, `features`] with batch and
+// steps >= 1, and that it holds exactly that many values. Does not look at
+// the values themselves (ReadFiniteValues does, in the same pass that
+// converts them).
+absl::StatusOr<SequenceShape> CheckSequenceShape(const ssm::v1::Tensor& tensor,
+                                                 absl::string_view field,
+                                                 int64_t features,
+                                                 absl::string_view model_name);
+
+// Widens the values to double into *out (resized), refusing NaN and +-Inf
+// with the index of the first one. *out is unspecified on error.
+absl::Status ReadFiniteValues(const ssm::v1::Tensor& tensor, absl::string_view field,
+                              std::vector<double>* out);
+
+// Writes `values` (shape.size() of them, row-major) as a float32 tensor of
+// `shape`, replacing what *tensor held. Values beyond float's range become
+// +-Inf, as any narrowing to float32 does.
+void WriteSequenceTensor(absl::Span<const double> values, const SequenceShape& shape,
+                         ssm::v1::Tensor* tensor);
+
+}  // namespace ssm::server
+
+#endif  // SSM_SERVER_TENSOR_CODEC_H_

@@ -1,0 +1,291 @@
+// The Math service's logic, called directly: the wire messages carry
+// exactly what the core computes, and bad requests get exact codes.
+
+#include <cmath>
+#include <string>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "server/math_handlers.h"
+#include "ssm/discretize.h"
+#include "ssm/dplr.h"
+#include "ssm/hippo.h"
+#include "ssm/kernel.h"
+
+namespace ssm::server {
+namespace {
+
+using ::testing::HasSubstr;
+
+void ExpectMatrixEq(const v1::Matrix& got, const Eigen::MatrixXd& want) {
+  ASSERT_EQ(got.rows(), want.rows());
+  ASSERT_EQ(got.cols(), want.cols());
+  ASSERT_EQ(got.values_size(), want.size());
+  for (int r = 0; r < want.rows(); ++r) {
+    for (int c = 0; c < want.cols(); ++c) {
+      ASSERT_EQ(got.values(r * want.cols() + c), want(r, c)) << r << "," << c;
+    }
+  }
+}
+
+double MaxAbsDiff(const v1::Matrix& a, const v1::Matrix& b) {
+  EXPECT_EQ(a.values_size(), b.values_size());
+  double d = 0;
+  for (int i = 0; i < a.values_size() && i < b.values_size(); ++i) {
+    d = std::max(d, std::abs(a.values(i) - b.values(i)));
+  }
+  return d;
+}
+
+double MaxAbs(const v1::Matrix& a) {
+  double m = 0;
+  for (double v : a.values()) m = std::max(m, std::abs(v));
+  return m;
+}
+
+void SetComplex(const RowMatrixXcd& m, v1::ComplexMatrix* out) {
+  out->set_rows(static_cast<int>(m.rows()));
+  out->set_cols(static_cast<int>(m.cols()));
+  for (Eigen::Index i = 0; i < m.size(); ++i) {
+    out->add_real(m.data()[i].real());
+    out->add_imag(m.data()[i].imag());
+  }
+}
+
+v1::SsmSystem ToProto(const DplrSystem& s, bool c_is_c_tilde) {
+  v1::SsmSystem out;
+  SetComplex(s.lambda, out.mutable_lambda());
+  for (const RowMatrixXcd& p : s.P) SetComplex(p, out.add_p());
+  SetComplex(s.B, out.mutable_b());
+  SetComplex(s.C, out.mutable_c());
+  for (Eigen::Index h = 0; h < s.dt.size(); ++h) out.add_dt(s.dt[h]);
+  out.set_c_is_c_tilde(c_is_c_tilde);
+  return out;
+}
+
+TEST(BuildHippoTest, MatchesTheCoreExactly) {
+  v1::BuildHippoRequest request;
+  request.set_measure(v1::HIPPO_MEASURE_LMU);
+  request.set_n(6);
+  request.set_theta(2.5);
+  request.set_dt(0.1);
+  request.mutable_discretization()->set_kind(v1::DISCRETIZATION_KIND_ZOH);
+  absl::StatusOr<v1::BuildHippoResponse> response = BuildHippo(request);
+  ASSERT_TRUE(response.ok()) << response.status();
+
+  HippoOptions options;
+  options.theta = 2.5;
+  const ContinuousSystem system = *MakeHippo(Measure::kLmu, 6, options);
+  const DiscreteSystem discrete = *Discretize(system, 0.1, Discretization::Zoh());
+  ExpectMatrixEq(response->a(), system.A);
+  ExpectMatrixEq(response->b(), system.B);
+  ExpectMatrixEq(response->a_bar(), discrete.A);
+  ExpectMatrixEq(response->b_bar(), discrete.B);
+}
+
+TEST(BuildHippoTest, DefaultsAreBilinearAndThetaOne) {
+  v1::BuildHippoRequest request;
+  request.set_measure(v1::HIPPO_MEASURE_LEGS);
+  request.set_n(4);
+  request.set_dt(0.5);
+  absl::StatusOr<v1::BuildHippoResponse> response = BuildHippo(request);
+  ASSERT_TRUE(response.ok()) << response.status();
+  const ContinuousSystem system = *MakeHippo(Measure::kLegS, 4);
+  ExpectMatrixEq(response->a_bar(), Discretize(system, 0.5, Discretization::Bilinear())->A);
+
+  // alpha wins over kind: GBT(1) is backward Euler.
+  request.mutable_discretization()->set_kind(v1::DISCRETIZATION_KIND_ZOH);
+  request.mutable_discretization()->set_alpha(1.0);
+  response = BuildHippo(request);
+  ASSERT_TRUE(response.ok());
+  ExpectMatrixEq(response->a_bar(), Discretize(system, 0.5, Discretization::BackwardEuler())->A);
+}
+
+TEST(BuildHippoTest, BadRequestsNameTheField) {
+  v1::BuildHippoRequest request;
+  request.set_n(4);
+  request.set_dt(0.1);
+  absl::Status s = BuildHippo(request).status();  // measure unspecified
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("measure"));
+
+  request.set_measure(v1::HIPPO_MEASURE_LEGT);
+  request.set_n(0);
+  EXPECT_EQ(BuildHippo(request).status().code(), absl::StatusCode::kInvalidArgument);
+  request.set_n(kMaxHippoN + 1);
+  s = BuildHippo(request).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("n must be in [1, 1024]"));
+
+  request.set_n(4);
+  request.set_dt(0);
+  s = BuildHippo(request).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("dt must be > 0"));
+
+  request.set_dt(0.1);
+  request.mutable_discretization()->set_alpha(1.5);
+  s = BuildHippo(request).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("discretization.alpha"));
+
+  request.clear_discretization();
+  request.set_measure(v1::HIPPO_MEASURE_LMU);
+  request.set_theta(-1);  // the core names it
+  EXPECT_EQ(BuildHippo(request).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+v1::ComputeKernelRequest S4InitRequest(v1::KernelMethod method, int length) {
+  v1::ComputeKernelRequest request;
+  v1::SsmInit* init = request.mutable_init();
+  init->set_kind(v1::SsmInit::KIND_S4);
+  init->set_measure(v1::HIPPO_MEASURE_LEGS);
+  init->set_n(16);
+  init->set_channels(3);
+  init->set_seed(7);
+  request.set_method(method);
+  request.set_length(length);
+  return request;
+}
+
+TEST(ComputeKernelTest, ThreeMethodsAgreeOnAnS4Init) {
+  const int length = 50;
+  absl::StatusOr<v1::ComputeKernelResponse> dplr =
+      ComputeKernel(S4InitRequest(v1::KERNEL_METHOD_DPLR, length), {});
+  absl::StatusOr<v1::ComputeKernelResponse> naive =
+      ComputeKernel(S4InitRequest(v1::KERNEL_METHOD_NAIVE, length), {});
+  absl::StatusOr<v1::ComputeKernelResponse> unspecified =
+      ComputeKernel(S4InitRequest(v1::KERNEL_METHOD_UNSPECIFIED, length), {});
+  ASSERT_TRUE(dplr.ok()) << dplr.status();
+  ASSERT_TRUE(naive.ok()) << naive.status();
+  ASSERT_TRUE(unspecified.ok()) << unspecified.status();
+  EXPECT_EQ(dplr->kernel().rows(), 3);
+  EXPECT_EQ(dplr->kernel().cols(), length);
+  EXPECT_LE(MaxAbsDiff(dplr->kernel(), naive->kernel()), 1e-9 * MaxAbs(naive->kernel()));
+  EXPECT_EQ(MaxAbsDiff(dplr->kernel(), unspecified->kernel()), 0.0);  // rank 1: DPLR
+
+  // Exactly the core's numbers: the same init, C~ first, DplrKernel.
+  DplrSystem system = *MakeS4Init(Measure::kLegS, 16, 3, 1e-3, 1e-1, 7);
+  system.C = *CTilde(system, length);
+  const RowMatrixXd want = *DplrKernel(system, length);
+  for (int i = 0; i < want.size(); ++i) ASSERT_EQ(dplr->kernel().values(i), want.data()[i]);
+}
+
+TEST(ComputeKernelTest, DiagonalInitAgreesWithNaive) {
+  v1::ComputeKernelRequest request;
+  request.mutable_init()->set_kind(v1::SsmInit::KIND_S4D_LIN);
+  request.mutable_init()->set_n(8);
+  request.mutable_init()->set_channels(2);
+  request.set_length(40);
+  request.mutable_discretization()->set_kind(v1::DISCRETIZATION_KIND_ZOH);
+  absl::StatusOr<v1::ComputeKernelResponse> diag = ComputeKernel(request, {});  // rank 0
+  request.set_method(v1::KERNEL_METHOD_NAIVE);
+  absl::StatusOr<v1::ComputeKernelResponse> naive = ComputeKernel(request, {});
+  ASSERT_TRUE(diag.ok()) << diag.status();
+  ASSERT_TRUE(naive.ok()) << naive.status();
+  EXPECT_LE(MaxAbsDiff(diag->kernel(), naive->kernel()), 1e-9 * MaxAbs(naive->kernel()));
+}
+
+TEST(ComputeKernelTest, ExplicitSystemWithCOrCTilde) {
+  const int length = 32;
+  const DplrSystem system = *MakeS4Init(Measure::kLegS, 8, 2, 1e-2, 1e-1, 3);
+  v1::ComputeKernelRequest with_c;
+  *with_c.mutable_explicit_system() = ToProto(system, false);
+  with_c.set_length(length);
+  with_c.set_method(v1::KERNEL_METHOD_DPLR);
+  absl::StatusOr<v1::ComputeKernelResponse> from_c = ComputeKernel(with_c, {});
+  ASSERT_TRUE(from_c.ok()) << from_c.status();
+
+  DplrSystem tilde = system;
+  tilde.C = *CTilde(system, length);
+  v1::ComputeKernelRequest with_tilde = with_c;
+  *with_tilde.mutable_explicit_system() = ToProto(tilde, true);
+  absl::StatusOr<v1::ComputeKernelResponse> from_tilde = ComputeKernel(with_tilde, {});
+  ASSERT_TRUE(from_tilde.ok()) << from_tilde.status();
+  EXPECT_LE(MaxAbsDiff(from_c->kernel(), from_tilde->kernel()), 1e-12 * MaxAbs(from_c->kernel()));
+
+  // NAIVE maps C~ back to C.
+  with_tilde.set_method(v1::KERNEL_METHOD_NAIVE);
+  absl::StatusOr<v1::ComputeKernelResponse> naive = ComputeKernel(with_tilde, {});
+  ASSERT_TRUE(naive.ok()) << naive.status();
+  EXPECT_LE(MaxAbsDiff(from_c->kernel(), naive->kernel()), 1e-9 * MaxAbs(from_c->kernel()));
+}
+
+TEST(ComputeKernelTest, BadRequestsGetExactCodes) {
+  v1::ComputeKernelRequest request = S4InitRequest(v1::KERNEL_METHOD_DPLR, 0);
+  absl::Status s = ComputeKernel(request, {}).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("length must be >= 1"));
+
+  request.set_length(10);
+  request.mutable_discretization()->set_kind(v1::DISCRETIZATION_KIND_ZOH);
+  s = ComputeKernel(request, {}).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("bilinear only"));
+
+  request.clear_discretization();
+  request.mutable_init()->set_kind(v1::SsmInit::KIND_UNSPECIFIED);
+  EXPECT_EQ(ComputeKernel(request, {}).status().code(), absl::StatusCode::kInvalidArgument);
+  request.mutable_init()->set_kind(v1::SsmInit::KIND_S4);
+  request.mutable_init()->set_measure(v1::HIPPO_MEASURE_LMU);  // no symmetric low rank
+  EXPECT_EQ(ComputeKernel(request, {}).status().code(), absl::StatusCode::kInvalidArgument);
+  request.mutable_init()->set_measure(v1::HIPPO_MEASURE_LEGS);
+  request.mutable_init()->set_n(7);  // odd
+  EXPECT_EQ(ComputeKernel(request, {}).status().code(), absl::StatusCode::kInvalidArgument);
+
+  v1::ComputeKernelRequest none;
+  none.set_length(4);
+  s = ComputeKernel(none, {}).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("system"));
+
+  // Diagonal method on a rank-1 system: the core refuses.
+  request = S4InitRequest(v1::KERNEL_METHOD_DIAGONAL, 8);
+  EXPECT_EQ(ComputeKernel(request, {}).status().code(), absl::StatusCode::kInvalidArgument);
+
+  // Explicit system with inconsistent sizes, named.
+  v1::ComputeKernelRequest bad;
+  bad.set_length(4);
+  v1::SsmSystem* sys = bad.mutable_explicit_system();
+  sys->mutable_lambda()->set_rows(1);
+  sys->mutable_lambda()->set_cols(2);
+  sys->mutable_lambda()->add_real(-0.5);
+  sys->mutable_lambda()->add_imag(1);
+  s = ComputeKernel(bad, {}).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("explicit_system.lambda"));
+}
+
+TEST(ComputeKernelTest, LimitsAreResourceExhausted) {
+  MathLimits limits;
+  limits.max_length = 100;
+  limits.max_message_bytes = 1000;
+  limits.max_naive_work = 1000;
+  v1::ComputeKernelRequest request = S4InitRequest(v1::KERNEL_METHOD_DPLR, 101);
+  absl::Status s = ComputeKernel(request, limits).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(s.message(), HasSubstr("--max_unary_length=100"));
+
+  request.set_length(50);  // 3 channels x 50 x 8 bytes = 1200 > 1000
+  s = ComputeKernel(request, limits).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(s.message(), HasSubstr("--max_message_bytes=1000"));
+
+  limits.max_message_bytes = 1 << 20;
+  request.set_length(10);
+  request.set_method(v1::KERNEL_METHOD_NAIVE);
+  s = ComputeKernel(request, limits).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(s.message(), HasSubstr("NAIVE"));
+
+  // An init whose system alone would not fit in a message.
+  request.mutable_init()->set_channels(1000000);
+  request.mutable_init()->set_n(1024);
+  s = ComputeKernel(request, limits).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(s.message(), HasSubstr("init.channels x init.n"));
+}
+
+}  // namespace
+}  // namespace ssm::server
