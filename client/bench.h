@@ -1,0 +1,60 @@
+// `ssm_client bench`: a bounded load generator for an ssm_server.
+//
+// Two workloads, each bounded by counts and by a wall-clock cap, so a run
+// always ends by itself:
+//   stream: `concurrency` streams (batch 1) of `steps` steps each, sent in
+//           chunks of `chunk` steps with up to `inflight` chunks outstanding
+//           per stream (1 = strict lock-step); latency is each chunk's round
+//           trip (per step with chunk = 1).
+//   unary:  `calls` Infer calls of [batch, length, d_input] spread over
+//           `concurrency` callers; latency is each call's.
+// Inputs are a deterministic sine, so runs are comparable.
+#ifndef SSMSERVE_CLIENT_BENCH_H_
+#define SSMSERVE_CLIENT_BENCH_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "client/ssm_client.h"
+
+namespace ssm::client {
+
+struct BenchOptions {
+  std::string mode = "stream";  // "stream" or "unary"
+  std::string model = "s4-demo";
+  int concurrency = 4;
+  int64_t steps = 1000;  // stream: steps per stream
+  int chunk = 1;         // stream: steps per chunk
+  int inflight = 1;      // stream: chunks outstanding per stream
+  int64_t calls = 100;   // unary: total calls
+  int batch = 1;         // unary
+  int length = 1024;     // unary
+  absl::Duration max_duration = absl::Seconds(60);
+};
+
+struct BenchReport {
+  BenchOptions options;
+  int64_t completed = 0;  // stream: chunks; unary: calls
+  int64_t steps = 0;      // time steps processed (per sequence, all batch)
+  absl::Duration elapsed;
+  int64_t errors = 0;
+  std::string first_error;
+  bool hit_max_duration = false;
+  // Latency percentiles (nearest rank) of chunks or calls.
+  absl::Duration p50, p90, p99, max;
+};
+
+// Runs the workload against `client`. Errors of single calls or streams
+// are counted in the report; the returned status fails only when the run
+// could not start (bad options, unknown model).
+absl::StatusOr<BenchReport> RunBench(Client& client,
+                                     const BenchOptions& options);
+
+std::string FormatBenchTable(const BenchReport& report);
+std::string FormatBenchJson(const BenchReport& report);
+
+}  // namespace ssm::client
+
+#endif  // SSMSERVE_CLIENT_BENCH_H_

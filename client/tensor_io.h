@@ -1,0 +1,44 @@
+// Sequence tensors in files, for the CLI: CSV and NumPy .npy.
+//
+// CSV: one row per time step, one column per feature, batch 1; values
+// separated by commas; blank lines and lines starting with '#' are
+// skipped, and a first row that is not numeric is taken as a header.
+// Read as [1, L, d]. Written with 9 significant digits (a float32
+// round-trips).
+//
+// .npy (NumPy format 1.0-3.0): float32 or float64, either byte order,
+// C order only; shape [L] (read as [1, L, 1]), [L, d] (read as [1, L, d])
+// or [B, L, d]. float64 is narrowed to float32, the wire's type. Written as
+// little-endian float32 [B, L, d], format 1.0.
+#ifndef SSMSERVE_CLIENT_TENSOR_IO_H_
+#define SSMSERVE_CLIENT_TENSOR_IO_H_
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "client/ssm_client.h"
+
+namespace ssm::client {
+
+// INVALID_ARGUMENT with the line (and column) of the first bad value.
+absl::StatusOr<Tensor> ParseCsv(const std::string& text);
+// `tensor` [B, L, d]: one row per step; with B > 1, each batch entry is
+// preceded by a "# batch <b>" line.
+std::string FormatCsv(const Tensor& tensor);
+
+// INVALID_ARGUMENT for a bad header, dtype, order, shape or length.
+absl::StatusOr<Tensor> ParseNpy(const std::string& bytes);
+std::string FormatNpy(const Tensor& tensor);
+
+// By extension: ".npy" is NumPy, anything else CSV; "-" is stdin/stdout
+// (CSV). NOT_FOUND / PERMISSION_DENIED-like errors name the path.
+absl::StatusOr<Tensor> ReadSequence(const std::string& path);
+absl::Status WriteSequence(const std::string& path, const Tensor& tensor);
+
+// Whole files as bytes ("-": stdin/stdout).
+absl::StatusOr<std::string> ReadFileBytes(const std::string& path);
+absl::Status WriteFileBytes(const std::string& path, const std::string& bytes);
+
+}  // namespace ssm::client
+
+#endif  // SSMSERVE_CLIENT_TENSOR_IO_H_
