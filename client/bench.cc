@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <memory>
 #include <cstdio>
 #include <thread>
 #include <vector>
@@ -128,6 +129,50 @@ absl::Duration Percentile(const std::vector<absl::Duration>& sorted,
   return sorted[std::clamp<size_t>(rank, 1, sorted.size()) - 1];
 }
 
+// VmRSS of a local process in KiB, -1 if unreadable.
+int64_t ResidentKb(int pid) {
+  std::FILE* f = std::fopen(absl::StrCat("/proc/", pid, "/status").c_str(), "r");
+  if (f == nullptr) return -1;
+  char line[256];
+  int64_t kb = -1;
+  while (std::fgets(line, sizeof(line), f) != nullptr) {
+    long long v = 0;
+    if (std::sscanf(line, "VmRSS: %lld kB", &v) == 1) kb = v;
+  }
+  std::fclose(f);
+  return kb;
+}
+
+// Opens the sessions one at a time on this thread (the sync API holds no
+// thread per open stream), one step each, then holds them.
+void IdleSessions(Client& client, const BenchOptions& o, absl::Time deadline,
+                  BenchReport* report, WorkerResult* out) {
+  std::vector<std::unique_ptr<Stream>> held;
+  held.reserve(o.concurrency);
+  for (int i = 0; i < o.concurrency && absl::Now() < deadline; ++i) {
+    const absl::Time t0 = absl::Now();
+    StreamOptions open;
+    open.model = o.model;
+    absl::StatusOr<std::unique_ptr<Stream>> s = client.OpenStream(open);
+    if (!s.ok()) {
+      out->error = s.status();
+      break;
+    }
+    std::vector<float> x((*s)->opened().d_input(), static_cast<float>(Signal(0, i, 0)));
+    absl::StatusOr<StreamResult> r = (*s)->RunChunk(x, 1);
+    if (!r.ok()) {
+      out->error = r.status();
+      break;
+    }
+    out->latencies.push_back(absl::Now() - t0);
+    out->steps += 1;
+    held.push_back(*std::move(s));
+  }
+  absl::SleepFor(std::min(o.hold, std::max(absl::ZeroDuration(), deadline - absl::Now())));
+  if (o.server_pid > 0) report->rss_held_kb = ResidentKb(o.server_pid);
+  for (std::unique_ptr<Stream>& s : held) s->Close().IgnoreError();
+}
+
 std::string Ms(absl::Duration d) {
   return absl::StrFormat("%.3f", absl::ToDoubleMilliseconds(d));
 }
@@ -137,9 +182,9 @@ std::string Ms(absl::Duration d) {
 absl::StatusOr<BenchReport> RunBench(Client& client,
                                      const BenchOptions& options) {
   const BenchOptions& o = options;
-  if (o.mode != "stream" && o.mode != "unary") {
+  if (o.mode != "stream" && o.mode != "unary" && o.mode != "idle") {
     return absl::InvalidArgumentError(
-        absl::StrCat("--mode must be stream or unary, got '", o.mode, "'"));
+        absl::StrCat("--mode must be stream, unary or idle, got '", o.mode, "'"));
   }
   if (o.concurrency < 1 || o.steps < 1 || o.chunk < 1 || o.inflight < 1 ||
       o.calls < 1 || o.batch < 1 || o.length < 1) {
@@ -160,7 +205,12 @@ absl::StatusOr<BenchReport> RunBench(Client& client,
   std::atomic<int64_t> next_call{0};
   const absl::Time start = absl::Now();
   const absl::Time deadline = start + o.max_duration;
-  for (int i = 0; i < o.concurrency; ++i) {
+  BenchReport report;
+  if (o.mode == "idle") {
+    if (o.server_pid > 0) report.rss_before_kb = ResidentKb(o.server_pid);
+    IdleSessions(client, o, deadline, &report, &results[0]);
+  }
+  for (int i = 0; i < o.concurrency && o.mode != "idle"; ++i) {
     if (o.mode == "stream") {
       workers.emplace_back(StreamWorker, std::ref(client), std::cref(o),
                            deadline, i, &results[i]);
@@ -172,7 +222,6 @@ absl::StatusOr<BenchReport> RunBench(Client& client,
   }
   for (std::thread& t : workers) t.join();
 
-  BenchReport report;
   report.options = o;
   report.elapsed = absl::Now() - start;
   report.hit_max_duration = absl::Now() >= deadline;
@@ -198,7 +247,17 @@ std::string FormatBenchTable(const BenchReport& r) {
   const double seconds = absl::ToDoubleSeconds(r.elapsed);
   const bool stream = o.mode == "stream";
   std::string out;
-  if (stream) {
+  if (o.mode == "idle") {
+    absl::StrAppend(&out, "bench idle: model ", o.model, ", ", r.completed,
+                    " sessions opened (one step each) and held ",
+                    absl::FormatDuration(o.hold), "\n");
+    if (r.rss_before_kb >= 0 && r.rss_held_kb >= 0) {
+      absl::StrAppend(&out, absl::StrFormat(
+          "  server RSS %.1f MiB before, %.1f MiB held: %.1f KiB per session\n",
+          r.rss_before_kb / 1024.0, r.rss_held_kb / 1024.0,
+          r.completed ? double(r.rss_held_kb - r.rss_before_kb) / r.completed : 0.0));
+    }
+  } else if (stream) {
     absl::StrAppend(&out, "bench stream: model ", o.model, ", ", o.concurrency,
                     " streams x ", o.steps, " steps, chunk ", o.chunk,
                     ", in flight ", o.inflight, "\n");
@@ -207,7 +266,7 @@ std::string FormatBenchTable(const BenchReport& r) {
                     " calls of [", o.batch, ", ", o.length, "], ",
                     o.concurrency, " callers\n");
   }
-  const char* unit = stream ? "chunks" : "calls";
+  const char* unit = o.mode == "idle" ? "sessions" : stream ? "chunks" : "calls";
   absl::StrAppend(
       &out,
       absl::StrFormat("  completed  %d %s (%d steps) in %.3f s%s\n",
@@ -219,7 +278,8 @@ std::string FormatBenchTable(const BenchReport& r) {
   absl::StrAppend(&out, absl::StrFormat("  errors     %d%s\n", r.errors,
                                         r.errors ? " (first: " + r.first_error + ")"
                                                  : ""));
-  absl::StrAppend(&out, "  latency (ms, per ", stream ? "chunk round trip" : "call",
+  absl::StrAppend(&out, "  latency (ms, per ",
+                  o.mode == "idle" ? "open + first step" : stream ? "chunk round trip" : "call",
                   ")\n");
   absl::StrAppend(&out, absl::StrFormat("  %10s %10s %10s %10s\n", "p50", "p90",
                                         "p99", "max"));

@@ -8,6 +8,12 @@
 //           trip (per step with chunk = 1).
 //   unary:  `calls` Infer calls of [batch, length, d_input] spread over
 //           `concurrency` callers; latency is each call's.
+//   idle:   `concurrency` sessions opened one after another, each fed one
+//           step (so the server has built its per-session buffers), then
+//           held open without traffic for `hold`; latency is each open +
+//           first step. With `server_pid` (a server on this machine) the
+//           report carries the server's resident memory before the sessions
+//           and while they are held.
 // Inputs are a deterministic sine, so runs are comparable.
 #ifndef SSMSERVE_CLIENT_BENCH_H_
 #define SSMSERVE_CLIENT_BENCH_H_
@@ -32,6 +38,8 @@ struct BenchOptions {
   int batch = 1;         // unary
   int length = 1024;     // unary
   absl::Duration max_duration = absl::Seconds(60);
+  absl::Duration hold = absl::Seconds(2);  // idle
+  int server_pid = 0;                      // idle: read /proc/<pid>/status
 };
 
 struct BenchReport {
@@ -42,6 +50,8 @@ struct BenchReport {
   int64_t errors = 0;
   std::string first_error;
   bool hit_max_duration = false;
+  // idle with server_pid: the server's VmRSS in KiB (-1: not measured).
+  int64_t rss_before_kb = -1, rss_held_kb = -1;
   // Latency percentiles (nearest rank) of chunks or calls.
   absl::Duration p50, p90, p99, max;
 };

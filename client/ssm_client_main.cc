@@ -74,7 +74,9 @@ ABSL_FLAG(uint64_t, seed, 0, "kernel: initialization seed");
 // Health.
 ABSL_FLAG(std::string, service, "", "health: service name ('' = server)");
 // Bench.
-ABSL_FLAG(std::string, mode, "stream", "bench: stream or unary");
+ABSL_FLAG(std::string, mode, "stream", "bench: stream, unary or idle");
+ABSL_FLAG(double, hold_seconds, 2, "bench idle: how long to hold the sessions open");
+ABSL_FLAG(int, server_pid, 0, "bench idle: a local server's PID, to report its resident memory");
 ABSL_FLAG(int, concurrency, 4, "bench: streams or concurrent callers");
 ABSL_FLAG(int64_t, steps, 1000, "bench stream: steps per stream");
 ABSL_FLAG(int, inflight, 1,
@@ -108,8 +110,9 @@ subcommands:
          [--method dplr|diagonal|naive]
                              an SSM convolution kernel, one CSV row per channel
   health [--service NAME]    exit 0 iff the server is SERVING
-  bench --mode stream|unary [--concurrency C] [--steps S] [--chunk T]
+  bench --mode stream|unary|idle [--concurrency C] [--steps S] [--chunk T]
         [--inflight K] [--calls U] [--batch B] [--length L] [--max_seconds X]
+        [--hold_seconds H] [--server_pid PID]
         [--json]             a bounded load test
 
 Files: .npy (float32/float64, C order) or CSV (one row per step, batch 1).
@@ -468,6 +471,8 @@ int CmdBench() {
   o.batch = absl::GetFlag(FLAGS_batch);
   o.length = absl::GetFlag(FLAGS_length);
   o.max_duration = absl::Seconds(absl::GetFlag(FLAGS_max_seconds));
+  o.hold = absl::Seconds(absl::GetFlag(FLAGS_hold_seconds));
+  o.server_pid = absl::GetFlag(FLAGS_server_pid);
   Client client = MakeClient();
   auto report = ssm::client::RunBench(client, o);
   if (!report.ok()) return Fail(report.status());

@@ -242,5 +242,17 @@ TEST(CliTest, BenchIsBoundedAndReports) {
       << capped.output;
 }
 
+// Idle sessions: opened, stepped once, held, and the server's memory read
+// from /proc (the server runs on this machine).
+TEST(CliTest, BenchIdleHoldsSessionsAndReadsServerMemory) {
+  const ServerProcess& server = SharedServer();
+  CommandResult idle = RunCli(absl::StrCat(
+      "--address=", server.address(), " bench --mode=idle --model=legt-delay --concurrency=20 ",
+      "--hold_seconds=0.2 --server_pid=", server.pid()));
+  ASSERT_EQ(idle.exit_code, 0) << idle.output;
+  EXPECT_TRUE(absl::StrContains(idle.output, "20 sessions opened")) << idle.output;
+  EXPECT_TRUE(absl::StrContains(idle.output, "KiB per session")) << idle.output;
+}
+
 }  // namespace
 }  // namespace ssm::e2e
