@@ -36,6 +36,7 @@ struct ConvMode::Rep {
   // send.
   mutable std::mutex mu;
   mutable std::map<int, std::shared_ptr<const FftConvolver<double>>> convolvers;
+  mutable int64_t hits = 0, misses = 0, spectra_bytes = 0;  // guarded by mu
 
   int Rung(int steps) const {
     int64_t p = 1;
@@ -49,12 +50,18 @@ struct ConvMode::Rep {
     const int rung = Rung(steps);
     std::lock_guard<std::mutex> lock(mu);
     auto it = convolvers.find(rung);
-    if (it != convolvers.end()) return it->second;
+    if (it != convolvers.end()) {
+      ++hits;
+      return it->second;
+    }
+    ++misses;
     absl::StatusOr<FftConvolver<double>> c = FftConvolver<double>::Create(
         kernel, d, rung);
     if (!c.ok()) return c.status();
     auto shared = std::make_shared<const FftConvolver<double>>(*std::move(c));
     convolvers.emplace(rung, shared);
+    spectra_bytes += static_cast<int64_t>(kernel.rows()) * (shared->fft_size() / 2 + 1) *
+                     static_cast<int64_t>(sizeof(cdouble));
     return shared;
   }
 
@@ -130,6 +137,11 @@ int ConvMode::channels() const { return rep_->system.channels(); }
 int ConvMode::max_length() const { return rep_->max_length; }
 int ConvMode::state_size() const { return rep_->stepper.state_size(); }
 const RowMatrixXd& ConvMode::kernel() const { return rep_->kernel; }
+
+ConvMode::CacheStats ConvMode::cache_stats() const {
+  std::lock_guard<std::mutex> lock(rep_->mu);
+  return {rep_->hits, rep_->misses, rep_->spectra_bytes};
+}
 
 absl::StatusOr<ConvMode> ConvMode::Create(const DplrSystem& system,
                                           const Eigen::VectorXd& d,

@@ -87,6 +87,19 @@ class S4Model final : public Model {
 
   bool streamable() const override { return !s4_.bidirectional; }
   size_t memory_bytes() const override { return bytes_; }
+  ConvMode::CacheStats kernel_cache_stats() const override {
+    ConvMode::CacheStats total;
+    for (const Block& b : blocks_) {
+      for (const std::optional<ConvMode>* c : {&b.conv, &b.backward}) {
+        if (!c->has_value()) continue;
+        const ConvMode::CacheStats s = (*c)->cache_stats();
+        total.hits += s.hits;
+        total.misses += s.misses;
+        total.spectra_bytes += s.spectra_bytes;
+      }
+    }
+    return total;
+  }
 
   size_t state_size() const override {
     size_t n = 0;

@@ -149,6 +149,30 @@ std::vector<double> RunRange(Session& s, const std::vector<double>& x, int total
   return out;
 }
 
+// Kernel spectra are cached per rung of lengths (2^k and 3 2^(k-1)): any
+// mix of lengths builds a bounded number of them, and repeats are hits.
+TEST(ModelTest, KernelCacheIsBoundedAndHit) {
+  const std::shared_ptr<const Model> m = Load(S4Spec(Variants()[0].second));  // 2 layers
+  auto forward = [&](int length) {
+    std::vector<double> x(length * 3, 0.1), y(length * 2);
+    ASSERT_TRUE(m->Forward(x, 1, length, absl::MakeSpan(y)).ok());
+  };
+  forward(100);  // rung 128
+  EXPECT_EQ(m->kernel_cache_stats().misses, 2);
+  EXPECT_EQ(m->kernel_cache_stats().hits, 0);
+  forward(97);  // rung 128 again
+  EXPECT_EQ(m->kernel_cache_stats().misses, 2);
+  EXPECT_EQ(m->kernel_cache_stats().hits, 2);
+  forward(90);  // rung 96
+  EXPECT_EQ(m->kernel_cache_stats().misses, 4);
+  const int64_t one_rung_bytes = m->kernel_cache_stats().spectra_bytes;
+  EXPECT_GT(one_rung_bytes, 0);
+  for (int length = 1; length <= 600; ++length) forward(length);
+  // Rungs up to 600: 1 2 3 4 6 8 12 16 24 32 48 64 96 128 192 256 384 512
+  // and the cap 600: 19 per layer.
+  EXPECT_EQ(m->kernel_cache_stats().misses, 2 * 19);
+}
+
 TEST(ModelTest, SnapshotsContinueExactly) {
   const ModelSpec spec = S4Spec(Variants()[1].second);
   const std::shared_ptr<const Model> m = Load(spec);

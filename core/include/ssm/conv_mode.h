@@ -18,6 +18,7 @@
 #ifndef SSM_CONV_MODE_H_
 #define SSM_CONV_MODE_H_
 
+#include <cstdint>
 #include <memory>
 
 #include <Eigen/Core>
@@ -42,6 +43,15 @@ class ConvMode {
   int max_length() const;
   int state_size() const;  // doubles per session, H x 2M
   const RowMatrixXd& kernel() const;  // H x max_length
+
+  // The FFT convolvers' cache (one per rung of chunk lengths): lookups that
+  // found one, lookups that built one, and the bytes of kernel spectra held.
+  struct CacheStats {
+    int64_t hits = 0;
+    int64_t misses = 0;
+    int64_t spectra_bytes = 0;
+  };
+  CacheStats cache_stats() const;
 
   // u, y: batch x H x steps. state_in: empty (zero state) or
   // batch x state_size(); state_out: empty (not wanted) or the same size

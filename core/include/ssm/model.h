@@ -36,6 +36,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "ssm/conv_mode.h"
 #include "ssm/model_spec.h"
 #include "ssm/safetensors.h"
 
@@ -56,6 +57,8 @@ class Model {
   virtual bool streamable() const = 0;
   // Bytes held by weights, kernels and FFT plans' spectra (approximate).
   virtual size_t memory_bytes() const = 0;
+  // Summed over the model's layers (zero for models without kernels).
+  virtual ConvMode::CacheStats kernel_cache_stats() const { return {}; }
 
   // Convolutional mode: x is batch x length x d_input, y batch x length x
   // d_output; 1 <= length <= max_length().
