@@ -14,9 +14,11 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc prometheus-cpp-dev
 )
 # Only the tests need these: the S4 checkpoint converter (an optional tool)
-# and its test use Debian's PyTorch and NumPy.
+# and its test use Debian's PyTorch and NumPy; the deploy/ checks use
+# yamllint and python3-yaml (tests/deploy).
 if [[ "${1:-}" == "--test" ]]; then
-  packages+=(python3-numpy python3-torch python3-grpcio python3-grpc-tools)
+  packages+=(python3-numpy python3-torch python3-grpcio python3-grpc-tools
+             yamllint python3-yaml)
 fi
 
 missing=()

@@ -1,0 +1,581 @@
+#!/usr/bin/python3
+"""Checks a rendered ssmserve deployment (`kustomize build deploy/...`).
+
+    check_rendered.py RENDERED.yaml [--server-main server/main.cc]
+        [--models-dir models] [--namespace NS] [--image IMAGE]
+        [--models-volume]
+    check_rendered.py --self-test RENDERED.yaml [same options]
+
+Offline, with no cluster: it reads the YAML stream and checks what
+deploy/README.md promises of it (the kinds, the probes, ports, the drain and
+grace periods, security, resources against the measured memory budget, the
+Services' selectors, HPA and PDB). Exit 0 and one summary line when all hold;
+exit 1 listing every failed check otherwise.
+
+--self-test breaks the rendering in one way at a time (a probe that is not
+gRPC, a grace period shorter than the drain, a misspelt flag, ...) and checks
+that each break is caught, so that the checks cannot pass vacuously.
+
+Needs Debian's python3-yaml (scripts/install-deps.sh --test).
+"""
+
+import argparse
+import copy
+import math
+import os
+import re
+import sys
+
+import yaml
+
+GRPC_PORT = 50051
+METRICS_PORT = 9464
+# Flags the manifests use that the server is about to get (gRPC's
+# GRPC_ARG_MAX_CONNECTION_AGE_MS and ..._GRACE_MS). Once server/main.cc
+# defines them they are found there like every other flag.
+PENDING_SERVER_FLAGS = {"max_connection_age", "max_connection_age_grace"}
+# Abseil's own flags, accepted by every absl::ParseCommandLine binary.
+ABSL_BUILTIN_FLAGS = {"flagfile", "fromenv", "tryfromenv", "undefok"}
+
+# The memory budget (deploy/README.md, "Resources"), measured with the
+# shipped repository on the development machine (VmRSS/VmHWM of ssm_server):
+IDLE_BYTES = 62e6             # idle after start-up
+SPECTRA_BYTES = 70e6          # s4-demo's kernel spectra at max length
+SESSION_BYTES = 86 * 1024     # one idle batch-1 s4-demo session
+ROW_BYTES = 58.5e6            # one batch row of a max-length s4-demo call
+HEADROOM = 1.2                # the limit must exceed the budget by 20 %
+
+DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
+                  "h": 3600.0}
+QUANTITY_SUFFIXES = {
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+    "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "m": 1e-3, "": 1,
+}
+
+
+def parse_duration(text):
+    """Abseil's duration syntax ('20s', '1h30m', '500ms') in seconds."""
+    if text in ("0", "inf"):
+        return 0.0 if text == "0" else math.inf
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"not a duration: {text!r}")
+    return sum(float(n) * DURATION_UNITS[u] for n, u in parts)
+
+
+def parse_quantity(text):
+    """A Kubernetes resource quantity ('1Gi', '500m', '2') as a number."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T|m|)", str(text))
+    if not m:
+        raise ValueError(f"not a quantity: {text!r}")
+    return float(m.group(1)) * QUANTITY_SUFFIXES[m.group(2)]
+
+
+def server_flags(main_cc):
+    """The flags ssm_server defines (ABSL_FLAG(type, name, ...))."""
+    with open(main_cc, encoding="utf-8") as f:
+        names = set(re.findall(r"ABSL_FLAG\(\s*[\w:<>]+\s*,\s*(\w+)\s*,",
+                               f.read()))
+    if not names:
+        raise SystemExit(f"check_rendered: no ABSL_FLAG found in {main_cc}")
+    return names
+
+
+class Checker:
+    def __init__(self, docs, opts):
+        self.docs = docs
+        self.opts = opts
+        self.errors = []
+
+    def error(self, message):
+        self.errors.append(message)
+
+    def of_kind(self, kind):
+        return [d for d in self.docs if d.get("kind") == kind]
+
+    def one(self, kind):
+        found = self.of_kind(kind)
+        if len(found) != 1:
+            self.error(f"expected exactly one {kind}, found {len(found)}")
+            return None
+        return found[0]
+
+    # -- the pieces ---------------------------------------------------------
+
+    def check_kinds(self):
+        allowed = {"Deployment", "Service", "HorizontalPodAutoscaler",
+                   "PodDisruptionBudget", "Namespace", "PersistentVolumeClaim"}
+        for d in self.docs:
+            if d.get("kind") not in allowed:
+                self.error(f"unexpected kind {d.get('kind')!r} "
+                           f"({d.get('metadata', {}).get('name')})")
+        for kind, api in (("Deployment", "apps/v1"),
+                          ("HorizontalPodAutoscaler", "autoscaling/v2"),
+                          ("PodDisruptionBudget", "policy/v1")):
+            for d in self.of_kind(kind):
+                if d.get("apiVersion") != api:
+                    self.error(f"{kind} has apiVersion {d.get('apiVersion')}, "
+                               f"want {api}")
+        if len(self.of_kind("Service")) != 2:
+            self.error("expected two Services (headless and ClusterIP), found "
+                       f"{len(self.of_kind('Service'))}")
+
+    def container(self, deployment):
+        containers = deployment["spec"]["template"]["spec"].get(
+            "containers", [])
+        named = [c for c in containers if c.get("name") == "ssm-server"]
+        if len(named) != 1:
+            self.error("the Deployment needs one container named ssm-server")
+            return None
+        return named[0]
+
+    def expand_args(self, container, limits):
+        """The container's args with $(VAR) expanded as the kubelet does."""
+        env = {}
+        for e in container.get("env", []):
+            if "value" in e:
+                env[e["name"]] = str(e["value"])
+            ref = e.get("valueFrom", {}).get("resourceFieldRef")
+            if ref:
+                value = parse_quantity(limits.get(ref["resource"].split(".")[1],
+                                                  "0"))
+                env[e["name"]] = str(math.ceil(
+                    value / parse_quantity(ref.get("divisor", "1"))))
+        out = []
+        for arg in container.get("args", []):
+            def sub(m):
+                if m.group(1) not in env:
+                    self.error(f"arg {arg!r} uses $({m.group(1)}), which no "
+                               "env entry defines")
+                return env.get(m.group(1), m.group(0))
+            out.append(re.sub(r"\$\((\w+)\)", sub, arg))
+        return out
+
+    def parse_flags(self, args, known):
+        flags = {}
+        for arg in args:
+            m = re.fullmatch(r"--(\w+)=(.*)", arg)
+            if not m:
+                self.error(f"arg {arg!r} is not --flag=value")
+                continue
+            name, value = m.groups()
+            if name not in known:
+                self.error(f"--{name} is not a flag of ssm_server")
+            flags[name] = value
+        return flags
+
+    def check_deployment(self, hpa):
+        dep = self.one("Deployment")
+        if dep is None:
+            return None, None
+        spec = dep["spec"]
+        pod = spec["template"]["spec"]
+        labels = spec["template"]["metadata"].get("labels", {})
+        selector = spec.get("selector", {}).get("matchLabels", {})
+        if not selector or any(labels.get(k) != v
+                               for k, v in selector.items()):
+            self.error("the Deployment's selector does not match its pod "
+                       "labels")
+        if hpa is not None and "replicas" in spec:
+            self.error("the Deployment sets spec.replicas although an HPA "
+                       "owns it (kubectl apply would reset it)")
+        rolling = spec.get("strategy", {}).get("rollingUpdate", {})
+        if str(rolling.get("maxUnavailable")) != "0":
+            self.error("the rolling update must keep capacity "
+                       "(maxUnavailable: 0)")
+
+        c = self.container(dep)
+        if c is None:
+            return dep, None
+        if not c.get("image"):
+            self.error("the container has no image")
+        if self.opts.image and c.get("image") != self.opts.image:
+            self.error(f"image is {c.get('image')!r}, want {self.opts.image!r}")
+
+        resources = c.get("resources", {})
+        requests, limits = resources.get("requests", {}), resources.get(
+            "limits", {})
+        args = self.expand_args(c, limits)
+        flags = self.parse_flags(args, self.opts.known_flags)
+
+        # Listening: all interfaces, the ports the Services and probes use.
+        address = flags.get("address", "")
+        if not re.fullmatch(rf"(0\.0\.0\.0|\[::\]):{GRPC_PORT}", address):
+            self.error(f"--address={address!r}: want 0.0.0.0:{GRPC_PORT} or "
+                       f"[::]:{GRPC_PORT} (all interfaces of the pod)")
+        if flags.get("metrics_port") != str(METRICS_PORT):
+            self.error(f"--metrics_port must be {METRICS_PORT}")
+        if flags.get("metrics_address") not in ("0.0.0.0", "::"):
+            self.error("--metrics_address must be 0.0.0.0 (scrapeable)")
+        ports = {p.get("name"): p.get("containerPort")
+                 for p in c.get("ports", [])}
+        if ports.get("grpc") != GRPC_PORT:
+            self.error(f"container port 'grpc' must be {GRPC_PORT}, got "
+                       f"{ports.get('grpc')}")
+        if ports.get("metrics") != METRICS_PORT:
+            self.error(f"container port 'metrics' must be {METRICS_PORT}, got "
+                       f"{ports.get('metrics')}")
+
+        # Drain and grace.
+        drain = parse_duration(flags.get("drain_timeout", "20s"))
+        grace = pod.get("terminationGracePeriodSeconds", 30)
+        if not grace > drain:
+            self.error(f"terminationGracePeriodSeconds {grace} must exceed "
+                       f"--drain_timeout ({drain:g} s)")
+        for flag in ("max_connection_age", "max_connection_age_grace"):
+            if flag not in flags:
+                self.error(f"--{flag} is missing (long-lived connections "
+                           "would never rebalance)")
+                continue
+            try:
+                if parse_duration(flags[flag]) <= 0:
+                    self.error(f"--{flag} must be > 0")
+            except ValueError as e:
+                self.error(f"--{flag}: {e}")
+
+        # Probes: Kubernetes' native gRPC probes on grpc.health.v1.
+        for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+            probe = c.get(kind)
+            if not probe or "grpc" not in probe:
+                self.error(f"{kind} must be a gRPC probe (grpc: port "
+                           f"{GRPC_PORT})")
+                continue
+            if probe["grpc"].get("port") != GRPC_PORT:
+                self.error(f"{kind} probes port {probe['grpc'].get('port')}, "
+                           f"want {GRPC_PORT}")
+            service = probe["grpc"].get("service", "")
+            if service != "" and kind == "livenessProbe":
+                self.error("livenessProbe must ask about the server (\"\"), "
+                           "not one model")
+            if service != "":
+                m = re.fullmatch(r"ssm\.v1\.Inference/([\w.-]+)", service)
+                if not m:
+                    self.error(f"{kind} asks about {service!r}: want \"\" or "
+                               "ssm.v1.Inference/<model>")
+                elif self.opts.models_dir and not os.path.isdir(
+                        os.path.join(self.opts.models_dir, m.group(1))):
+                    self.error(f"{kind} asks about model {m.group(1)!r}, "
+                               f"which {self.opts.models_dir} does not have")
+        live = c.get("livenessProbe") or {}
+        patience = live.get("periodSeconds", 10) * live.get(
+            "failureThreshold", 3)
+        if not patience > drain:
+            self.error(f"livenessProbe gives up after {patience} s, within "
+                       f"--drain_timeout ({drain:g} s): a draining pod would "
+                       "be restarted")
+
+        # Security.
+        psc, csc = pod.get("securityContext", {}), c.get(
+            "securityContext", {})
+        if not psc.get("runAsNonRoot"):
+            self.error("pod securityContext.runAsNonRoot must be true")
+        if psc.get("runAsUser", 1) == 0 or csc.get("runAsUser", 1) == 0:
+            self.error("runAsUser must not be 0")
+        if not csc.get("readOnlyRootFilesystem"):
+            self.error("readOnlyRootFilesystem must be true")
+        if csc.get("allowPrivilegeEscalation") is not False:
+            self.error("allowPrivilegeEscalation must be false")
+        if "ALL" not in csc.get("capabilities", {}).get("drop", []):
+            self.error("capabilities must drop ALL")
+        if pod.get("automountServiceAccountToken") is not False:
+            self.error("automountServiceAccountToken must be false (the "
+                       "server never calls the API server)")
+
+        # Resources against the memory budget of these flags.
+        for table, name in ((requests, "requests"), (limits, "limits")):
+            for r in ("cpu", "memory"):
+                if r not in table:
+                    self.error(f"resources.{name}.{r} is missing")
+        try:
+            for r in ("cpu", "memory"):
+                if r in requests and r in limits and parse_quantity(
+                        requests[r]) > parse_quantity(limits[r]):
+                    self.error(f"resources.requests.{r} exceeds the limit")
+            threads = int(flags.get("threads", "0"))
+            cpu_limit = parse_quantity(limits.get("cpu", "0"))
+            if threads != math.ceil(cpu_limit):
+                self.error(f"--threads={threads} should be the CPU limit "
+                           f"({cpu_limit:g})")
+            budget = (IDLE_BYTES + SPECTRA_BYTES
+                      + int(flags.get("max_sessions", "1024")) * SESSION_BYTES
+                      + max(threads, 1) * int(flags.get("max_batch", "64"))
+                      * ROW_BYTES)
+            memory = parse_quantity(limits.get("memory", "0"))
+            if memory < HEADROOM * budget:
+                self.error(
+                    f"memory limit {limits.get('memory')} is below "
+                    f"{HEADROOM:g} x the budget of these flags "
+                    f"({budget / 2**20:.0f} MiB: idle, spectra, sessions, "
+                    "threads x max_batch max-length rows)")
+            if parse_quantity(requests.get("memory", "0")) != memory:
+                self.error("memory request must equal the limit (a pod that "
+                           "holds sessions is evicted last)")
+        except ValueError as e:
+            self.error(f"resources or flags: {e}")
+
+        # Prometheus.
+        notes = spec["template"]["metadata"].get("annotations", {})
+        want = {"prometheus.io/scrape": "true",
+                "prometheus.io/port": str(METRICS_PORT),
+                "prometheus.io/path": "/metrics"}
+        for k, v in want.items():
+            if notes.get(k) != v:
+                self.error(f"pod annotation {k} must be {v!r}, got "
+                           f"{notes.get(k)!r}")
+
+        # Volumes: every mount has its volume; /tmp is writable; the
+        # repository is where a mount (or the image) has it.
+        volumes = {v.get("name") for v in pod.get("volumes", [])}
+        mounts = {}
+        for ctr in pod.get("containers", []) + pod.get("initContainers", []):
+            for m in ctr.get("volumeMounts", []):
+                if m.get("name") not in volumes:
+                    self.error(f"{ctr.get('name')} mounts {m.get('name')!r}, "
+                               "which is no volume")
+        for m in c.get("volumeMounts", []):
+            mounts[m["mountPath"]] = m
+        if "/tmp" not in mounts:
+            self.error("/tmp must be a volume (the root file system is "
+                       "read-only)")
+        repository = flags.get("model_repository", "")
+        if not repository.startswith("/"):
+            self.error(f"--model_repository={repository!r} must be absolute")
+        if self.opts.models_volume:
+            mount = mounts.get(repository)
+            if mount is None:
+                self.error(f"--model_repository={repository} is not a mounted "
+                           "volume")
+            elif not mount.get("readOnly"):
+                self.error("the model volume must be mounted read-only")
+        return dep, labels
+
+    def check_services(self, pod_labels):
+        services = self.of_kind("Service")
+        headless = [s for s in services
+                    if s["spec"].get("clusterIP") == "None"]
+        cluster = [s for s in services
+                   if s["spec"].get("clusterIP") != "None"
+                   and s["spec"].get("type", "ClusterIP") == "ClusterIP"]
+        if len(headless) != 1:
+            self.error("expected one headless Service (clusterIP: None) for "
+                       "client-side round_robin")
+        if len(cluster) != 1:
+            self.error("expected one ClusterIP Service")
+        for s in headless:
+            if s["spec"].get("publishNotReadyAddresses"):
+                self.error("the headless Service must not publish unready "
+                           "(draining) pods")
+        for s in services:
+            name = s["metadata"]["name"]
+            selector = s["spec"].get("selector", {})
+            if pod_labels is not None and (not selector or any(
+                    pod_labels.get(k) != v for k, v in selector.items())):
+                self.error(f"Service {name} selects no ssmserve pod")
+            grpc = [p for p in s["spec"].get("ports", [])
+                    if p.get("name") == "grpc"]
+            if len(grpc) != 1 or grpc[0].get("port") != GRPC_PORT or grpc[
+                    0].get("targetPort") not in ("grpc", GRPC_PORT):
+                self.error(f"Service {name} needs port grpc {GRPC_PORT} -> "
+                           "the pod's grpc port")
+
+    def check_hpa(self, dep):
+        hpa = self.one("HorizontalPodAutoscaler")
+        if hpa is None or dep is None:
+            return hpa
+        spec = hpa["spec"]
+        ref = spec.get("scaleTargetRef", {})
+        if ref.get("kind") != "Deployment" or ref.get(
+                "name") != dep["metadata"]["name"]:
+            self.error(f"the HPA scales {ref.get('kind')}/{ref.get('name')}, "
+                       f"not Deployment/{dep['metadata']['name']}")
+        lo, hi = spec.get("minReplicas", 1), spec.get("maxReplicas", 0)
+        if lo < 2 or hi < lo:
+            self.error(f"HPA replicas {lo}..{hi}: want min >= 2 (sessions "
+                       "need somewhere to move) and max >= min")
+        if not any(m.get("type") == "Resource"
+                   and m.get("resource", {}).get("name") == "cpu"
+                   for m in spec.get("metrics", [])):
+            self.error("the HPA must scale on CPU")
+        return hpa
+
+    def check_pdb(self, pod_labels, hpa):
+        pdb = self.one("PodDisruptionBudget")
+        if pdb is None:
+            return
+        spec = pdb["spec"]
+        selector = spec.get("selector", {}).get("matchLabels", {})
+        if pod_labels is not None and (not selector or any(
+                pod_labels.get(k) != v for k, v in selector.items())):
+            self.error("the PodDisruptionBudget selects no ssmserve pod")
+        if "maxUnavailable" not in spec and "minAvailable" not in spec:
+            self.error("the PodDisruptionBudget sets neither maxUnavailable "
+                       "nor minAvailable")
+        if "minAvailable" in spec and hpa is not None and isinstance(
+                spec["minAvailable"], int) and spec["minAvailable"] >= hpa[
+                    "spec"].get("minReplicas", 1):
+            self.error("PodDisruptionBudget minAvailable >= the HPA's "
+                       "minReplicas: node drains would block forever")
+
+    def check_namespace(self):
+        if not self.opts.namespace:
+            return
+        for d in self.docs:
+            if d.get("kind") == "Namespace":
+                continue
+            ns = d.get("metadata", {}).get("namespace")
+            if ns != self.opts.namespace:
+                self.error(f"{d.get('kind')}/{d['metadata'].get('name')} is "
+                           f"in namespace {ns!r}, want "
+                           f"{self.opts.namespace!r}")
+
+    def run(self):
+        self.check_kinds()
+        hpa_doc = (self.of_kind("HorizontalPodAutoscaler") or [None])[0]
+        dep, labels = self.check_deployment(hpa_doc)
+        self.check_services(labels)
+        hpa = self.check_hpa(dep)
+        self.check_pdb(labels, hpa)
+        self.check_namespace()
+        return self.errors
+
+
+# -- the self-test ----------------------------------------------------------
+
+def _dep(docs):
+    return next(d for d in docs if d["kind"] == "Deployment")
+
+
+def _ctr(docs):
+    return next(c for c in _dep(docs)["spec"]["template"]["spec"][
+        "containers"] if c["name"] == "ssm-server")
+
+
+def _set_arg(docs, flag, value):
+    args = _ctr(docs)["args"]
+    args[:] = [a for a in args if not a.startswith(f"--{flag}=")]
+    if value is not None:
+        args.append(f"--{flag}={value}")
+
+
+def _headless(docs):
+    return next(d for d in docs if d["kind"] == "Service"
+                and d["spec"].get("clusterIP") == "None")
+
+
+MUTATIONS = [
+    ("readiness probe over exec", "readinessProbe must be a gRPC probe",
+     lambda d: _ctr(d).update(readinessProbe={
+         "exec": {"command": ["ssm_client", "health"]}})),
+    ("liveness probe on another port", "livenessProbe probes port",
+     lambda d: _ctr(d)["livenessProbe"]["grpc"].update(port=8080)),
+    ("readiness on an unknown health name", "readinessProbe asks about",
+     lambda d: _ctr(d)["readinessProbe"]["grpc"].update(service="ready")),
+    ("grace period equal to the drain", "must exceed --drain_timeout",
+     lambda d: _dep(d)["spec"]["template"]["spec"].update(
+         terminationGracePeriodSeconds=20)),
+    ("drain longer than the grace period", "must exceed --drain_timeout",
+     lambda d: _set_arg(d, "drain_timeout", "45s")),
+    ("a misspelt flag", "is not a flag of ssm_server",
+     lambda d: _set_arg(d, "max_conection_age", "10m")),
+    ("no MAX_CONNECTION_AGE", "--max_connection_age is missing",
+     lambda d: _set_arg(d, "max_connection_age", None)),
+    ("loopback address", "--address=",
+     lambda d: _set_arg(d, "address", "127.0.0.1:50051")),
+    ("metrics port moved", "container port 'metrics'",
+     lambda d: _ctr(d)["ports"][1].update(containerPort=9090)),
+    ("no headless Service", "one headless Service",
+     lambda d: _headless(d)["spec"].pop("clusterIP")),
+    ("Service selecting nothing", "selects no ssmserve pod",
+     lambda d: _headless(d)["spec"]["selector"].update(
+         {"app.kubernetes.io/name": "other"})),
+    ("root user", "runAsNonRoot must be true",
+     lambda d: _dep(d)["spec"]["template"]["spec"]["securityContext"].update(
+         runAsNonRoot=False)),
+    ("writable root file system", "readOnlyRootFilesystem must be true",
+     lambda d: _ctr(d)["securityContext"].update(
+         readOnlyRootFilesystem=False)),
+    ("memory limit below the budget", "is below",
+     lambda d: _ctr(d)["resources"]["limits"].update(memory="256Mi")),
+    ("max_batch raised without memory", "is below",
+     lambda d: _set_arg(d, "max_batch", "64")),
+    ("no Prometheus annotation", "prometheus.io/scrape",
+     lambda d: _dep(d)["spec"]["template"]["metadata"]["annotations"].pop(
+         "prometheus.io/scrape")),
+    ("HPA on another Deployment", "the HPA scales",
+     lambda d: next(x for x in d if x["kind"] == "HorizontalPodAutoscaler")[
+         "spec"]["scaleTargetRef"].update(name="other")),
+    ("PDB that blocks drains", "node drains would block",
+     lambda d: next(x for x in d if x["kind"] == "PodDisruptionBudget")[
+         "spec"].update(minAvailable=3)),
+    ("liveness as impatient as the drain", "a draining pod would",
+     lambda d: _ctr(d)["livenessProbe"].update(failureThreshold=1)),
+    ("replicas fighting the HPA", "sets spec.replicas",
+     lambda d: _dep(d)["spec"].update(replicas=3)),
+]
+
+
+def self_test(docs, opts):
+    base = Checker(docs, opts).run()
+    if base:
+        print("check_rendered --self-test: the unbroken rendering already "
+              "fails:\n  " + "\n  ".join(base))
+        return 1
+    missed = []
+    for name, expect, mutate in MUTATIONS:
+        broken = copy.deepcopy(docs)
+        mutate(broken)
+        errors = Checker(broken, opts).run()
+        if not any(expect in e for e in errors):
+            missed.append(f"{name}: no error containing {expect!r} "
+                          f"(got {errors})")
+    if missed:
+        print("check_rendered --self-test: breaks not caught:\n  "
+              + "\n  ".join(missed))
+        return 1
+    print(f"check_rendered --self-test: all {len(MUTATIONS)} breaks caught")
+    return 0
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("rendered", help="kustomize build output ('-': stdin)")
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(os.path.dirname(here))
+    parser.add_argument("--server-main",
+                        default=os.path.join(root, "server", "main.cc"),
+                        help="where ssm_server's flags are defined")
+    parser.add_argument("--models-dir", default=os.path.join(root, "models"),
+                        help="the shipped repository (per-model health names)")
+    parser.add_argument("--namespace", help="every object must be in it")
+    parser.add_argument("--image", help="the server container's image")
+    parser.add_argument("--models-volume", action="store_true",
+                        help="the repository must come from a read-only mount")
+    parser.add_argument("--self-test", action="store_true",
+                        help="check that each of a list of breaks is caught")
+    opts = parser.parse_args()
+    opts.known_flags = (server_flags(opts.server_main) | PENDING_SERVER_FLAGS
+                        | ABSL_BUILTIN_FLAGS)
+
+    stream = sys.stdin if opts.rendered == "-" else open(
+        opts.rendered, encoding="utf-8")
+    with stream:
+        docs = [d for d in yaml.safe_load_all(stream) if d]
+    if not docs:
+        print("check_rendered: the rendering is empty")
+        return 1
+    if opts.self_test:
+        return self_test(docs, opts)
+    errors = Checker(docs, opts).run()
+    if errors:
+        print(f"check_rendered: {len(errors)} problem(s) in {opts.rendered}:")
+        for e in errors:
+            print(f"  - {e}")
+        return 1
+    kinds = sorted(d["kind"] for d in docs)
+    print(f"check_rendered: {opts.rendered}: {len(docs)} objects "
+          f"({', '.join(kinds)}) pass")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
