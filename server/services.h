@@ -2,9 +2,14 @@
 // and ssm.v1.Math (the wire contract is proto/ssm/v1/ssm_service.proto;
 // behaviours the proto leaves open are documented in server/README.md).
 //
-// Every call gets its own reactor object holding all its state; gRPC's
-// event threads only validate and hand work to the WorkerPool, whose
-// workers run the model, the session or the kernel and finish the call.
+// Every call gets its own reactor object holding all its state. gRPC's
+// event threads validate and hand the heavy work to the WorkerPool, whose
+// workers run the model, the session or the kernel and finish the call;
+// the one exception is a stream's short chunks (a few recurrent steps of a
+// cheap model), which run right on the event thread because a hand-off
+// costs more than the steps (services.cc, StreamCall, says how that is
+// bounded). Streams are pipelined: a stream reads ahead while its chunks
+// run and its responses are written, in order.
 // Errors cross to the wire through ToGrpcStatus (status.h) only.
 //
 // Thread safety: a service object serves any number of concurrent calls.

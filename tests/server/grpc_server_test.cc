@@ -917,5 +917,229 @@ TEST_F(GrpcServerTest, BusyServerSaysSo) {
   EXPECT_EQ(ok + busy, kCalls);
 }
 
+// Pipelining: a client may send any number of chunks before reading. The
+// responses come back one per chunk, in order, equal to one Infer, whether
+// a chunk ran on a gRPC thread (short ones, once the session's step cost
+// is known) or on the pool (open, the first chunk, long ones, snapshots).
+TEST_F(GrpcServerTest, PipelinedChunksKeepTheirOrderAndOutputs) {
+  const v1::Tensor input = MakeInput(1, 700);
+  v1::InferRequest request;
+  request.set_model("s4-demo");
+  *request.mutable_input() = input;
+  v1::InferResponse whole;
+  ASSERT_TRUE(Infer(request, &whole).ok());
+
+  OpenedStream s = Open(OpenModel("s4-demo"));
+  // 1-step chunks, short ones, long (convolution) ones, in any mix; some
+  // ask for the state.
+  std::vector<int> cuts = {0};
+  for (int i = 0; i < 150; ++i) cuts.push_back(cuts.back() + 1);
+  for (int len : {5, 64, 1, 1, 130, 2, 1, 63, 200, 1, 1, 1}) cuts.push_back(cuts.back() + len);
+  while (cuts.back() < 700) cuts.push_back(cuts.back() + 1);
+  ASSERT_EQ(cuts.back(), 700);
+  const int chunks = static_cast<int>(cuts.size()) - 1;
+  for (int i = 0; i < chunks; ++i) {
+    v1::StreamRequest chunk;
+    *chunk.mutable_chunk() = Slice(input, cuts[i], cuts[i + 1]);
+    chunk.set_want_state(i % 37 == 5);
+    ASSERT_TRUE(s.stream->Write(chunk)) << i;
+  }
+  s.stream->WritesDone();
+  for (int i = 0; i < chunks; ++i) {
+    v1::StreamResponse response;
+    ASSERT_TRUE(s.stream->Read(&response)) << i;
+    ASSERT_TRUE(response.has_output()) << i;
+    EXPECT_EQ(response.position(), cuts[i + 1]) << i;
+    EXPECT_EQ(response.has_state(), i % 37 == 5) << i;
+    if (response.has_state()) {
+      EXPECT_EQ(response.state().position(), cuts[i + 1]);
+    }
+    ExpectClose(response.output(), Slice(whole.output(), cuts[i], cuts[i + 1]));
+  }
+  v1::StreamResponse extra;
+  EXPECT_FALSE(s.stream->Read(&extra));
+  EXPECT_TRUE(s.stream->Finish().ok());
+  EXPECT_EQ(server_->sessions().GetStats().attached, 0);
+  EXPECT_EQ(server_->sessions().GetStats().detached, 0);  // closed
+  EXPECT_THAT(server_->metrics().Text(),
+              HasSubstr("ssm_stream_steps_total{model=\"s4-demo\"} 700"));
+}
+
+// A client that sends far more chunks than the server reads ahead (its
+// window) and only then reads: the server stops reading when its window is
+// full and resumes as responses go out; nothing is lost or reordered.
+TEST_F(GrpcServerTest, ManyChunksSentBeforeAnyIsRead) {
+  constexpr int kChunks = 1000;
+  const v1::Tensor input = MakeInput(1, kChunks);
+  OpenedStream s = Open(OpenModel("legt-delay"));
+  for (int i = 0; i < kChunks; ++i) {
+    v1::StreamRequest chunk;
+    *chunk.mutable_chunk() = Slice(input, i, i + 1);
+    ASSERT_TRUE(s.stream->Write(chunk)) << i;
+  }
+  s.stream->WritesDone();
+  v1::InferRequest request;
+  request.set_model("legt-delay");
+  *request.mutable_input() = input;
+  v1::InferResponse whole;
+  ASSERT_TRUE(Infer(request, &whole).ok());
+  for (int i = 0; i < kChunks; ++i) {
+    v1::StreamResponse response;
+    ASSERT_TRUE(s.stream->Read(&response)) << i;
+    ASSERT_EQ(response.position(), i + 1);
+    ExpectClose(response.output(), Slice(whole.output(), i, i + 1));
+  }
+  EXPECT_TRUE(s.stream->Finish().ok());
+}
+
+// A bad chunk in the middle of a pipeline: the chunks before it are
+// answered, the ones after it are dropped unrun, the stream ends with the
+// bad chunk's error and the session is kept, detached, after the good ones.
+TEST_F(GrpcServerTest, PipelinedErrorAnswersTheChunksBeforeIt) {
+  const v1::Tensor input = MakeInput(1, 40);
+  OpenedStream s = Open(OpenModel("legt-delay"));
+  for (int i = 0; i < 10; ++i) {
+    v1::StreamRequest chunk;
+    *chunk.mutable_chunk() = Slice(input, 2 * i, 2 * i + 2);
+    if (i == 6) chunk.mutable_chunk()->set_values(1, std::nanf(""));
+    // Writes after the bad chunk may find the call already ended.
+    const bool written = s.stream->Write(chunk);
+    if (i <= 6) {
+      ASSERT_TRUE(written) << i;
+    }
+  }
+  s.stream->WritesDone();
+  int answered = 0;
+  v1::StreamResponse response;
+  while (s.stream->Read(&response)) {
+    ++answered;
+    EXPECT_EQ(response.position(), 2 * answered);
+  }
+  EXPECT_EQ(answered, 6);
+  const grpc::Status status = s.stream->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(status.error_message(), "chunk.values[1] is NaN");
+  ASSERT_TRUE(WaitForDetached(1));
+  v1::ExportStateResponse exported;
+  ASSERT_TRUE(ExportState(s.opened.session_id(), &exported).ok());
+  EXPECT_EQ(exported.state().position(), 12);
+}
+
+// Cancelling a stream with chunks in flight: whatever ran is applied
+// whole, what did not run is not; the reattached session's position is a
+// chunk boundary and the stream goes on exactly from there.
+TEST_F(GrpcServerTest, CancelWithChunksInFlightLeavesAWholeNumberOfChunks) {
+  constexpr int kStep = 3, kChunks = 60;
+  const v1::Tensor input = MakeInput(1, kStep * kChunks + 30);
+  v1::InferRequest request;
+  request.set_model("s4-demo");
+  *request.mutable_input() = input;
+  v1::InferResponse whole;
+  ASSERT_TRUE(Infer(request, &whole).ok());
+
+  OpenedStream a = Open(OpenModel("s4-demo"));
+  for (int i = 0; i < kChunks; ++i) {
+    v1::StreamRequest chunk;
+    *chunk.mutable_chunk() = Slice(input, kStep * i, kStep * i + kStep);
+    ASSERT_TRUE(a.stream->Write(chunk));
+  }
+  v1::StreamResponse response;
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(a.stream->Read(&response));
+  a.context->TryCancel();
+  a.stream->Finish().IgnoreError();
+  ASSERT_TRUE(WaitForDetached(1));
+
+  v1::StreamOpen reattach;
+  reattach.set_session_id(a.opened.session_id());
+  OpenedStream b = Open(reattach);
+  const int position = static_cast<int>(b.opened.position());
+  EXPECT_GE(position, 5 * kStep);
+  EXPECT_LE(position, kStep * kChunks);
+  EXPECT_EQ(position % kStep, 0) << position;
+  ASSERT_TRUE(SendChunk(b.stream.get(), Slice(input, position, position + 30), &response));
+  ExpectClose(response.output(), Slice(whole.output(), position, position + 30));
+  b.stream->WritesDone();
+  EXPECT_TRUE(b.stream->Finish().ok());
+}
+
+// Short chunks run on gRPC's threads, so a stream of single steps goes on
+// while every worker is busy; a chunk that needs the pool then gets the
+// documented "server busy".
+TEST_F(GrpcServerTest, ShortChunksDoNotWaitForABusyPool) {
+  ServerOptions options = DefaultOptions();
+  options.threads = 1;
+  options.max_queue = 0;
+  StartServer(options);
+  const v1::Tensor input = MakeInput(1, 200);
+  // The lone worker may still be starting: a job is taken only by an idle
+  // one, so retry the open until it goes through.
+  OpenedStream s;
+  grpc::Status status;
+  const absl::Time open_deadline = absl::Now() + absl::Seconds(10);
+  do {
+    s = Open(OpenModel("s4-demo"), &status);
+  } while (!status.ok() && absl::Now() < open_deadline);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  v1::StreamResponse response;
+  // The first chunks measure the session's step cost (the first one on the
+  // worker; the estimate follows the fastest of them).
+  constexpr int kWarm = 10;
+  for (int t = 0; t < kWarm; ++t) {
+    ASSERT_TRUE(SendChunk(s.stream.get(), Slice(input, t, t + 1), &response));
+  }
+
+  // Occupy the worker with a long Infer. Nothing else runs: once a small
+  // call has gone through, the worker is idle; then a small call refused
+  // while the long one is still going proves the long one holds it.
+  v1::InferRequest probe;
+  probe.set_model("legt-delay");
+  *probe.mutable_input() = MakeInput(1, 5);
+  v1::InferResponse probe_response;
+  v1::InferRequest long_request;
+  long_request.set_model("s4-demo");
+  *long_request.mutable_input() = MakeInput(8, 16000);  // s4-demo's max_length is 16384
+  struct LongCall {
+    grpc::ClientContext context;
+    v1::InferResponse response;
+    absl::Notification done;
+  };
+  std::unique_ptr<LongCall> long_call;
+  bool holds_worker = false;
+  const absl::Time busy_deadline = absl::Now() + absl::Seconds(20);
+  while (!holds_worker && absl::Now() < busy_deadline) {
+    while (!Infer(probe, &probe_response).ok() && absl::Now() < busy_deadline) {
+    }
+    long_call = std::make_unique<LongCall>();
+    SetDeadline(&long_call->context);
+    inference_->async()->Infer(&long_call->context, &long_request, &long_call->response,
+                               [c = long_call.get()](grpc::Status) { c->done.Notify(); });
+    while (!long_call->done.HasBeenNotified()) {
+      if (Infer(probe, &probe_response).error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+        holds_worker = !long_call->done.HasBeenNotified();
+        break;
+      }
+    }
+    if (!holds_worker) long_call->done.WaitForNotification();
+  }
+  ASSERT_TRUE(holds_worker);
+
+  // Single steps go on meanwhile, on gRPC's threads.
+  for (int t = kWarm; t < kWarm + 5; ++t) {
+    ASSERT_TRUE(SendChunk(s.stream.get(), Slice(input, t, t + 1), &response)) << t;
+    EXPECT_EQ(response.position(), t + 1);
+  }
+  // A long chunk needs the worker.
+  SendChunk(s.stream.get(), Slice(input, kWarm + 5, kWarm + 105), &response);
+  s.stream->WritesDone();
+  status = FinishAfterError(s.stream.get());
+  if (!long_call->done.HasBeenNotified()) {
+    // The worker was busy throughout: the long chunk was refused.
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+    EXPECT_THAT(status.error_message(), HasSubstr("server busy"));
+    ASSERT_TRUE(WaitForDetached(1));
+  }
+  long_call->done.WaitForNotification();
+}
+
 }  // namespace
 }  // namespace ssm::server
