@@ -44,6 +44,11 @@ ABSL_FLAG(int64_t, max_message_bytes, 64 << 20, "largest gRPC message received o
 ABSL_FLAG(int, max_batch, 64, "streams (batch) in one call or session");
 ABSL_FLAG(absl::Duration, session_ttl, absl::Minutes(5),
           "how long a detached session waits to be reattached before it is evicted");
+ABSL_FLAG(absl::Duration, max_connection_age, absl::ZeroDuration(),
+          "send GOAWAY to connections older than this so clients rebalance across "
+          "replicas (0: never)");
+ABSL_FLAG(absl::Duration, max_connection_age_grace, absl::Seconds(30),
+          "after a GOAWAY from --max_connection_age, how long running calls may finish");
 ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(20),
           "on SIGTERM/SIGINT, how long running calls may take before they are cancelled");
 
@@ -118,6 +123,8 @@ int main(int argc, char** argv) {
   options.max_queue = absl::GetFlag(FLAGS_max_queue);
   options.max_sessions = absl::GetFlag(FLAGS_max_sessions);
   options.session_ttl = absl::GetFlag(FLAGS_session_ttl);
+  options.max_connection_age = absl::GetFlag(FLAGS_max_connection_age);
+  options.max_connection_age_grace = absl::GetFlag(FLAGS_max_connection_age_grace);
   options.limits.max_batch = absl::GetFlag(FLAGS_max_batch);
   options.limits.max_chunk_steps = absl::GetFlag(FLAGS_max_chunk_steps);
   options.limits.max_unary_length = absl::GetFlag(FLAGS_max_unary_length);

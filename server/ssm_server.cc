@@ -27,6 +27,13 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
                         : absl::InvalidArgumentError(
                               absl::StrCat("--", flag, " must be >= ", min, ", got ", value));
   };
+  const absl::Duration max_age = absl::Milliseconds(INT32_MAX);
+  if (o.max_connection_age < absl::ZeroDuration() || o.max_connection_age > max_age ||
+      o.max_connection_age_grace < absl::ZeroDuration() ||
+      o.max_connection_age_grace > max_age) {
+    return absl::InvalidArgumentError(
+        "--max_connection_age and --max_connection_age_grace must be in [0, 24 days]");
+  }
   for (absl::Status s : {
            at_least("threads", o.threads, 0),
            at_least("max_queue", o.max_queue, 0),
@@ -110,6 +117,13 @@ absl::StatusOr<std::unique_ptr<SsmServer>> SsmServer::Start(ServerOptions option
   // same port and silently take half the connections: make it an error.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.AddListeningPort(o.address, grpc::InsecureServerCredentials(), &self->port_);
+  if (o.max_connection_age > absl::ZeroDuration()) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS,
+                               static_cast<int>(absl::ToInt64Milliseconds(o.max_connection_age)));
+    builder.AddChannelArgument(
+        GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+        static_cast<int>(absl::ToInt64Milliseconds(o.max_connection_age_grace)));
+  }
   builder.SetMaxReceiveMessageSize(static_cast<int>(o.limits.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(o.limits.max_message_bytes));
   builder.RegisterService(self->inference_.get());

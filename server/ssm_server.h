@@ -56,6 +56,11 @@ struct ServerOptions {
   int max_queue = 256;                      // jobs waiting for a worker
   int max_sessions = 1024;
   absl::Duration session_ttl = absl::Minutes(5);
+  // Connections older than this get a GOAWAY (then `grace` to finish their
+  // calls), so clients reconnect and long-lived connections rebalance across
+  // replicas. Zero: never.
+  absl::Duration max_connection_age = absl::ZeroDuration();
+  absl::Duration max_connection_age_grace = absl::ZeroDuration();
   RequestLimits limits;
   // "host:port" for the Prometheus exposer; empty: no metrics endpoint
   // (the metrics are still kept, see metrics()).

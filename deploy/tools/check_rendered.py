@@ -33,7 +33,7 @@ METRICS_PORT = 9464
 # Flags the manifests use that the server is about to get (gRPC's
 # GRPC_ARG_MAX_CONNECTION_AGE_MS and ..._GRACE_MS). Once server/main.cc
 # defines them they are found there like every other flag.
-PENDING_SERVER_FLAGS = {"max_connection_age", "max_connection_age_grace"}
+PENDING_SERVER_FLAGS: set = set()  # flags the manifests may use before server/main.cc has them
 # Abseil's own flags, accepted by every absl::ParseCommandLine binary.
 ABSL_BUILTIN_FLAGS = {"flagfile", "fromenv", "tryfromenv", "undefok"}
 
