@@ -77,6 +77,14 @@ class Metrics::Collector : public prometheus::Collectable {
                            "Jobs refused because --max_queue jobs were waiting (server busy).",
                            MetricType::Counter,
                            static_cast<double>(s.worker_rejections_total)));
+    out.push_back(OneValue("ssm_kernel_cache_hits_total",
+                           "Convolutions that found their kernel spectra cached.",
+                           MetricType::Counter, static_cast<double>(s.kernel_cache_hits_total)));
+    out.push_back(OneValue("ssm_kernel_cache_misses_total",
+                           "Kernel spectra built for a new length rung.", MetricType::Counter,
+                           static_cast<double>(s.kernel_cache_misses_total)));
+    out.push_back(OneValue("ssm_kernel_cache_bytes", "Bytes of kernel spectra held.",
+                           MetricType::Gauge, static_cast<double>(s.kernel_cache_bytes)));
     return out;
   }
 

@@ -16,6 +16,11 @@
 //                                           models that failed)
 //   ssm_worker_threads, ssm_worker_queue_depth    gauges, sampled
 //   ssm_worker_rejections_total             counter: "server busy" refusals
+//   ssm_kernel_cache_hits_total, ssm_kernel_cache_misses_total
+//                                           counters, sampled: FFT convolvers
+//                                           (kernel spectra per length rung)
+//                                           reused / built, all models
+//   ssm_kernel_cache_bytes                  gauge, sampled: spectra held
 //
 // `rpc` is the method name ("Infer", "StreamInfer", "BuildHippo", ...),
 // `code` the canonical code's name ("OK", "INVALID_ARGUMENT", ...). A
@@ -58,6 +63,9 @@ class Metrics {
     int worker_threads = 0;
     int worker_queue_depth = 0;
     uint64_t worker_rejections_total = 0;
+    int64_t kernel_cache_hits_total = 0;    // FFT convolvers found in a model's cache
+    int64_t kernel_cache_misses_total = 0;  // ... and built (a new length rung)
+    int64_t kernel_cache_bytes = 0;         // kernel spectra held
   };
   using Sampler = std::function<Sampled()>;
 

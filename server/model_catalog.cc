@@ -79,6 +79,19 @@ absl::StatusOr<ModelCatalog::Resumed> ModelCatalog::ResumeSession(
                    name, "' has the snapshot's weights)"));
 }
 
+ssm::ConvMode::CacheStats ModelCatalog::KernelCacheTotals() const {
+  ssm::ConvMode::CacheStats total;
+  for (const auto& [name, versions] : models_) {
+    for (const auto& [version, served] : versions) {
+      const ssm::ConvMode::CacheStats s = served.model->kernel_cache_stats();
+      total.hits += s.hits;
+      total.misses += s.misses;
+      total.spectra_bytes += s.spectra_bytes;
+    }
+  }
+  return total;
+}
+
 std::vector<ModelListing> ModelCatalog::List() const {
   std::set<std::string> names;
   for (const auto& [name, unused] : models_) names.insert(name);

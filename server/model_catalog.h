@@ -65,6 +65,9 @@ class ModelCatalog {
   // Every model of the repository, loaded or not, sorted by name.
   std::vector<ModelListing> List() const;
 
+  // The kernel caches of every loaded version, summed (for metrics).
+  ssm::ConvMode::CacheStats KernelCacheTotals() const;
+
   int loaded_models() const { return static_cast<int>(models_.size()); }
   int loaded_versions() const { return loaded_versions_; }
   int failed_models() const { return static_cast<int>(errors_.size()); }

@@ -86,7 +86,8 @@ absl::StatusOr<std::unique_ptr<SsmServer>> SsmServer::Start(ServerOptions option
   self->pool_ = std::make_unique<WorkerPool>(o.threads > 0 ? o.threads : DefaultThreads(),
                                              o.max_queue);
   self->metrics_->SetModels(self->catalog_->loaded_versions(), self->catalog_->failed_models());
-  self->metrics_->SetSampler([sessions = self->sessions_.get(), pool = self->pool_.get()] {
+  self->metrics_->SetSampler([sessions = self->sessions_.get(), pool = self->pool_.get(),
+                              catalog = self->catalog_.get()] {
     const SessionManager::Stats stats = sessions->GetStats();
     Metrics::Sampled s;
     s.sessions_attached = stats.attached;
@@ -96,6 +97,10 @@ absl::StatusOr<std::unique_ptr<SsmServer>> SsmServer::Start(ServerOptions option
     s.worker_threads = pool->threads();
     s.worker_queue_depth = pool->queued();
     s.worker_rejections_total = pool->rejected();
+    const ssm::ConvMode::CacheStats cache = catalog->KernelCacheTotals();
+    s.kernel_cache_hits_total = cache.hits;
+    s.kernel_cache_misses_total = cache.misses;
+    s.kernel_cache_bytes = cache.spectra_bytes;
     return s;
   });
 

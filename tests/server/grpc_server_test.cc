@@ -824,6 +824,15 @@ TEST_F(GrpcServerTest, MetricsCountCallsAndSessions) {
   EXPECT_THAT(text, HasSubstr("ssm_sessions_detached 0"));
   EXPECT_THAT(text, HasSubstr("ssm_models_loaded 3"));
   EXPECT_THAT(text, HasSubstr("ssm_session_evictions_total 0"));
+  // s4-demo has 2 layers: the first Infer builds each layer's spectra for
+  // its length rung, the second finds them.
+  request.set_model("s4-demo");
+  ASSERT_TRUE(Infer(request, &response).ok());
+  ASSERT_TRUE(Infer(request, &response).ok());
+  const std::string cached = server_->metrics().Text();
+  EXPECT_THAT(cached, HasSubstr("ssm_kernel_cache_misses_total 2"));
+  EXPECT_THAT(cached, HasSubstr("ssm_kernel_cache_hits_total 2"));
+  EXPECT_THAT(cached, ::testing::Not(HasSubstr("ssm_kernel_cache_bytes 0\n")));
   s.stream->WritesDone();
   EXPECT_TRUE(s.stream->Finish().ok());
   EXPECT_THAT(server_->metrics().Text(),
