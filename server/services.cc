@@ -95,6 +95,15 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
     Finish(ToGrpcStatus(status));
   }
 
+  // While the server drains, completes the call with UNAVAILABLE and returns
+  // true (the call is finished: the handler's only move left is to return
+  // it). The drain policy for new unary calls lives here, in one place.
+  bool RefuseIfDraining() {
+    if (!Draining(*env_)) return false;
+    Complete(DrainingError());
+    return true;
+  }
+
   // Runs `work` on a worker and completes the call with its status, unless
   // the pool is full (RESOURCE_EXHAUSTED now) or the call is cancelled or
   // past its deadline by the time a worker is free.
@@ -714,10 +723,7 @@ grpc::ServerUnaryReactor* InferenceService::Infer(grpc::CallbackServerContext* c
                                                   const v1::InferRequest* request,
                                                   v1::InferResponse* response) {
   auto* call = new UnaryCall(context, env_, "Infer");
-  if (Draining(*env_)) {
-    call->Complete(DrainingError());
-    return call;
-  }
+  if (call->RefuseIfDraining()) return call;
   absl::StatusOr<ServedModel> served = env_->catalog->Find(request->model(), request->version());
   if (!served.ok()) {
     call->Complete(served.status());
@@ -823,10 +829,7 @@ grpc::ServerUnaryReactor* InferenceService::ImportState(grpc::CallbackServerCont
                                                         const v1::ImportStateRequest* request,
                                                         v1::ImportStateResponse* response) {
   auto* call = new UnaryCall(context, env_, "ImportState");
-  if (Draining(*env_)) {
-    call->Complete(DrainingError());
-    return call;
-  }
+  if (call->RefuseIfDraining()) return call;
   if (request->state().data().empty()) {
     call->Complete(absl::InvalidArgumentError("state.data must be set"));
     return call;
@@ -861,10 +864,7 @@ grpc::ServerUnaryReactor* InferenceService::ListModels(grpc::CallbackServerConte
                                                        const v1::ListModelsRequest* /*request*/,
                                                        v1::ListModelsResponse* response) {
   auto* call = new UnaryCall(context, env_, "ListModels");
-  if (Draining(*env_)) {
-    call->Complete(DrainingError());
-    return call;
-  }
+  if (call->RefuseIfDraining()) return call;
   // A table lookup: cheaper than a hand-off to the pool.
   for (const ModelListing& listing : env_->catalog->List()) {
     v1::ModelStatus* status = response->add_models();
@@ -880,10 +880,7 @@ grpc::ServerUnaryReactor* InferenceService::GetModel(grpc::CallbackServerContext
                                                      const v1::GetModelRequest* request,
                                                      v1::GetModelResponse* response) {
   auto* call = new UnaryCall(context, env_, "GetModel");
-  if (Draining(*env_)) {
-    call->Complete(DrainingError());
-    return call;
-  }
+  if (call->RefuseIfDraining()) return call;
   absl::StatusOr<ServedModel> served = env_->catalog->Find(request->model(), request->version());
   if (!served.ok()) {
     call->Complete(served.status());
@@ -904,10 +901,7 @@ grpc::ServerUnaryReactor* MathService::BuildHippo(grpc::CallbackServerContext* c
                                                   const v1::BuildHippoRequest* request,
                                                   v1::BuildHippoResponse* response) {
   auto* call = new UnaryCall(context, env_, "BuildHippo");
-  if (Draining(*env_)) {
-    call->Complete(DrainingError());
-    return call;
-  }
+  if (call->RefuseIfDraining()) return call;
   call->CompleteOnPool([request, response]() -> absl::Status {
     absl::StatusOr<v1::BuildHippoResponse> result = ::ssm::server::BuildHippo(*request);
     if (!result.ok()) return result.status();
@@ -921,10 +915,7 @@ grpc::ServerUnaryReactor* MathService::ComputeKernel(grpc::CallbackServerContext
                                                      const v1::ComputeKernelRequest* request,
                                                      v1::ComputeKernelResponse* response) {
   auto* call = new UnaryCall(context, env_, "ComputeKernel");
-  if (Draining(*env_)) {
-    call->Complete(DrainingError());
-    return call;
-  }
+  if (call->RefuseIfDraining()) return call;
   MathLimits limits;
   limits.max_length = env_->limits.max_unary_length;
   limits.max_message_bytes = env_->limits.max_message_bytes;
