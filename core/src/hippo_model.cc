@@ -69,6 +69,12 @@ class HippoModel final : public Model {
 
 }  // namespace
 
+absl::StatusOr<ContinuousSystem> HippoMatrices(const HippoMemorySpec& h) {
+  return h.measure == HippoMemorySpec::Measure::kLegT
+             ? MakeHippo(Measure::kLmu, h.n, HippoOptions{.theta = h.window})
+             : MakeHippo(Measure::kLegS, h.n);
+}
+
 absl::StatusOr<std::shared_ptr<const Model>> LoadHippoMemory(const ModelSpec& spec,
                                                              const HippoMemorySpec& h,
                                                              const SafeTensors* file) {
@@ -79,9 +85,7 @@ absl::StatusOr<std::shared_ptr<const Model>> LoadHippoMemory(const ModelSpec& sp
   if (!mem.ok()) return mem.status();
   if (file != nullptr) {
     // The file pins the matrices the model was made with.
-    absl::StatusOr<ContinuousSystem> sys =
-        legt ? MakeHippo(Measure::kLmu, h.n, HippoOptions{.theta = h.window})
-             : MakeHippo(Measure::kLegS, h.n);
+    absl::StatusOr<ContinuousSystem> sys = HippoMatrices(h);
     if (!sys.ok()) return sys.status();
     WeightReader w(*file);
     auto a = w.Take("hippo.A", {{h.n, h.n}});

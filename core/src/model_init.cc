@@ -7,6 +7,7 @@
 #include "ssm/dplr.h"
 #include "ssm/hippo.h"
 #include "ssm/model.h"
+#include "model_internal.h"
 
 namespace ssm {
 namespace {
@@ -121,10 +122,7 @@ absl::StatusOr<std::vector<TensorToWrite>> HippoMemoryWeights(const ModelSpec& s
   if (auto st = ValidateModelSpec(spec); !st.ok()) return st;
   const auto* h = std::get_if<HippoMemorySpec>(&spec.architecture);
   if (h == nullptr) return absl::InvalidArgumentError("not a HiPPO memory");
-  absl::StatusOr<ContinuousSystem> sys =
-      h->measure == HippoMemorySpec::Measure::kLegT
-          ? MakeHippo(Measure::kLmu, h->n, HippoOptions{.theta = h->window})
-          : MakeHippo(Measure::kLegS, h->n);
+  absl::StatusOr<ContinuousSystem> sys = internal::HippoMatrices(*h);
   if (!sys.ok()) return sys.status();
   TensorToWrite a{"hippo.A", DType::kF64, {h->n, h->n}, {}};
   for (int r = 0; r < h->n; ++r)

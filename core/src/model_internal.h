@@ -8,6 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "ssm/hippo.h"
 #include "ssm/model.h"
 
 namespace ssm::internal {
@@ -23,6 +24,10 @@ absl::Status CheckForwardArgs(const Model& model, absl::Span<const double> x, in
 // A hash of the architecture and, when given, every tensor's name, shape
 // and values.
 uint64_t FingerprintOf(const ModelSpec& spec, const SafeTensors* file);
+
+// The continuous HiPPO matrices a memory's spec names (LegT in its LMU form
+// with the window as theta, or LegS): what `hippo.A`/`hippo.B` hold.
+absl::StatusOr<ContinuousSystem> HippoMatrices(const HippoMemorySpec& hippo);
 
 absl::StatusOr<std::shared_ptr<const Model>> LoadS4Stack(const ModelSpec& spec,
                                                          const S4StackSpec& s4,
