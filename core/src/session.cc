@@ -87,19 +87,11 @@ absl::Status Session::Run(absl::Span<const double> x, int steps, absl::Span<doub
   // run on a copy of the state when the chunk is long enough that a copy is
   // cheap next to it, so no error can leave a half-advanced state. One step
   // runs in place: it allocates nothing and its checks already passed.
-  if (steps == 1) {
-    if (auto st = m.Advance(x, batch_, steps, position_, absl::MakeSpan(state_), y, scratch_);
-        !st.ok()) {
-      return st;
-    }
-  } else {
-    std::vector<double> next = state_;
-    if (auto st = m.Advance(x, batch_, steps, position_, absl::MakeSpan(next), y, scratch_);
-        !st.ok()) {
-      return st;
-    }
-    state_.swap(next);
-  }
+  std::vector<double> copy;
+  if (steps > 1) copy = state_;
+  absl::Span<double> target = steps > 1 ? absl::MakeSpan(copy) : absl::MakeSpan(state_);
+  if (auto st = m.Advance(x, batch_, steps, position_, target, y, scratch_); !st.ok()) return st;
+  if (steps > 1) state_.swap(copy);
   position_ += steps;
   return absl::OkStatus();
 }
