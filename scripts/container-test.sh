@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# Builds docker/Dockerfile with podman and smoke-tests the image with the
+# real client (ctest `container_smoke`; also runs on its own):
+#
+#   ./scripts/container-test.sh [--client=build/client/ssm_client] [--keep]
+#
+# No Docker engine and no registry here: the base image is made from
+# Debian's archive with mmdebstrap and imported into podman once (kept as
+# localhost/ssmserve-base:bookworm and reused by later runs), then passed as
+# the Dockerfile's BASE_IMAGE. Then, against the image on 127.0.0.1:
+#   health SERVING (client) and the image's own HEALTHCHECK (podman
+#   healthcheck run); the process runs as UID 65532 and cannot write the
+#   models; settings from the environment (FLAGS_<name>) reach the server;
+#   one Infer and one stream of the same input agree; /metrics answers;
+#   SIGTERM during a stream: the stream completes and the container exits 0.
+# Exit 0 only if all of that held. --keep leaves the image and the logs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+client=$root/build/client/ssm_client
+keep=false
+for arg in "$@"; do
+  case $arg in
+    --client=*) client=${arg#--client=} ;;
+    --keep) keep=true ;;
+    *) echo "container-test: unknown argument '$arg'" >&2; exit 2 ;;
+  esac
+done
+
+./scripts/install-deps.sh --container
+if [[ ! -x $client ]]; then
+  ./scripts/build.sh >/dev/null
+  client=$root/build/client/ssm_client
+fi
+
+# podman on this kind of machine needs runc and raised limits (README).
+podman_opts=(--runtime runc)
+limits=(--ulimit nofile=20000:20000 --ulimit nproc=1000:1000)
+base=${SSM_BASE_IMAGE:-localhost/ssmserve-base:bookworm}
+image=localhost/ssmserve:test
+name=ssmserve-smoke-$$
+work=$(mktemp -d)
+log() { echo "container-test: $*"; }
+fail() {
+  echo "container-test: FAILED: $*" >&2
+  podman logs "$name" >"$work/server.log" 2>&1 || true
+  echo "--- server log (last 30 lines) ---" >&2
+  tail -30 "$work/server.log" >&2 || true
+  exit 1
+}
+cleanup() {
+  podman "${podman_opts[@]}" rm -f -t 0 "$name" >/dev/null 2>&1 || true
+  if $keep; then log "kept $image and $work"; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+
+t0=$SECONDS
+if ! podman image exists "$base"; then
+  log "making the base image $base from Debian's archive (mmdebstrap)"
+  # Like debian:bookworm-slim: apt, no documentation or locales.
+  mmdebstrap --variant=apt --components=main --quiet \
+    --dpkgopt='path-exclude=/usr/share/man/*' \
+    --dpkgopt='path-exclude=/usr/share/doc/*' \
+    --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+    --dpkgopt='path-exclude=/usr/share/locale/*' \
+    bookworm "$work/base.tar" \
+    "deb http://deb.debian.org/debian bookworm main" \
+    "deb http://deb.debian.org/debian bookworm-updates main" \
+    "deb http://deb.debian.org/debian-security bookworm-security main"
+  podman import --quiet --change 'CMD ["/bin/bash"]' "$work/base.tar" "$base" >/dev/null
+  rm -f "$work/base.tar"
+fi
+log "base image $base ready ($((SECONDS - t0)) s)"
+
+t0=$SECONDS
+# --format docker keeps HEALTHCHECK (the OCI image format has no field for it).
+podman build "${podman_opts[@]}" "${limits[@]}" --format docker --layers \
+  --build-arg BASE_IMAGE="$base" -f docker/Dockerfile -t "$image" . \
+  >"$work/build.log" 2>&1 || { tail -40 "$work/build.log" >&2; fail "podman build"; }
+log "built $image in $((SECONDS - t0)) s ($(podman image inspect --format '{{.Size}}' "$image" |
+  awk '{printf "%.0f MB", $1 / 1e6}'))"
+
+# Random free host ports on 127.0.0.1 only; the image's defaults inside.
+podman run "${podman_opts[@]}" "${limits[@]}" -d --name "$name" \
+  -p 127.0.0.1::50051 -p 127.0.0.1::9464 \
+  -e FLAGS_drain_timeout=15s -e FLAGS_threads=2 \
+  "$image" --max_sessions=64 >/dev/null 2>"$work/run.err" ||
+  { cat "$work/run.err" >&2; fail "podman run"; }
+# (Without systemd, podman also prints that it cannot schedule the
+# HEALTHCHECK timer; `podman healthcheck run` below runs the check itself.)
+grpc=$(podman port "$name" 50051/tcp)
+metrics=$(podman port "$name" 9464/tcp)
+log "container $name: gRPC on $grpc, metrics on $metrics"
+ssm=("$client" --address="$grpc" --deadline=10s)
+
+for ((i = 0; i < 60; i++)); do
+  "${ssm[@]}" health >/dev/null 2>&1 && break
+  [[ $(podman inspect --format '{{.State.Running}}' "$name") == true ]] ||
+    fail "the container exited before serving"
+  sleep 0.5
+done
+"${ssm[@]}" health | grep -q SERVING || fail "health is not SERVING"
+log "health SERVING"
+podman healthcheck run "$name" >/dev/null || fail "the image's HEALTHCHECK failed"
+log "image HEALTHCHECK (ssm_client health inside) passes"
+
+[[ $(podman exec "$name" id -u) == 65532 ]] || fail "the server does not run as UID 65532"
+if podman exec "$name" touch /opt/ssmserve/models/probe 2>/dev/null; then
+  fail "the model repository is writable by the server's user"
+fi
+podman logs "$name" 2>&1 | grep -q ", 2 workers," || fail "FLAGS_threads=2 from the environment did not apply"
+log "runs as UID 65532, models read-only, FLAGS_<name> from the environment applied"
+
+"${ssm[@]}" models | grep -q s4-demo || fail "models does not list s4-demo"
+seq 0 299 | awk '{printf "%.6f\n", sin($1 / 7) + 0.5 * cos($1 / 3)}' >"$work/x.csv"
+"${ssm[@]}" infer --model=s4-demo --input="$work/x.csv" --output="$work/infer.csv" ||
+  fail "Infer"
+"${ssm[@]}" stream --model=s4-demo --input="$work/x.csv" --chunk=7 --output="$work/stream.csv" ||
+  fail "StreamInfer"
+rows=$(wc -l <"$work/infer.csv")
+[[ $rows -ge 300 ]] || fail "Infer returned $rows rows for 300 steps"
+# Streaming and Infer agree to float32 printing (DESIGN.md: ≤ 1e-9 in double).
+paste -d, "$work/infer.csv" "$work/stream.csv" | awk -F, '
+  { n = NF / 2; for (i = 1; i <= n; i++) { d = $i - $(i + n); if (d < 0) d = -d;
+      if (d > 1e-5 * (1 + ($i < 0 ? -$i : $i))) { print "row " NR ": " $0; bad = 1; exit } } }
+  END { exit bad }' || fail "stream outputs differ from Infer's"
+log "Infer and a stream in chunks of 7 agree on 300 steps"
+
+/usr/bin/python3 - "$metrics" <<'PY' || fail "/metrics"
+import sys, urllib.request
+body = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=5).read().decode()
+assert "ssm_" in body and "StreamInfer" in body, body[:500]
+PY
+log "/metrics answers"
+
+# SIGTERM with a stream running: it must complete (drain), then exit 0.
+# 20000 lock-step steps take several seconds, well inside the drain.
+steps=20000
+seq 0 $((steps - 1)) | awk '{printf "%.6f\n", sin($1 / 11)}' >"$work/long.csv"
+"${ssm[@]}" --deadline=60s stream --model=legt-delay --input="$work/long.csv" --chunk=1 \
+  --output="$work/long_out.csv" 2>"$work/long_err.txt" &
+stream_pid=$!
+for ((i = 0; i < 100; i++)); do
+  podman logs "$name" 2>&1 | grep -q "opened: model 'legt-delay'" && break
+  sleep 0.1
+done
+sleep 0.3
+podman kill --signal TERM "$name" >/dev/null
+stream_rc=0
+wait "$stream_pid" || stream_rc=$?
+exit_code=$(podman wait "$name")
+podman logs "$name" >"$work/server.log" 2>&1
+[[ $stream_rc == 0 ]] || fail "the stream running at SIGTERM failed: $(cat "$work/long_err.txt")"
+[[ $(wc -l <"$work/long_out.csv") -ge $steps ]] || fail "the stream running at SIGTERM lost steps"
+grep -q "received SIGTERM: draining for up to 15s" "$work/server.log" ||
+  fail "no drain (or FLAGS_drain_timeout=15s not applied) in the server log"
+[[ $exit_code == 0 ]] || fail "the container exited with $exit_code after SIGTERM"
+grep -q "drained in" "$work/server.log" || fail "the server log shows no completed drain"
+log "SIGTERM mid-stream: the stream completed all $steps steps, the container exited 0"
+log "PASSED"
