@@ -9,6 +9,10 @@
 //  - RollingRestart: each replica in turn gets SIGTERM (drains, exits 0),
 //    is started again on the same port and waited for until SERVING, then
 //    the next one, while the streams keep going.
+//  - ConnectionAgeMovesStreams: every replica runs with
+//    --max_connection_age (what deploy/ sets so long-lived connections
+//    rebalance): each connection gets GOAWAY, its streams are cut after
+//    the grace and resume on a fresh connection, again and again.
 //
 // Every stream must end with the outputs of an uninterrupted run (Infer
 // over the same input, to float32 rounding): each step once, none lost,
@@ -65,10 +69,16 @@ std::vector<std::string> ReplicaFlags() {
 // Three ssm_server processes and what the test needs to see inside them.
 class Replicas {
  public:
+  // `extra_flags` go to every replica after ReplicaFlags().
+  explicit Replicas(std::vector<std::string> extra_flags = {})
+      : flags_(ReplicaFlags()) {
+    flags_.insert(flags_.end(), extra_flags.begin(), extra_flags.end());
+  }
+
   absl::Status Start() {
     for (int i = 0; i < kReplicas; ++i) {
       absl::StatusOr<std::unique_ptr<ServerProcess>> server =
-          ServerProcess::Start(ReplicaFlags());
+          ServerProcess::Start(flags_);
       if (!server.ok()) return server.status();
       servers_.push_back(*std::move(server));
     }
@@ -116,13 +126,14 @@ class Replicas {
     }
     servers_[i].reset();
     absl::StatusOr<std::unique_ptr<ServerProcess>> again =
-        ServerProcess::Start(ReplicaFlags(), port);
+        ServerProcess::Start(flags_, port);
     if (!again.ok()) return again.status();
     servers_[i] = *std::move(again);
     return absl::OkStatus();
   }
 
  private:
+  std::vector<std::string> flags_;
   std::vector<std::unique_ptr<ServerProcess>> servers_;
 };
 
@@ -487,6 +498,51 @@ TEST(ReplicasTest, RollingRestart) {
               "resume) %s; test took %s\n",
               on_drained.size(), moves,
               absl::FormatDuration(LongestChunk(runs)).c_str(),
+              absl::FormatDuration(took).c_str());
+  EXPECT_LT(took, absl::Seconds(60));
+}
+
+TEST(ReplicasTest, ConnectionAgeMovesStreams) {
+  const absl::Time start = absl::Now();
+  // deploy/ uses 10m and 30s; here a connection lives ~1 s (gRPC adds
+  // +-10% jitter) and a stream outlives its GOAWAY by 300 ms at most.
+  Replicas replicas({"--max_connection_age=1s", "--max_connection_age_grace=300ms"});
+  ASSERT_OK(replicas.Start());
+  std::unique_ptr<client::Client> client = RoundRobinClient(replicas);
+  ASSERT_TRUE(client->WaitForConnected(absl::Seconds(10)));
+
+  // Paced streams that run for ~4 s, several connection lifetimes, then
+  // end with 10 chunks more.
+  Control control;
+  const Plan plan{.length = 12000, .pace = absl::Milliseconds(8),
+                  .tail_chunks = 10};
+  std::vector<std::unique_ptr<StreamRun>> runs;
+  for (int i = 0; i < kStreams; ++i) {
+    runs.push_back(std::make_unique<StreamRun>(i, *client, control, plan));
+    runs.back()->Start();
+  }
+  absl::SleepFor(absl::Seconds(4));
+  control.wind_down = true;
+  for (auto& run : runs) run->Join();
+
+  int moves = 0, moved_streams = 0;
+  for (size_t i = 0; i < runs.size(); ++i) {
+    const StreamRun& run = *runs[i];
+    SCOPED_TRACE(absl::StrCat("stream ", i, " (", run.model(), ")"));
+    ASSERT_OK(run.status());
+    EXPECT_TRUE(run.wound_down()) << "ran out of input after " << run.steps() << " steps";
+    const int m = static_cast<int>(run.sessions().size()) - 1;
+    moves += m;
+    moved_streams += m > 0;
+  }
+  // Every stream lived through at least two connection lifetimes: each
+  // was cut at least once, and went on from its last checkpoint.
+  EXPECT_EQ(moved_streams, kStreams) << moves << " moves in all";
+  ExpectUninterruptedOutputs(*client, runs);
+  const absl::Duration took = absl::Now() - start;
+  std::printf("max_connection_age 1s: %d streams, %d moves in all; slowest "
+              "chunk (a resume) %s; test took %s\n",
+              kStreams, moves, absl::FormatDuration(LongestChunk(runs)).c_str(),
               absl::FormatDuration(took).c_str());
   EXPECT_LT(took, absl::Seconds(60));
 }
