@@ -30,10 +30,6 @@ import yaml
 
 GRPC_PORT = 50051
 METRICS_PORT = 9464
-# Flags the manifests use that the server is about to get (gRPC's
-# GRPC_ARG_MAX_CONNECTION_AGE_MS and ..._GRACE_MS). Once server/main.cc
-# defines them they are found there like every other flag.
-PENDING_SERVER_FLAGS: set = set()  # flags the manifests may use before server/main.cc has them
 # Abseil's own flags, accepted by every absl::ParseCommandLine binary.
 ABSL_BUILTIN_FLAGS = {"flagfile", "fromenv", "tryfromenv", "undefok"}
 
@@ -553,8 +549,7 @@ def main():
     parser.add_argument("--self-test", action="store_true",
                         help="check that each of a list of breaks is caught")
     opts = parser.parse_args()
-    opts.known_flags = (server_flags(opts.server_main) | PENDING_SERVER_FLAGS
-                        | ABSL_BUILTIN_FLAGS)
+    opts.known_flags = server_flags(opts.server_main) | ABSL_BUILTIN_FLAGS
 
     stream = sys.stdin if opts.rendered == "-" else open(
         opts.rendered, encoding="utf-8")
