@@ -1,11 +1,20 @@
 // `ssm_client bench`: a bounded load generator for an ssm_server.
 //
-// Two workloads, each bounded by counts and by a wall-clock cap, so a run
+// Three workloads, each bounded by counts and by a wall-clock cap, so a run
 // always ends by itself:
 //   stream: `concurrency` streams (batch 1) of `steps` steps each, sent in
 //           chunks of `chunk` steps with up to `inflight` chunks outstanding
 //           per stream (1 = strict lock-step); latency is each chunk's round
-//           trip (per step with chunk = 1).
+//           trip (per step with chunk = 1), from the start of its write to
+//           its response. All streams share the client's channel and one
+//           completion-queue loop on the calling thread (no thread per
+//           stream, so the client costs little CPU next to the server).
+//           Every response is checked: [1, T, d_output] at the expected
+//           position, so none may be dropped, repeated or reordered. At the
+//           cap the streams stop sending, collect the chunks in flight and
+//           close cleanly; one still running 5 s later is cancelled and
+//           counted as an error, like any stream that ends with a non-OK
+//           status.
 //   unary:  `calls` Infer calls of [batch, length, d_input] spread over
 //           `concurrency` callers; latency is each call's.
 //   idle:   `concurrency` sessions opened one after another, each fed one

@@ -1,0 +1,243 @@
+// The load generator's stream workload (client/bench.h, RunBench) against
+// a real ssm_server: every chunk answered once, in order (the bench checks
+// each response's shape and position, so a dropped, repeated or reordered
+// response is an error here), the counts and percentiles consistent, the
+// wall-clock cap honoured, failures counted.
+#include <csignal>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/match.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "client/bench.h"
+#include "client/ssm_client.h"
+#include "gtest/gtest.h"
+#include "tests/e2e/e2e_util.h"
+
+namespace ssm::e2e {
+namespace {
+
+using client::BenchOptions;
+using client::BenchReport;
+using client::RunBench;
+
+int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The invariants of a run that its counts ended: every stream sent all its
+// chunks and got every response, without errors.
+void ExpectComplete(const BenchReport& r, const BenchOptions& o) {
+  EXPECT_EQ(r.errors, 0) << r.first_error;
+  EXPECT_EQ(r.first_error, "");
+  EXPECT_FALSE(r.hit_max_duration);
+  EXPECT_EQ(r.completed, o.concurrency * CeilDiv(o.steps, o.chunk));
+  EXPECT_EQ(r.steps, o.concurrency * o.steps);
+  EXPECT_GT(r.p50, absl::ZeroDuration());
+  EXPECT_LE(r.p50, r.p90);
+  EXPECT_LE(r.p90, r.p99);
+  EXPECT_LE(r.p99, r.max);
+  EXPECT_GT(r.elapsed, absl::ZeroDuration());
+  EXPECT_EQ(r.options.mode, "stream");
+  EXPECT_EQ(r.options.concurrency, o.concurrency);
+}
+
+TEST(BenchTest, StreamsPipelinedChunksWithAShortLastOne) {
+  auto client = ClientFor(SharedServer());
+  BenchOptions o;
+  o.mode = "stream";
+  o.model = "legt-delay";
+  o.concurrency = 5;
+  o.steps = 37;  // 12 chunks of 3 and one of 1
+  o.chunk = 3;
+  o.inflight = 4;
+  o.max_duration = absl::Seconds(30);
+  absl::StatusOr<BenchReport> r = RunBench(*client, o);
+  ASSERT_OK(r);
+  ExpectComplete(*r, o);
+  EXPECT_EQ(r->completed, 5 * 13);
+  EXPECT_EQ(r->steps, 5 * 37);
+}
+
+TEST(BenchTest, StreamsInLockStep) {
+  auto client = ClientFor(SharedServer());
+  BenchOptions o;
+  o.mode = "stream";
+  o.model = "s4-demo";
+  o.concurrency = 3;
+  o.steps = 50;
+  o.chunk = 1;
+  o.inflight = 1;
+  o.max_duration = absl::Seconds(30);
+  absl::StatusOr<BenchReport> r = RunBench(*client, o);
+  ASSERT_OK(r);
+  ExpectComplete(*r, o);
+  EXPECT_EQ(r->completed, 150);
+}
+
+// A window wider than the stream, one chunk longer than the stream, and
+// many streams on the one channel.
+TEST(BenchTest, EdgeCasesOfChunkAndWindow) {
+  auto client = ClientFor(SharedServer());
+  BenchOptions o;
+  o.mode = "stream";
+  o.model = "legt-delay";
+  o.max_duration = absl::Seconds(30);
+
+  o.concurrency = 2;
+  o.steps = 5;
+  o.chunk = 8;
+  o.inflight = 3;
+  absl::StatusOr<BenchReport> r = RunBench(*client, o);
+  ASSERT_OK(r);
+  ExpectComplete(*r, o);
+  EXPECT_EQ(r->completed, 2);
+
+  o.concurrency = 40;
+  o.steps = 64;
+  o.chunk = 2;
+  o.inflight = 64;
+  r = RunBench(*client, o);
+  ASSERT_OK(r);
+  ExpectComplete(*r, o);
+  EXPECT_EQ(r->completed, 40 * 32);
+}
+
+TEST(BenchTest, UnknownModelIsNotFound) {
+  auto client = ClientFor(SharedServer());
+  BenchOptions o;
+  o.mode = "stream";
+  o.model = "no-such-model";
+  o.concurrency = 2;
+  o.steps = 10;
+  EXPECT_CODE(RunBench(*client, o), kNotFound);
+}
+
+TEST(BenchTest, BadOptionsAreInvalidArgument) {
+  auto client = ClientFor(SharedServer());
+  BenchOptions o;
+  o.mode = "stream";
+  o.model = "legt-delay";
+  o.inflight = 0;
+  EXPECT_CODE(RunBench(*client, o), kInvalidArgument);
+  o.inflight = 1;
+  o.max_duration = absl::ZeroDuration();
+  EXPECT_CODE(RunBench(*client, o), kInvalidArgument);
+}
+
+// The cap stops streams that their counts would keep going for hours: they
+// stop sending, collect what is in flight and close cleanly (no errors).
+TEST(BenchTest, MaxDurationStopsTheStreams) {
+  auto client = ClientFor(SharedServer());
+  BenchOptions o;
+  o.mode = "stream";
+  o.model = "legt-delay";
+  o.concurrency = 4;
+  o.steps = 100'000'000;
+  o.chunk = 1;
+  o.inflight = 4;
+  o.max_duration = absl::Milliseconds(1);
+  const absl::Time start = absl::Now();
+  absl::StatusOr<BenchReport> r = RunBench(*client, o);
+  const absl::Duration took = absl::Now() - start;
+  ASSERT_OK(r);
+  EXPECT_TRUE(r->hit_max_duration);
+  EXPECT_EQ(r->errors, 0) << r->first_error;
+  EXPECT_LT(r->completed, o.concurrency * o.steps);
+  EXPECT_EQ(r->steps, r->completed);  // chunk 1: every chunk whole
+  EXPECT_LT(took, absl::Seconds(10));
+
+  // A run of a few hundred milliseconds: the streams got going first.
+  o.max_duration = absl::Milliseconds(300);
+  r = RunBench(*client, o);
+  ASSERT_OK(r);
+  EXPECT_TRUE(r->hit_max_duration);
+  EXPECT_EQ(r->errors, 0) << r->first_error;
+  EXPECT_GT(r->completed, 0);
+  EXPECT_LE(r->p50, r->p99);
+  EXPECT_LE(r->p99, r->max);
+  EXPECT_LT(r->elapsed, absl::Seconds(5));
+}
+
+// A capped run ends its sessions (a clean half-close, not a cancel that
+// would leave them detached for --session_ttl): with room for exactly one
+// run's sessions, run after run gets them all.
+TEST(BenchTest, CappedRunsLeaveNoSessionsBehind) {
+  absl::StatusOr<std::unique_ptr<ServerProcess>> server =
+      ServerProcess::Start({"--max_sessions=4"});
+  ASSERT_OK(server);
+  auto client = ClientFor(**server);
+  BenchOptions o;
+  o.mode = "stream";
+  o.model = "legt-delay";
+  o.concurrency = 4;
+  o.steps = 100'000'000;
+  o.chunk = 2;
+  o.inflight = 3;
+  o.max_duration = absl::Milliseconds(100);
+  for (int run = 0; run < 3; ++run) {
+    absl::StatusOr<BenchReport> r = RunBench(*client, o);
+    ASSERT_OK(r);
+    EXPECT_TRUE(r->hit_max_duration);
+    EXPECT_EQ(r->errors, 0) << "run " << run << ": " << r->first_error;
+    EXPECT_GT(r->completed, 0);
+  }
+}
+
+// A stream the server refuses is an error of the run, not of RunBench; the
+// others complete. With --max_sessions=2, two of four streams get sessions
+// (each holds its own for the whole run, far longer than the opens take).
+TEST(BenchTest, RefusedStreamsAreCountedAsErrors) {
+  absl::StatusOr<std::unique_ptr<ServerProcess>> server =
+      ServerProcess::Start({"--max_sessions=2"});
+  ASSERT_OK(server);
+  auto client = ClientFor(**server);
+  BenchOptions o;
+  o.mode = "stream";
+  o.model = "legt-delay";
+  o.concurrency = 4;
+  o.steps = 3000;
+  o.chunk = 1;
+  o.inflight = 1;
+  o.max_duration = absl::Seconds(30);
+  absl::StatusOr<BenchReport> r = RunBench(*client, o);
+  ASSERT_OK(r);
+  EXPECT_EQ(r->errors, 2);
+  EXPECT_TRUE(absl::StrContains(r->first_error, "RESOURCE_EXHAUSTED"))
+      << r->first_error;
+  EXPECT_EQ(r->completed, 2 * 3000);
+  EXPECT_EQ(r->steps, 2 * 3000);
+  EXPECT_FALSE(r->hit_max_duration);
+}
+
+// A server that dies mid-run: every stream ends with an error, and the
+// run still returns its report.
+TEST(BenchTest, ServerDeathEndsTheRunWithErrors) {
+  absl::StatusOr<std::unique_ptr<ServerProcess>> server =
+      ServerProcess::Start();
+  ASSERT_OK(server);
+  auto client = ClientFor(**server);
+  BenchOptions o;
+  o.mode = "stream";
+  o.model = "s4-demo";
+  o.concurrency = 3;
+  o.steps = 100'000'000;
+  o.inflight = 2;
+  o.max_duration = absl::Seconds(60);
+  absl::StatusOr<BenchReport> r;
+  std::thread runner([&] { r = RunBench(*client, o); });
+  absl::SleepFor(absl::Milliseconds(300));
+  (*server)->Signal(SIGKILL);
+  runner.join();
+  ASSERT_OK(r);
+  EXPECT_EQ(r->errors, 3);
+  EXPECT_TRUE(absl::StrContains(r->first_error, "UNAVAILABLE"))
+      << r->first_error;
+  EXPECT_FALSE(r->hit_max_duration);
+  EXPECT_GT(r->completed, 0);
+}
+
+}  // namespace
+}  // namespace ssm::e2e
