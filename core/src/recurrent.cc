@@ -99,17 +99,6 @@ void DiagonalStepAllChannels(int h_count, int m, const double* __restrict a,
   }
 }
 
-// sum_j Re(conj(p_j) x_j) = sum pr xr + pi xi, both SoA of length m, with
-// 4 partial sums so the loop is not bound by the adder's latency.
-double ReDot4(int m, const double* p, const double* x) {
-  V4 acc = {0, 0, 0, 0};
-  int j = 0;
-  for (; j + 4 <= m; j += 4) acc += Load4(p + j) * Load4(x + j) + Load4(p + m + j) * Load4(x + m + j);
-  double s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-  for (; j < m; ++j) s += p[j] * x[j] + p[m + j] * x[m + j];
-  return s;
-}
-
 // The argument checks Run shares between precisions: on failure nothing has
 // been written.
 template <typename T>
@@ -201,47 +190,85 @@ absl::StatusOr<SsmStepper> SsmStepper::Create(const DplrSystem& s,
     return st;
   }
 
-  st.c_.resize(h_count * 2 * m);
-  st.e_.resize(h_count * 2 * m);
-  st.dinv_.resize(h_count * 2 * m);
-  st.db_.resize(h_count * 2 * m);
-  st.p_.resize(h_count * r * 2 * m);
-  st.dp_.resize(h_count * r * 2 * m);
-  st.qd_.resize(h_count * r * 2 * m);
-  st.ginv_.resize(h_count * r * r);
-  st.dt_.resize(h_count);
+  // The bilinear step x' = (I - dt/2 A)^-1 ((I + dt/2 A) x + dt B u) with
+  // A = Lambda - P P^* (on the full, conjugate-symmetric state) is, by
+  // Woodbury's identity on I - dt/2 A = D^-1 + dt/2 P P^*, D = (1 - dt/2
+  // Lambda)^-1, a diagonal map plus r real rank-one terms:
+  //   x' = Lb x + sum_a U_a k_a(x) + Bt u,   y = o(x) + delta u,
+  // where Lb = D (1 + dt/2 Lambda), U_a = -dt/2 D P_a, and k_a, o are real
+  // linear functionals Re sum_j (g_j x_j) of the half-stored state. Written
+  // out (Rdot(q, x) = Re sum q_j x_j, G_ba = 2 Rdot(conj(P_b) D, P_a),
+  // S = (I + dt/2 G)^-1):
+  //   s_a  = Rdot(2 conj(P_a), x)                       (the P^* x term)
+  //   t_b  = Rdot(2 conj(P_b) D (1 + dt/2 Lambda), x) - dt/2 sum_a G_ba s_a
+  //          + 2 Rdot(conj(P_b) D, dt B) u              (P^* D w)
+  //   k_a  = s_a + sum_b S_ab t_b
+  // All coefficients are folded here, in double, so a step costs one
+  // reduction pass and one update pass over the modes.
+  using Row = Eigen::RowVectorXcd;
+  auto rdot = [](const Row& q, const Row& x) { return q.cwiseProduct(x).sum().real(); };
+  st.lb_.resize(h_count * 2 * m);
+  st.bt_.resize(h_count * 2 * m);
+  st.om_.resize(h_count * 2 * m);
+  st.u_.resize(h_count * r * 2 * m);
+  st.g_.resize(h_count * r * 2 * m);
+  st.dy_.resize(h_count);
   for (int h = 0; h < h_count; ++h) {
     const double dt = s.dt(h);
-    st.dt_[h] = dt;
-    const Eigen::RowVectorXcd lam = s.lambda.row(h);
-    const Eigen::RowVectorXcd dinv =
-        (Eigen::RowVectorXcd::Ones(m) - (dt / 2) * lam).cwiseInverse();
+    const Row lam = s.lambda.row(h);
+    const Row dinv = (Row::Ones(m) - (dt / 2) * lam).cwiseInverse();
     if (auto chk = internal::CheckAllFinite(dinv, "1/(1 - dt/2 Lambda)"); !chk.ok()) {
       return absl::InvalidArgumentError(absl::StrCat("channel ", h, ": ", chk.message()));
     }
-    PutSoA(s.C.row(h), &st.c_[h * 2 * m]);
-    PutSoA(Eigen::RowVectorXcd(Eigen::RowVectorXcd::Ones(m) + (dt / 2) * lam), &st.e_[h * 2 * m]);
-    PutSoA(dinv, &st.dinv_[h * 2 * m]);
-    PutSoA(Eigen::RowVectorXcd(dt * s.B.row(h)), &st.db_[h * 2 * m]);
-    // G_ba = 2 Re sum conj(P_b) d P_a; the step solves (I + dt/2 G) s = t.
+    const Row e = Row::Ones(m) + (dt / 2) * lam;
+    const Row lb = dinv.cwiseProduct(e);
+    const Row dtb = dt * s.B.row(h);
+    std::vector<Row> p(r), qd(r), u(r), phi(r);
     Eigen::MatrixXd g(r, r);
     for (int a = 0; a < r; ++a) {
-      const Eigen::RowVectorXcd pa = s.P[a].row(h);
-      PutSoA(pa, &st.p_[(h * r + a) * 2 * m]);
-      PutSoA(Eigen::RowVectorXcd(dinv.cwiseProduct(pa)), &st.dp_[(h * r + a) * 2 * m]);
-      PutSoA(Eigen::RowVectorXcd(pa.conjugate().cwiseProduct(dinv)), &st.qd_[(h * r + a) * 2 * m]);
-      for (int b = 0; b < r; ++b) {
-        g(b, a) = 2 * (s.P[b].row(h).conjugate().cwiseProduct(dinv).cwiseProduct(pa)).sum().real();
-      }
+      p[a] = s.P[a].row(h);
+      qd[a] = p[a].conjugate().cwiseProduct(dinv);
+      u[a] = (-dt / 2) * dinv.cwiseProduct(p[a]);
+      phi[a] = 2 * p[a].conjugate();
     }
-    const Eigen::MatrixXd sys = Eigen::MatrixXd::Identity(r, r) + (dt / 2) * g;
-    const Eigen::FullPivLU<Eigen::MatrixXd> lu(sys);
+    for (int b = 0; b < r; ++b) {
+      for (int a = 0; a < r; ++a) g(b, a) = 2 * rdot(qd[b], p[a]);
+    }
+    const Eigen::FullPivLU<Eigen::MatrixXd> lu(Eigen::MatrixXd::Identity(r, r) + (dt / 2) * g);
     if (!lu.isInvertible()) {
       return absl::InvalidArgumentError(absl::StrCat(
           "channel ", h, ": the low-rank step's r x r system is singular"));
     }
-    Eigen::Map<Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(
-        &st.ginv_[h * r * r], r, r) = lu.inverse();
+    const Eigen::MatrixXd sinv = lu.inverse();
+    std::vector<Row> psi(r);
+    Eigen::VectorXd tb(r);  // t_b's coefficient of u
+    for (int b = 0; b < r; ++b) {
+      psi[b] = 2 * qd[b].cwiseProduct(e);
+      for (int a = 0; a < r; ++a) psi[b] -= (dt / 2) * g(b, a) * phi[a];
+      tb(b) = 2 * rdot(qd[b], dtb);
+    }
+    Row bt = dinv.cwiseProduct(dtb);
+    const Row c = s.C.row(h);
+    Row om = 2 * c.cwiseProduct(lb);
+    for (int a = 0; a < r; ++a) {
+      Row gamma = phi[a];
+      double eta = 0;
+      for (int b = 0; b < r; ++b) {
+        gamma += sinv(a, b) * psi[b];
+        eta += sinv(a, b) * tb(b);
+      }
+      bt += eta * u[a];
+      om += 2 * rdot(c, u[a]) * gamma;
+      PutSoA(u[a], &st.u_[(h * r + a) * 2 * m]);
+      PutSoA(gamma, &st.g_[(h * r + a) * 2 * m]);
+    }
+    if (auto chk = internal::CheckAllFinite(om, "the step's output functional"); !chk.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("channel ", h, ": ", chk.message()));
+    }
+    PutSoA(lb, &st.lb_[h * 2 * m]);
+    PutSoA(bt, &st.bt_[h * 2 * m]);
+    PutSoA(om, &st.om_[h * 2 * m]);
+    st.dy_[h] = 2 * rdot(c, bt) + d(h);
   }
   return st;
 }
@@ -275,97 +302,67 @@ void SsmStepper::StepChannel(int h, const double* u, int steps, double* x,
     DiagonalSteps(m, &a_[off], &b_[off], &c_[off], d, u, steps, x, y);
     return;
   }
-  // Woodbury bilinear step (see the header) in two fused passes per step,
-  // 4 modes per vector, with vector accumulators for the reductions (a
-  // scalar running sum would serialize every step on the adder's latency):
-  //   pass 1: w = e x - dt/2 sum_a P_a s_a + dt B u, and t_b = 2 Re sum conj(P_b) d w
-  //   then    s = (I + dt/2 G)^-1 t
-  //   pass 2: x = d w - dt/2 sum_a (d P_a) s_a, y = 2 Re sum C x.
-  // Each step starts with s_a = 2 Re sum conj(P_a) x from its own x (not
-  // carried from the previous step's pass 2), so how a stream is cut into
-  // calls cannot change a single bit of the outputs.
-  thread_local std::vector<double> w;
-  if (static_cast<int>(w.size()) < 2 * m) w.resize(2 * m);
-  const double half_dt = dt_[h] / 2;
-  const double *e = &e_[off], *dv = &dinv_[off], *db = &db_[off], *c = &c_[off];
-  const double* ginv = &ginv_[h * r * r];
-  const double* p[kMaxRank];
-  const double* dp[kMaxRank];
-  const double* qd[kMaxRank];
+  // The diagonal-plus-rank-r step (see Create), two passes per step, 4
+  // modes per vector, with vector accumulators for the reductions (a scalar
+  // running sum would serialize every step on the adder's latency):
+  //   pass 1: k_a = Rdot(g_a, x), o = Rdot(om, x);  y = o + delta u
+  //   pass 2: x = Lb x + sum_a U_a k_a + Bt u.
+  // Each step's reductions read its own x (nothing is carried from one
+  // step's pass to the next), so how a stream is cut into calls cannot
+  // change a single bit of the outputs.
+  const double *lb = &lb_[off], *bt = &bt_[off], *om = &om_[off];
+  const double* ua[kMaxRank];
+  const double* ga[kMaxRank];
   for (int a = 0; a < r; ++a) {
-    p[a] = &p_[(h * r + a) * 2 * m];
-    dp[a] = &dp_[(h * r + a) * 2 * m];
-    qd[a] = &qd_[(h * r + a) * 2 * m];
+    ua[a] = &u_[(h * r + a) * 2 * m];
+    ga[a] = &g_[(h * r + a) * 2 * m];
   }
-  double *xr = x, *xi = x + m, *wr = w.data(), *wi = w.data() + m;
+  const double delta = dy_[h];
+  double *xr = x, *xi = x + m;
   const int mv = m - m % 4;  // modes handled 4 at a time
-  double s[kMaxRank];
   for (int t = 0; t < steps; ++t) {
     const double in = u[t];
-    for (int a = 0; a < r; ++a) s[a] = 2 * ReDot4(m, p[a], x);
-    const V4 vin = {in, in, in, in};
-    V4 hs[kMaxRank];
-    for (int a = 0; a < r; ++a) hs[a] = V4{1, 1, 1, 1} * (half_dt * s[a]);
-    V4 tacc[kMaxRank];
-    for (int b = 0; b < r; ++b) tacc[b] = V4{0, 0, 0, 0};
+    V4 kacc[kMaxRank];
+    for (int a = 0; a < r; ++a) kacc[a] = V4{0, 0, 0, 0};
+    V4 oacc = {0, 0, 0, 0};
     int j = 0;
     for (; j < mv; j += 4) {
-      const V4 x_r = Load4(xr + j), x_i = Load4(xi + j), er = Load4(e + j), ei = Load4(e + m + j);
-      V4 nr = er * x_r - ei * x_i + Load4(db + j) * vin;
-      V4 ni = er * x_i + ei * x_r + Load4(db + m + j) * vin;
-      for (int a = 0; a < r; ++a) {
-        nr -= Load4(p[a] + j) * hs[a];
-        ni -= Load4(p[a] + m + j) * hs[a];
-      }
-      Store4(wr + j, nr);
-      Store4(wi + j, ni);
-      for (int b = 0; b < r; ++b) tacc[b] += Load4(qd[b] + j) * nr - Load4(qd[b] + m + j) * ni;
+      const V4 x_r = Load4(xr + j), x_i = Load4(xi + j);
+      for (int a = 0; a < r; ++a) kacc[a] += Load4(ga[a] + j) * x_r - Load4(ga[a] + m + j) * x_i;
+      oacc += Load4(om + j) * x_r - Load4(om + m + j) * x_i;
     }
-    double tv[kMaxRank];
-    for (int b = 0; b < r; ++b) tv[b] = (tacc[b][0] + tacc[b][1]) + (tacc[b][2] + tacc[b][3]);
+    double k[kMaxRank];
+    for (int a = 0; a < r; ++a) k[a] = (kacc[a][0] + kacc[a][1]) + (kacc[a][2] + kacc[a][3]);
+    double o = (oacc[0] + oacc[1]) + (oacc[2] + oacc[3]);
     for (; j < m; ++j) {
-      double nr = e[j] * xr[j] - e[m + j] * xi[j] + db[j] * in;
-      double ni = e[j] * xi[j] + e[m + j] * xr[j] + db[m + j] * in;
-      for (int a = 0; a < r; ++a) {
-        nr -= half_dt * p[a][j] * s[a];
-        ni -= half_dt * p[a][m + j] * s[a];
-      }
-      wr[j] = nr;
-      wi[j] = ni;
-      for (int b = 0; b < r; ++b) tv[b] += qd[b][j] * nr - qd[b][m + j] * ni;
+      for (int a = 0; a < r; ++a) k[a] += ga[a][j] * xr[j] - ga[a][m + j] * xi[j];
+      o += om[j] * xr[j] - om[m + j] * xi[j];
     }
-    for (int a = 0; a < r; ++a) {
-      double acc = 0;
-      for (int b = 0; b < r; ++b) acc += ginv[a * r + b] * 2 * tv[b];
-      s[a] = acc;
-    }
-    for (int a = 0; a < r; ++a) hs[a] = V4{1, 1, 1, 1} * (half_dt * s[a]);
-    V4 out_acc = {0, 0, 0, 0};
+    y[t] = o + delta * in;
+    const V4 vin = {in, in, in, in};
+    V4 vk[kMaxRank];
+    for (int a = 0; a < r; ++a) vk[a] = V4{k[a], k[a], k[a], k[a]};
     for (j = 0; j < mv; j += 4) {
-      const V4 w_r = Load4(wr + j), w_i = Load4(wi + j), dr = Load4(dv + j), di = Load4(dv + m + j);
-      V4 nr = dr * w_r - di * w_i;
-      V4 ni = dr * w_i + di * w_r;
+      const V4 x_r = Load4(xr + j), x_i = Load4(xi + j), lr = Load4(lb + j), li = Load4(lb + m + j);
+      V4 nr = lr * x_r - li * x_i + Load4(bt + j) * vin;
+      V4 ni = lr * x_i + li * x_r + Load4(bt + m + j) * vin;
       for (int a = 0; a < r; ++a) {
-        nr -= Load4(dp[a] + j) * hs[a];
-        ni -= Load4(dp[a] + m + j) * hs[a];
+        nr += Load4(ua[a] + j) * vk[a];
+        ni += Load4(ua[a] + m + j) * vk[a];
       }
       Store4(xr + j, nr);
       Store4(xi + j, ni);
-      out_acc += Load4(c + j) * nr - Load4(c + m + j) * ni;
     }
-    double out = (out_acc[0] + out_acc[1]) + (out_acc[2] + out_acc[3]);
     for (; j < m; ++j) {
-      double nr = dv[j] * wr[j] - dv[m + j] * wi[j];
-      double ni = dv[j] * wi[j] + dv[m + j] * wr[j];
+      double nr = lb[j] * xr[j] - lb[m + j] * xi[j] + bt[j] * in;
+      double ni = lb[j] * xi[j] + lb[m + j] * xr[j] + bt[m + j] * in;
       for (int a = 0; a < r; ++a) {
-        nr -= half_dt * dp[a][j] * s[a];
-        ni -= half_dt * dp[a][m + j] * s[a];
+        nr += ua[a][j] * k[a];
+        ni += ua[a][m + j] * k[a];
       }
       xr[j] = nr;
       xi[j] = ni;
-      out += c[j] * nr - c[m + j] * ni;
     }
-    y[t] = 2 * out + d * in;
   }
 }
 

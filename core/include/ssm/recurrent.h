@@ -65,10 +65,11 @@ class SsmStepper {
   int channels_ = 0, modes_ = 0, rank_ = 0;
   // Per channel, SoA (M reals then M imaginaries), H x 2M each.
   std::vector<double> a_, b_, c_;  // diagonal: Ab, Bb, C
-  // Woodbury step: e = 1 + dt/2 lambda, d = 1/(1 - dt/2 lambda), P, d P,
-  // conj(P) d, dt B, and (I + dt/2 G)^-1 (r x r per channel).
-  std::vector<double> e_, dinv_, p_, dp_, qd_, db_, ginv_;
-  std::vector<double> dt_;
+  // Low-rank step, diagonal plus rank r (recurrent.cc): Lb, Bt and the
+  // output functional om (H x 2M), U_a and the functionals g_a (H x r x 2M),
+  // and the direct term delta = 2 Re(C Bt) + D (H).
+  std::vector<double> lb_, bt_, om_, u_, g_;
+  std::vector<double> dy_;
   Eigen::VectorXd d_;
   // Dense reference: per channel the full N x N Ab and Bb, Cf.
   std::vector<Eigen::MatrixXcd> dense_a_;
