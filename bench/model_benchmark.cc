@@ -2,6 +2,10 @@
 //   BM_ModelForward/s4-demo/<B>/<L>  convolutional mode, kernels cached
 //   BM_SessionStep/s4-demo           one streaming step, batch 1
 //   BM_SessionChunk/s4-demo/<T>      one chunk of T steps, batch 1
+//   BM_SessionStepMany/s4-demo/<S>   one step of each of S sessions in turn
+//                                    (what a server with S lock-step streams
+//                                    does: S x 64 KiB of state cycles
+//                                    through the caches); steps/s
 
 #include <memory>
 #include <string>
@@ -69,6 +73,26 @@ void BM_SessionChunk(benchmark::State& state) {
   BM_SessionChunkImpl(state, static_cast<int>(state.range(0)));
 }
 BENCHMARK(BM_SessionChunk)->Name("BM_SessionChunk/s4-demo")->Arg(16)->Arg(256)
+    ->Unit(benchmark::kMicrosecond);
+
+void BM_SessionStepMany(benchmark::State& state) {
+  const std::shared_ptr<const Model>& m = S4Demo();
+  if (m == nullptr) return state.SkipWithError("cannot load models/s4-demo");
+  const int count = static_cast<int>(state.range(0));
+  std::vector<Session> sessions;
+  for (int i = 0; i < count; ++i) sessions.push_back(*Session::Create(m, 1));
+  std::vector<double> x(m->d_input(), 0.25), y(m->d_output());
+  for (Session& s : sessions) {
+    if (!s.Run(x, 1, absl::MakeSpan(y)).ok()) return state.SkipWithError("run");
+  }
+  for (auto _ : state) {
+    for (Session& s : sessions) benchmark::DoNotOptimize(s.Run(x, 1, absl::MakeSpan(y)));
+    benchmark::ClobberMemory();
+  }
+  // items_per_second: steps per second, comparable with BM_SessionStep's.
+  state.SetItemsProcessed(state.iterations() * count);
+}
+BENCHMARK(BM_SessionStepMany)->Name("BM_SessionStepMany/s4-demo")->Arg(1)->Arg(64)
     ->Unit(benchmark::kMicrosecond);
 
 }  // namespace
