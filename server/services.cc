@@ -47,6 +47,25 @@ absl::Status CallStillWanted(grpc::CallbackServerContext* context) {
   return absl::CancelledError("the call was cancelled");
 }
 
+// Why a running call should stop between two pieces of its work, with how
+// far it got. OK when it should go on.
+absl::Status CallStopped(grpc::CallbackServerContext* context, int64_t done, int64_t total,
+                         const char* unit) {
+  if (!context->IsCancelled()) return absl::OkStatus();
+  const std::string progress = absl::StrCat("; stopped after ", done, " of ", total, " ", unit);
+  if (context->deadline() <= std::chrono::system_clock::now()) {
+    return absl::DeadlineExceededError(absl::StrCat("the deadline passed", progress));
+  }
+  return absl::CancelledError(absl::StrCat("the call was cancelled", progress));
+}
+
+// An Infer runs in pieces of at most this many (sequence x step) rows: the
+// model's scratch (about 7 x rows x d_model doubles for an S4 stack) stays
+// bounded whatever the batch, and a cancelled call or a passed deadline
+// stops the work between pieces instead of after the whole call. 8 x 4096
+// is one piece, so the benchmark's call is unchanged.
+constexpr int64_t kInferPieceRows = 32768;
+
 void SnapshotToProto(const SessionSnapshot& snapshot, v1::StateSnapshot* out) {
   out->set_data(snapshot.data);
   out->set_model(snapshot.model);
@@ -763,19 +782,38 @@ grpc::ServerUnaryReactor* InferenceService::Infer(grpc::CallbackServerContext* c
     call->Complete(status);
     return call;
   }
-  call->CompleteOnPool([served = *std::move(served), shape = *shape, out_shape, request,
-                        response]() -> absl::Status {
+  call->CompleteOnPool([context, served = *std::move(served), shape = *shape, out_shape,
+                        request, response]() -> absl::Status {
     std::vector<double> x;
     if (absl::Status s = ReadFiniteValues(request->input(), "input", &x); !s.ok()) return s;
     std::vector<double> y(out_shape.size());
     const int batch = static_cast<int>(shape.batch);
     const int steps = static_cast<int>(shape.steps);
+    const int d_in = served.model->d_input(), d_out = served.model->d_output();
     if (request->return_state()) {
       // The session's chunked convolution gives Forward's outputs (to
-      // rounding) and, unlike Forward, the state after the last step.
+      // rounding) and, unlike Forward, the state after the last step. It
+      // runs in pieces of time (each row's slice of the piece gathered).
       absl::StatusOr<ssm::Session> session = ssm::Session::Create(served.model, batch);
       if (!session.ok()) return session.status();
-      if (absl::Status s = session->Run(x, steps, absl::MakeSpan(y)); !s.ok()) return s;
+      const int piece = static_cast<int>(
+          std::clamp<int64_t>(kInferPieceRows / batch, 1024, steps));
+      std::vector<double> xin, yout;
+      for (int t0 = 0; t0 < steps; t0 += piece) {
+        if (absl::Status s = CallStopped(context, t0, steps, "steps"); !s.ok()) return s;
+        const int len = std::min(piece, steps - t0);
+        xin.resize(static_cast<size_t>(batch) * len * d_in);
+        yout.resize(static_cast<size_t>(batch) * len * d_out);
+        for (int b = 0; b < batch; ++b) {
+          std::copy_n(&x[(static_cast<size_t>(b) * steps + t0) * d_in], len * d_in,
+                      &xin[static_cast<size_t>(b) * len * d_in]);
+        }
+        if (absl::Status s = session->Run(xin, len, absl::MakeSpan(yout)); !s.ok()) return s;
+        for (int b = 0; b < batch; ++b) {
+          std::copy_n(&yout[static_cast<size_t>(b) * len * d_out], len * d_out,
+                      &y[(static_cast<size_t>(b) * steps + t0) * d_out]);
+        }
+      }
       v1::StateSnapshot* state = response->mutable_state();
       state->set_data(session->ExportState());
       state->set_model(served.name);
@@ -784,8 +822,19 @@ grpc::ServerUnaryReactor* InferenceService::Infer(grpc::CallbackServerContext* c
       state->set_position(session->position());
       state->set_batch(batch);
     } else {
-      if (absl::Status s = served.model->Forward(x, batch, steps, absl::MakeSpan(y)); !s.ok()) {
-        return s;
+      // Sequences are independent: pieces of whole sequences.
+      const int rows = static_cast<int>(std::max<int64_t>(1, kInferPieceRows / steps));
+      for (int b0 = 0; b0 < batch; b0 += rows) {
+        if (absl::Status s = CallStopped(context, b0, batch, "sequences"); !s.ok()) return s;
+        const int n = std::min(rows, batch - b0);
+        const size_t in_at = static_cast<size_t>(b0) * steps * d_in;
+        const size_t out_at = static_cast<size_t>(b0) * steps * d_out;
+        if (absl::Status s = served.model->Forward(
+                absl::MakeConstSpan(&x[in_at], static_cast<size_t>(n) * steps * d_in), n, steps,
+                absl::MakeSpan(&y[out_at], static_cast<size_t>(n) * steps * d_out));
+            !s.ok()) {
+          return s;
+        }
       }
     }
     WriteSequenceTensor(y, out_shape, response->mutable_output());

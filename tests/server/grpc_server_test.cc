@@ -884,6 +884,81 @@ TEST_F(GrpcServerTest, DetachedSessionsExpire) {
   EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
 }
 
+// A large Infer runs in pieces (at most 32768 sequence x step rows each):
+// whole sequences without return_state, slices of time with it. Either way
+// each sequence's outputs are those of the sequence alone.
+TEST_F(GrpcServerTest, LargeInferRunsInPiecesWithTheSameOutputs) {
+  constexpr int kBatch = 3, kSteps = 12000;  // pieces of 2 + 1 sequences
+  v1::InferRequest request;
+  request.set_model("s4-demo");
+  *request.mutable_input() = MakeInput(kBatch, kSteps);
+  v1::InferResponse whole;
+  ASSERT_TRUE(Infer(request, &whole).ok());
+  ASSERT_EQ(whole.output().values_size(), kBatch * kSteps);
+  request.set_return_state(true);  // time pieces of 10922 + 1078 steps
+  v1::InferResponse with_state;
+  ASSERT_TRUE(Infer(request, &with_state).ok());
+  EXPECT_EQ(with_state.state().position(), kSteps);
+  EXPECT_EQ(with_state.state().batch(), kBatch);
+  for (int b = 0; b < kBatch; ++b) {
+    SCOPED_TRACE(absl::StrCat("sequence ", b));
+    v1::InferRequest one;
+    one.set_model("s4-demo");
+    *one.mutable_input() = MakeInput(1, kSteps, /*phase=*/b);
+    v1::InferResponse alone;
+    ASSERT_TRUE(Infer(one, &alone).ok());
+    double worst = 0, worst_state = 0;
+    for (int t = 0; t < kSteps; ++t) {
+      const double want = alone.output().values(t);
+      worst = std::max(worst, std::abs(whole.output().values(b * kSteps + t) - want));
+      worst_state = std::max(worst_state,
+                             std::abs(with_state.output().values(b * kSteps + t) - want));
+    }
+    // float32 on the wire; the model's outputs are O(1).
+    EXPECT_LE(worst, 1e-5);
+    EXPECT_LE(worst_state, 1e-5);
+  }
+}
+
+// A passed deadline stops a long Infer between pieces: the lone worker is
+// free again long before the whole call would have ended (~3 s of work).
+TEST_F(GrpcServerTest, DeadlineStopsALongInferBetweenPieces) {
+  ServerOptions options = DefaultOptions();
+  options.threads = 1;
+  options.max_queue = 0;
+  options.limits.max_batch = 64;
+  options.limits.max_message_bytes = 8 << 20;
+  StartServer(options);
+  v1::InferRequest small;
+  small.set_model("legt-delay");
+  *small.mutable_input() = MakeInput(1, 5);
+  v1::InferResponse response;
+  {  // The lone worker may still be starting.
+    const absl::Time deadline = absl::Now() + absl::Seconds(10);
+    while (!Infer(small, &response).ok() && absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+  }
+  v1::InferRequest big;
+  big.set_model("s4-demo");
+  *big.mutable_input() = MakeInput(64, 12000);  // 32 pieces of 2 sequences
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(150));
+  const grpc::Status late = inference_->Infer(&context, big, &response);
+  EXPECT_EQ(late.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << late.error_message();
+  const absl::Time expired = absl::Now();
+  // With --max_queue=0 a small call is refused (RESOURCE_EXHAUSTED) while
+  // the worker is busy; it must be served within a piece or two.
+  grpc::Status status;
+  do {
+    status = Infer(small, &response);
+  } while (status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED &&
+           absl::Now() - expired < absl::Seconds(10));
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  EXPECT_LT(absl::Now() - expired, absl::Seconds(1.5))
+      << "the worker went on with the expired call";
+}
+
 TEST_F(GrpcServerTest, BusyServerSaysSo) {
   ServerOptions options = DefaultOptions();
   options.threads = 1;
