@@ -11,7 +11,9 @@
 #   health SERVING (client) and the image's own HEALTHCHECK (podman
 #   healthcheck run); the process runs as UID 65532 and cannot write the
 #   models; settings from the environment (FLAGS_<name>) reach the server;
-#   one Infer and one stream of the same input agree; /metrics answers;
+#   one Infer and one stream of the same input agree; /metrics answers; a
+#   repository mounted read-only over /opt/ssmserve/models replaces the
+#   baked-in one;
 #   SIGTERM during a stream: the stream completes and the container exits 0.
 # Exit 0 only if all of that held. --keep leaves the image and the logs.
 set -euo pipefail
@@ -50,7 +52,7 @@ fail() {
   exit 1
 }
 cleanup() {
-  podman "${podman_opts[@]}" rm -f -t 0 "$name" >/dev/null 2>&1 || true
+  podman "${podman_opts[@]}" rm -f -t 0 "$name" "$name-vol" >/dev/null 2>&1 || true
   if $keep; then log "kept $image and $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
@@ -133,6 +135,25 @@ body = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=5).read()
 assert "ssm_" in body and "StreamInfer" in body, body[:500]
 PY
 log "/metrics answers"
+
+# A repository mounted over the baked-in one (read-only) replaces it.
+mkdir -p "$work/repo"
+cp -r models/legt-delay "$work/repo/"
+chmod -R a+rX "$work/repo"
+podman run "${podman_opts[@]}" "${limits[@]}" -d --name "$name-vol" \
+  -p 127.0.0.1::50051 -v "$work/repo:/opt/ssmserve/models:ro" \
+  "$image" >/dev/null 2>"$work/run-vol.err" ||
+  { cat "$work/run-vol.err" >&2; fail "podman run with a mounted repository"; }
+vol=("$client" --address="$(podman port "$name-vol" 50051/tcp)" --deadline=10s)
+for ((i = 0; i < 60; i++)); do
+  "${vol[@]}" health >/dev/null 2>&1 && break
+  sleep 0.5
+done
+served=$("${vol[@]}" models 2>&1) || served="(models failed) $served"
+podman "${podman_opts[@]}" rm -f -t 0 "$name-vol" >/dev/null 2>&1 || true
+grep -q legt-delay <<<"$served" && ! grep -q s4-demo <<<"$served" ||
+  fail "a mounted repository did not replace the baked-in one: $served"
+log "a repository mounted over /opt/ssmserve/models replaces the baked-in one"
 
 # SIGTERM with a stream running: it must complete (drain), then exit 0.
 # 20000 lock-step steps take several seconds, well inside the drain.
