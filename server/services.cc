@@ -59,12 +59,13 @@ absl::Status CallStopped(grpc::CallbackServerContext* context, int64_t done, int
   return absl::CancelledError(absl::StrCat("the call was cancelled", progress));
 }
 
-// An Infer runs in pieces of at most this many (sequence x step) rows: the
-// model's scratch (about 7 x rows x d_model doubles for an S4 stack) stays
-// bounded whatever the batch, and a cancelled call or a passed deadline
-// stops the work between pieces instead of after the whole call. 8 x 4096
-// is one piece, so the benchmark's call is unchanged.
-constexpr int64_t kInferPieceRows = 32768;
+// An Infer runs in pieces of at most this many (sequence x step) rows, the
+// same bound a session applies to its own passes: the model's scratch
+// (about 7 x rows x d_model doubles for an S4 stack) stays bounded whatever
+// the batch, and a cancelled call or a passed deadline stops the work
+// between pieces instead of after the whole call. 8 x 4096 is one piece,
+// so the benchmark's call is unchanged.
+constexpr int64_t kInferPieceRows = ssm::Session::kMaxRowsPerPass;
 
 void SnapshotToProto(const SessionSnapshot& snapshot, v1::StateSnapshot* out) {
   out->set_data(snapshot.data);
@@ -796,8 +797,8 @@ grpc::ServerUnaryReactor* InferenceService::Infer(grpc::CallbackServerContext* c
       // runs in pieces of time (each row's slice of the piece gathered).
       absl::StatusOr<ssm::Session> session = ssm::Session::Create(served.model, batch);
       if (!session.ok()) return session.status();
-      const int piece = static_cast<int>(
-          std::clamp<int64_t>(kInferPieceRows / batch, 1024, steps));
+      const int piece = static_cast<int>(std::clamp<int64_t>(
+          kInferPieceRows / batch, ssm::Session::kConvChunkThreshold, steps));
       std::vector<double> xin, yout;
       for (int t0 = 0; t0 < steps; t0 += piece) {
         if (absl::Status s = CallStopped(context, t0, steps, "steps"); !s.ok()) return s;

@@ -1,5 +1,6 @@
 #include "ssm/session.h"
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstring>
@@ -90,7 +91,37 @@ absl::Status Session::Run(absl::Span<const double> x, int steps, absl::Span<doub
   std::vector<double> copy;
   if (steps > 1) copy = state_;
   absl::Span<double> target = steps > 1 ? absl::MakeSpan(copy) : absl::MakeSpan(state_);
-  if (auto st = m.Advance(x, batch_, steps, position_, target, y, scratch_); !st.ok()) return st;
+  const int piece = static_cast<int>(std::clamp<int64_t>(
+      kMaxRowsPerPass / batch_, kConvChunkThreshold, steps));
+  if (piece == steps) {
+    if (auto st = m.Advance(x, batch_, steps, position_, target, y, scratch_); !st.ok()) {
+      return st;
+    }
+  } else {
+    // Slices of time: each sequence's rows of the slice gathered, run,
+    // scattered back. The state carries from slice to slice as between
+    // chunks, so the outputs are those of one pass (to rounding).
+    const int d_in = m.d_input(), d_out = m.d_output();
+    std::vector<double> xs, ys;
+    for (int t0 = 0; t0 < steps; t0 += piece) {
+      const int len = std::min(piece, steps - t0);
+      xs.resize(static_cast<size_t>(batch_) * len * d_in);
+      ys.resize(static_cast<size_t>(batch_) * len * d_out);
+      for (int b = 0; b < batch_; ++b) {
+        std::copy_n(&x[(static_cast<size_t>(b) * steps + t0) * d_in], len * d_in,
+                    &xs[static_cast<size_t>(b) * len * d_in]);
+      }
+      if (auto st = m.Advance(xs, batch_, len, position_ + t0, target, absl::MakeSpan(ys),
+                              scratch_);
+          !st.ok()) {
+        return st;
+      }
+      for (int b = 0; b < batch_; ++b) {
+        std::copy_n(&ys[static_cast<size_t>(b) * len * d_out], len * d_out,
+                    &y[(static_cast<size_t>(b) * steps + t0) * d_out]);
+      }
+    }
+  }
   if (steps > 1) state_.swap(copy);
   position_ += steps;
   return absl::OkStatus();

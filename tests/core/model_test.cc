@@ -137,6 +137,29 @@ TEST(ModelTest, SessionsRunPastMaxLength) {
   EXPECT_LT(RelError(RunChunks(s, x, 900, {250, 1, 649}), ref), 1e-9);
 }
 
+// A chunk of more than kMaxRowsPerPass batch x step rows runs in slices of
+// time (here 40 sequences: 819 + 819 + 362 steps, odd and uneven), with
+// Forward's outputs and the state a single pass would leave.
+TEST(ModelTest, WideChunksRunInSlicesOfTime) {
+  const int batch = 40, total = 2000;
+  ASSERT_GT(int64_t{batch} * total, Session::kMaxRowsPerPass);
+  for (const auto& [name, s4] : Variants()) {
+    const std::shared_ptr<const Model> m = Load(S4Spec(s4, 3, 2, total));
+    ASSERT_NE(m, nullptr) << name;
+    const std::vector<double> x = RandomInput(batch * total * m->d_input(), 11);
+    std::vector<double> ref(batch * total * m->d_output());
+    ASSERT_TRUE(m->Forward(x, batch, total, absl::MakeSpan(ref)).ok()) << name;
+    Session wide = *Session::Create(m, batch);
+    EXPECT_LT(RelError(RunChunks(wide, x, total, {total}), ref), 1e-9) << name;
+    // The state after the sliced chunk continues like the unsliced one.
+    Session narrow = *Session::Create(m, batch);
+    RunChunks(narrow, x, total, {800, 800, 400});
+    const std::vector<double> next = RandomInput(batch * 5 * m->d_input(), 12);
+    EXPECT_LT(RelError(RunChunks(wide, next, 5, {5}), RunChunks(narrow, next, 5, {5})), 1e-9)
+        << name;
+  }
+}
+
 // Steps [t0, t0 + len) of x (batch x total x d_in) through a session.
 std::vector<double> RunRange(Session& s, const std::vector<double>& x, int total, int t0,
                              int len) {

@@ -7,6 +7,10 @@
 // state; either way the outputs equal Model::Forward over the concatenated
 // input (tests: <= 1e-9 relative, every split). A step of a loaded session
 // allocates nothing: scratch buffers grow to the largest chunk seen, once.
+// A chunk of more than kMaxRowsPerPass batch x step rows runs in slices of
+// time (at least kConvChunkThreshold steps each) so that the scratch stays
+// bounded whatever the batch: an S4 stack needs about 7 x rows x d_model
+// doubles.
 //
 // Snapshots (ExportState / Import) are portable bytes, little-endian:
 //   "SSMSNAP\0", u32 format version (1), u32 batch, u64 model fingerprint,
@@ -39,6 +43,7 @@ namespace ssm {
 class Session {
  public:
   static constexpr int kConvChunkThreshold = 64;
+  static constexpr int64_t kMaxRowsPerPass = 32768;
   static constexpr uint32_t kSnapshotVersion = 1;
 
   static absl::StatusOr<Session> Create(std::shared_ptr<const Model> model, int batch);
