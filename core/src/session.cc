@@ -123,6 +123,10 @@ absl::Status Session::Run(absl::Span<const double> x, int steps, absl::Span<doub
     }
   }
   if (steps > 1) state_.swap(copy);
+  // Short chunks keep their scratch (a step then allocates nothing); the
+  // scratch of a long one is given back, or every session that ever sent
+  // one would hold it for good (~58 MB for a max-length s4-demo chunk).
+  if (scratch_.capacity() > kKeptScratchDoubles) std::vector<double>().swap(scratch_);
   position_ += steps;
   return absl::OkStatus();
 }

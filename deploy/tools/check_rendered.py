@@ -39,6 +39,11 @@ IDLE_BYTES = 62e6             # idle after start-up
 SPECTRA_BYTES = 70e6          # s4-demo's kernel spectra at max length
 SESSION_BYTES = 86 * 1024     # one idle batch-1 s4-demo session
 ROW_BYTES = 58.5e6            # one batch row of a max-length s4-demo call
+PASS_ROWS = 2                 # rows of it held at once: a call runs in passes
+                              # of 32768 sequence x step rows (= 2 x 16384)
+IO_BYTES_PER_VALUE = 16       # a call's inputs and outputs: float32 on the
+                              # wire, double inside (measured ~12 B a value)
+VALUES_PER_STEP = 4           # the largest d_input + d_output (legt-delay)
 HEADROOM = 1.2                # the limit must exceed the budget by 20 %
 
 DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
@@ -292,17 +297,22 @@ class Checker:
             if threads != math.ceil(cpu_limit):
                 self.error(f"--threads={threads} should be the CPU limit "
                            f"({cpu_limit:g})")
+            max_batch = int(flags.get("max_batch", "64"))
+            max_length = int(flags.get("max_unary_length", "65536"))
+            per_worker = (min(max_batch, PASS_ROWS) * ROW_BYTES
+                          + max_batch * max_length * VALUES_PER_STEP
+                          * IO_BYTES_PER_VALUE)
             budget = (IDLE_BYTES + SPECTRA_BYTES
                       + int(flags.get("max_sessions", "1024")) * SESSION_BYTES
-                      + max(threads, 1) * int(flags.get("max_batch", "64"))
-                      * ROW_BYTES)
+                      + max(threads, 1) * per_worker)
             memory = parse_quantity(limits.get("memory", "0"))
             if memory < HEADROOM * budget:
                 self.error(
                     f"memory limit {limits.get('memory')} is below "
                     f"{HEADROOM:g} x the budget of these flags "
                     f"({budget / 2**20:.0f} MiB: idle, spectra, sessions, "
-                    "threads x max_batch max-length rows)")
+                    "threads x (a call's rows in one pass + its inputs and "
+                    "outputs at max_batch x max_unary_length))")
             if parse_quantity(requests.get("memory", "0")) != memory:
                 self.error("memory request must equal the limit (a pod that "
                            "holds sessions is evicted last)")

@@ -172,6 +172,23 @@ std::vector<double> RunRange(Session& s, const std::vector<double>& x, int total
   return out;
 }
 
+// A session keeps the scratch of short chunks (so a step allocates
+// nothing) but gives back that of a long one: between chunks it holds
+// little beyond its state.
+TEST(ModelTest, SessionsGiveBackTheScratchOfLongChunks) {
+  const std::shared_ptr<const Model> m = Load(S4Spec(Variants()[0].second, 3, 2, 4000));
+  ASSERT_NE(m, nullptr);
+  const int batch = 8, total = 4000;  // ~7 x 32000 x 5 doubles of scratch
+  Session s = *Session::Create(m, batch);
+  const std::vector<double> x = RandomInput(batch * total * m->d_input(), 13);
+  RunRange(s, x, total, 0, 1);
+  const size_t after_step = s.held_bytes();
+  EXPECT_GT(after_step, s.state_bytes());  // a step's scratch is kept
+  EXPECT_LE(after_step, s.state_bytes() + Session::kKeptScratchDoubles * sizeof(double));
+  RunRange(s, x, total, 1, total - 1);
+  EXPECT_LE(s.held_bytes(), after_step);
+}
+
 // Kernel spectra are cached per rung of lengths (2^k and 3 2^(k-1)): any
 // mix of lengths builds a bounded number of them, and repeats are hits.
 TEST(ModelTest, KernelCacheIsBoundedAndHit) {

@@ -6,7 +6,9 @@
 // (steps >= kConvChunkThreshold) as the convolutional mode from the carried
 // state; either way the outputs equal Model::Forward over the concatenated
 // input (tests: <= 1e-9 relative, every split). A step of a loaded session
-// allocates nothing: scratch buffers grow to the largest chunk seen, once.
+// allocates nothing: scratch grows to the largest short chunk seen, once;
+// more than kKeptScratchDoubles is given back after its chunk, so an idle
+// session holds little beyond its state.
 // A chunk of more than kMaxRowsPerPass batch x step rows runs in slices of
 // time (at least kConvChunkThreshold steps each) so that the scratch stays
 // bounded whatever the batch: an S4 stack needs about 7 x rows x d_model
@@ -44,6 +46,7 @@ class Session {
  public:
   static constexpr int kConvChunkThreshold = 64;
   static constexpr int64_t kMaxRowsPerPass = 32768;
+  static constexpr size_t kKeptScratchDoubles = size_t{1} << 17;  // 1 MiB
   static constexpr uint32_t kSnapshotVersion = 1;
 
   static absl::StatusOr<Session> Create(std::shared_ptr<const Model> model, int batch);
@@ -54,6 +57,10 @@ class Session {
   int batch() const { return batch_; }
   int64_t position() const { return position_; }
   size_t state_bytes() const { return state_.size() * sizeof(double); }
+  // What the session holds between chunks: its state and kept scratch.
+  size_t held_bytes() const {
+    return (state_.capacity() + scratch_.capacity()) * sizeof(double);
+  }
 
   // x: batch x steps x d_input; y: batch x steps x d_output; steps >= 1.
   absl::Status Run(absl::Span<const double> x, int steps, absl::Span<double> y);
