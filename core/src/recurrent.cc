@@ -99,6 +99,68 @@ void DiagonalStepAllChannels(int h_count, int m, const double* __restrict a,
   }
 }
 
+// The diagonal-plus-rank-R step (see SsmStepper::Create) over T inputs, two
+// passes per step, 4 modes per vector, with vector accumulators for the
+// reductions (a scalar running sum would serialize every step on the
+// adder's latency):
+//   pass 1: k_a = Rdot(g_a, x), o = Rdot(om, x);  y = o + delta u
+//   pass 2: x = Lb x + sum_a U_a k_a + Bt u.
+// Each step's reductions read its own x (nothing is carried from one step's
+// pass to the next), so how a stream is cut into calls cannot change a
+// single bit of the outputs.
+template <int R>
+void LowRankSteps(int m, const double* __restrict lb, const double* __restrict bt,
+                  const double* __restrict om, const double* const* ua,
+                  const double* const* ga, double delta, const double* __restrict u,
+                  int steps, double* __restrict x, double* __restrict y) {
+  double *xr = x, *xi = x + m;
+  const int mv = m - m % 4;  // modes handled 4 at a time
+  for (int t = 0; t < steps; ++t) {
+    const double in = u[t];
+    V4 kacc[R];
+    for (int a = 0; a < R; ++a) kacc[a] = V4{0, 0, 0, 0};
+    V4 oacc = {0, 0, 0, 0};
+    int j = 0;
+    for (; j < mv; j += 4) {
+      const V4 x_r = Load4(xr + j), x_i = Load4(xi + j);
+      for (int a = 0; a < R; ++a) kacc[a] += Load4(ga[a] + j) * x_r - Load4(ga[a] + m + j) * x_i;
+      oacc += Load4(om + j) * x_r - Load4(om + m + j) * x_i;
+    }
+    double k[R];
+    for (int a = 0; a < R; ++a) k[a] = (kacc[a][0] + kacc[a][1]) + (kacc[a][2] + kacc[a][3]);
+    double o = (oacc[0] + oacc[1]) + (oacc[2] + oacc[3]);
+    for (; j < m; ++j) {
+      for (int a = 0; a < R; ++a) k[a] += ga[a][j] * xr[j] - ga[a][m + j] * xi[j];
+      o += om[j] * xr[j] - om[m + j] * xi[j];
+    }
+    y[t] = o + delta * in;
+    const V4 vin = {in, in, in, in};
+    V4 vk[R];
+    for (int a = 0; a < R; ++a) vk[a] = V4{k[a], k[a], k[a], k[a]};
+    for (j = 0; j < mv; j += 4) {
+      const V4 x_r = Load4(xr + j), x_i = Load4(xi + j), lr = Load4(lb + j), li = Load4(lb + m + j);
+      V4 nr = lr * x_r - li * x_i + Load4(bt + j) * vin;
+      V4 ni = lr * x_i + li * x_r + Load4(bt + m + j) * vin;
+      for (int a = 0; a < R; ++a) {
+        nr += Load4(ua[a] + j) * vk[a];
+        ni += Load4(ua[a] + m + j) * vk[a];
+      }
+      Store4(xr + j, nr);
+      Store4(xi + j, ni);
+    }
+    for (; j < m; ++j) {
+      double nr = lb[j] * xr[j] - lb[m + j] * xi[j] + bt[j] * in;
+      double ni = lb[j] * xi[j] + lb[m + j] * xr[j] + bt[m + j] * in;
+      for (int a = 0; a < R; ++a) {
+        nr += ua[a][j] * k[a];
+        ni += ua[a][m + j] * k[a];
+      }
+      xr[j] = nr;
+      xi[j] = ni;
+    }
+  }
+}
+
 // The argument checks Run shares between precisions: on failure nothing has
 // been written.
 template <typename T>
@@ -302,68 +364,20 @@ void SsmStepper::StepChannel(int h, const double* u, int steps, double* x,
     DiagonalSteps(m, &a_[off], &b_[off], &c_[off], d, u, steps, x, y);
     return;
   }
-  // The diagonal-plus-rank-r step (see Create), two passes per step, 4
-  // modes per vector, with vector accumulators for the reductions (a scalar
-  // running sum would serialize every step on the adder's latency):
-  //   pass 1: k_a = Rdot(g_a, x), o = Rdot(om, x);  y = o + delta u
-  //   pass 2: x = Lb x + sum_a U_a k_a + Bt u.
-  // Each step's reductions read its own x (nothing is carried from one
-  // step's pass to the next), so how a stream is cut into calls cannot
-  // change a single bit of the outputs.
-  const double *lb = &lb_[off], *bt = &bt_[off], *om = &om_[off];
   const double* ua[kMaxRank];
   const double* ga[kMaxRank];
   for (int a = 0; a < r; ++a) {
     ua[a] = &u_[(h * r + a) * 2 * m];
     ga[a] = &g_[(h * r + a) * 2 * m];
   }
-  const double delta = dy_[h];
-  double *xr = x, *xi = x + m;
-  const int mv = m - m % 4;  // modes handled 4 at a time
-  for (int t = 0; t < steps; ++t) {
-    const double in = u[t];
-    V4 kacc[kMaxRank];
-    for (int a = 0; a < r; ++a) kacc[a] = V4{0, 0, 0, 0};
-    V4 oacc = {0, 0, 0, 0};
-    int j = 0;
-    for (; j < mv; j += 4) {
-      const V4 x_r = Load4(xr + j), x_i = Load4(xi + j);
-      for (int a = 0; a < r; ++a) kacc[a] += Load4(ga[a] + j) * x_r - Load4(ga[a] + m + j) * x_i;
-      oacc += Load4(om + j) * x_r - Load4(om + m + j) * x_i;
-    }
-    double k[kMaxRank];
-    for (int a = 0; a < r; ++a) k[a] = (kacc[a][0] + kacc[a][1]) + (kacc[a][2] + kacc[a][3]);
-    double o = (oacc[0] + oacc[1]) + (oacc[2] + oacc[3]);
-    for (; j < m; ++j) {
-      for (int a = 0; a < r; ++a) k[a] += ga[a][j] * xr[j] - ga[a][m + j] * xi[j];
-      o += om[j] * xr[j] - om[m + j] * xi[j];
-    }
-    y[t] = o + delta * in;
-    const V4 vin = {in, in, in, in};
-    V4 vk[kMaxRank];
-    for (int a = 0; a < r; ++a) vk[a] = V4{k[a], k[a], k[a], k[a]};
-    for (j = 0; j < mv; j += 4) {
-      const V4 x_r = Load4(xr + j), x_i = Load4(xi + j), lr = Load4(lb + j), li = Load4(lb + m + j);
-      V4 nr = lr * x_r - li * x_i + Load4(bt + j) * vin;
-      V4 ni = lr * x_i + li * x_r + Load4(bt + m + j) * vin;
-      for (int a = 0; a < r; ++a) {
-        nr += Load4(ua[a] + j) * vk[a];
-        ni += Load4(ua[a] + m + j) * vk[a];
-      }
-      Store4(xr + j, nr);
-      Store4(xi + j, ni);
-    }
-    for (; j < m; ++j) {
-      double nr = lb[j] * xr[j] - lb[m + j] * xi[j] + bt[j] * in;
-      double ni = lb[j] * xi[j] + lb[m + j] * xr[j] + bt[m + j] * in;
-      for (int a = 0; a < r; ++a) {
-        nr += ua[a][j] * k[a];
-        ni += ua[a][m + j] * k[a];
-      }
-      xr[j] = nr;
-      xi[j] = ni;
-    }
+  const double *lb = &lb_[off], *bt = &bt_[off], *om = &om_[off];
+  switch (r) {  // the rank as a constant: accumulators stay in registers
+    case 1: return LowRankSteps<1>(m, lb, bt, om, ua, ga, dy_[h], u, steps, x, y);
+    case 2: return LowRankSteps<2>(m, lb, bt, om, ua, ga, dy_[h], u, steps, x, y);
+    case 3: return LowRankSteps<3>(m, lb, bt, om, ua, ga, dy_[h], u, steps, x, y);
+    default: return LowRankSteps<4>(m, lb, bt, om, ua, ga, dy_[h], u, steps, x, y);
   }
+  static_assert(kMaxRank == 4, "LowRankSteps is instantiated for ranks 1..4");
 }
 
 absl::Status SsmStepper::Run(absl::Span<const double> u, int batch, int steps,
