@@ -10,7 +10,8 @@
 # the Dockerfile's BASE_IMAGE. Then, against the image on 127.0.0.1:
 #   health SERVING (client) and the image's own HEALTHCHECK (podman
 #   healthcheck run); the process runs as UID 65532 and cannot write the
-#   models; settings from the environment (FLAGS_<name>) reach the server;
+#   models; settings from the environment (FLAGS_<name>) reach the server
+#   and arguments override them;
 #   one Infer and one stream of the same input agree; /metrics answers; a
 #   repository mounted read-only over /opt/ssmserve/models replaces the
 #   baked-in one;
@@ -86,8 +87,8 @@ log "built $image in $((SECONDS - t0)) s ($(podman image inspect --format '{{.Si
 # Random free host ports on 127.0.0.1 only; the image's defaults inside.
 podman run "${podman_opts[@]}" "${limits[@]}" -d --name "$name" \
   -p 127.0.0.1::50051 -p 127.0.0.1::9464 \
-  -e FLAGS_drain_timeout=15s -e FLAGS_threads=2 \
-  "$image" --max_sessions=64 >/dev/null 2>"$work/run.err" ||
+  -e FLAGS_drain_timeout=15s -e FLAGS_threads=1 \
+  "$image" --max_sessions=64 --threads=2 >/dev/null 2>"$work/run.err" ||
   { cat "$work/run.err" >&2; fail "podman run"; }
 # (Without systemd, podman also prints that it cannot schedule the
 # HEALTHCHECK timer; `podman healthcheck run` below runs the check itself.)
@@ -111,8 +112,12 @@ log "image HEALTHCHECK (ssm_client health inside) passes"
 if podman exec "$name" touch /opt/ssmserve/models/probe 2>/dev/null; then
   fail "the model repository is writable by the server's user"
 fi
-podman logs "$name" 2>&1 | grep -q ", 2 workers," || fail "FLAGS_threads=2 from the environment did not apply"
-log "runs as UID 65532, models read-only, FLAGS_<name> from the environment applied"
+# Precedence: the argument --threads=2 beats FLAGS_threads=1; the
+# environment's FLAGS_drain_timeout=15s beats the default (checked at the
+# SIGTERM below).
+podman logs "$name" 2>&1 | grep -q ", 2 workers," ||
+  fail "--threads=2 (argument) did not override FLAGS_threads=1 (environment)"
+log "runs as UID 65532, models read-only; arguments override FLAGS_<name>, which override defaults"
 
 "${ssm[@]}" models | grep -q s4-demo || fail "models does not list s4-demo"
 seq 0 299 | awk '{printf "%.6f\n", sin($1 / 7) + 0.5 * cos($1 / 3)}' >"$work/x.csv"
