@@ -59,12 +59,13 @@ absl::Status CallStopped(grpc::CallbackServerContext* context, int64_t done, int
   return absl::CancelledError(absl::StrCat("the call was cancelled", progress));
 }
 
-// An Infer runs in pieces of at most this many (sequence x step) rows, the
-// same bound a session applies to its own passes: the model's scratch
-// (about 7 x rows x d_model doubles for an S4 stack) stays bounded whatever
-// the batch, and a cancelled call or a passed deadline stops the work
-// between pieces instead of after the whole call. 8 x 4096 is one piece,
-// so the benchmark's call is unchanged.
+// Forward runs an Infer in pieces of whole sequences of at most this many
+// (sequence x step) rows, the bound a session applies to its own slices of
+// time (which serve return_state): the model's scratch (about 7 x rows x
+// d_model doubles for an S4 stack) stays bounded whatever the batch, and a
+// cancelled call or a passed deadline stops the work between pieces instead
+// of after the whole call. 8 x 4096 is one piece, so the benchmark's call
+// is unchanged.
 constexpr int64_t kInferPieceRows = ssm::Session::kMaxRowsPerPass;
 
 void SnapshotToProto(const SessionSnapshot& snapshot, v1::StateSnapshot* out) {
@@ -790,30 +791,19 @@ grpc::ServerUnaryReactor* InferenceService::Infer(grpc::CallbackServerContext* c
     std::vector<double> y(out_shape.size());
     const int batch = static_cast<int>(shape.batch);
     const int steps = static_cast<int>(shape.steps);
-    const int d_in = served.model->d_input(), d_out = served.model->d_output();
     if (request->return_state()) {
       // The session's chunked convolution gives Forward's outputs (to
       // rounding) and, unlike Forward, the state after the last step. It
-      // runs in pieces of time (each row's slice of the piece gathered).
+      // runs in slices of time of at most kMaxRowsPerPass rows; the call
+      // stops between two if it is no longer wanted.
       absl::StatusOr<ssm::Session> session = ssm::Session::Create(served.model, batch);
       if (!session.ok()) return session.status();
-      const int piece = static_cast<int>(std::clamp<int64_t>(
-          kInferPieceRows / batch, ssm::Session::kConvChunkThreshold, steps));
-      std::vector<double> xin, yout;
-      for (int t0 = 0; t0 < steps; t0 += piece) {
-        if (absl::Status s = CallStopped(context, t0, steps, "steps"); !s.ok()) return s;
-        const int len = std::min(piece, steps - t0);
-        xin.resize(static_cast<size_t>(batch) * len * d_in);
-        yout.resize(static_cast<size_t>(batch) * len * d_out);
-        for (int b = 0; b < batch; ++b) {
-          std::copy_n(&x[(static_cast<size_t>(b) * steps + t0) * d_in], len * d_in,
-                      &xin[static_cast<size_t>(b) * len * d_in]);
-        }
-        if (absl::Status s = session->Run(xin, len, absl::MakeSpan(yout)); !s.ok()) return s;
-        for (int b = 0; b < batch; ++b) {
-          std::copy_n(&yout[static_cast<size_t>(b) * len * d_out], len * d_out,
-                      &y[(static_cast<size_t>(b) * steps + t0) * d_out]);
-        }
+      if (absl::Status s = session->Run(x, steps, absl::MakeSpan(y),
+                                        [&](int done) {
+                                          return CallStopped(context, done, steps, "steps");
+                                        });
+          !s.ok()) {
+        return s;
       }
       v1::StateSnapshot* state = response->mutable_state();
       state->set_data(session->ExportState());
@@ -824,6 +814,7 @@ grpc::ServerUnaryReactor* InferenceService::Infer(grpc::CallbackServerContext* c
       state->set_batch(batch);
     } else {
       // Sequences are independent: pieces of whole sequences.
+      const int d_in = served.model->d_input(), d_out = served.model->d_output();
       const int rows = static_cast<int>(std::max<int64_t>(1, kInferPieceRows / steps));
       for (int b0 = 0; b0 < batch; b0 += rows) {
         if (absl::Status s = CallStopped(context, b0, batch, "sequences"); !s.ok()) return s;

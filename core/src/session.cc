@@ -81,6 +81,11 @@ absl::StatusOr<Session> Session::Create(std::shared_ptr<const Model> model, int 
 }
 
 absl::Status Session::Run(absl::Span<const double> x, int steps, absl::Span<double> y) {
+  return Run(x, steps, y, [](int) { return absl::OkStatus(); });
+}
+
+absl::Status Session::Run(absl::Span<const double> x, int steps, absl::Span<double> y,
+                          absl::FunctionRef<absl::Status(int done)> between_passes) {
   const Model& m = *model_;
   if (steps < 1) return absl::InvalidArgumentError(absl::StrCat("steps must be >= 1, got ", steps));
   if (auto st = internal::CheckIoArgs(m, x, batch_, steps, y); !st.ok()) return st;
@@ -104,6 +109,10 @@ absl::Status Session::Run(absl::Span<const double> x, int steps, absl::Span<doub
     const int d_in = m.d_input(), d_out = m.d_output();
     std::vector<double> xs, ys;
     for (int t0 = 0; t0 < steps; t0 += piece) {
+      // The state so far is in `copy`: stopping leaves the session as it was.
+      if (t0 > 0) {
+        if (absl::Status st = between_passes(t0); !st.ok()) return st;
+      }
       const int len = std::min(piece, steps - t0);
       xs.resize(static_cast<size_t>(batch_) * len * d_in);
       ys.resize(static_cast<size_t>(batch_) * len * d_out);

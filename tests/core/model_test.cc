@@ -160,6 +160,27 @@ TEST(ModelTest, WideChunksRunInSlicesOfTime) {
   }
 }
 
+// A chunk stopped between two slices (its caller was cancelled) leaves the
+// session as it was: same position, and it goes on like a fresh one.
+TEST(ModelTest, AChunkStoppedBetweenSlicesChangesNothing) {
+  const int batch = 40, total = 2000;  // slices of 819 steps
+  const std::shared_ptr<const Model> m = Load(S4Spec(Variants()[0].second, 3, 2, total));
+  ASSERT_NE(m, nullptr);
+  const std::vector<double> x = RandomInput(batch * total * m->d_input(), 14);
+  std::vector<double> y(batch * total * m->d_output());
+  Session s = *Session::Create(m, batch);
+  std::vector<int> asked;
+  const absl::Status stopped = s.Run(x, total, absl::MakeSpan(y), [&](int done) {
+    asked.push_back(done);
+    return asked.size() < 2 ? absl::OkStatus() : absl::CancelledError("stop");
+  });
+  EXPECT_EQ(stopped.code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(asked, (std::vector<int>{819, 1638}));
+  EXPECT_EQ(s.position(), 0);
+  Session fresh = *Session::Create(m, batch);
+  EXPECT_EQ(RunChunks(s, x, total, {total}), RunChunks(fresh, x, total, {total}));
+}
+
 // Steps [t0, t0 + len) of x (batch x total x d_in) through a session.
 std::vector<double> RunRange(Session& s, const std::vector<double>& x, int total, int t0,
                              int len) {

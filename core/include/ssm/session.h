@@ -36,6 +36,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "ssm/model.h"
@@ -64,6 +65,11 @@ class Session {
 
   // x: batch x steps x d_input; y: batch x steps x d_output; steps >= 1.
   absl::Status Run(absl::Span<const double> x, int steps, absl::Span<double> y);
+  // The same, asking `between_passes(done)` before every slice of time but
+  // the first (done: steps of this chunk already run). A non-OK answer stops
+  // the chunk: Run returns it and the session is as it was before the call.
+  absl::Status Run(absl::Span<const double> x, int steps, absl::Span<double> y,
+                   absl::FunctionRef<absl::Status(int done)> between_passes);
 
   std::string ExportState() const;
 
