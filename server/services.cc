@@ -923,18 +923,16 @@ grpc::ServerUnaryReactor* InferenceService::GetModel(grpc::CallbackServerContext
   auto* call = new UnaryCall(context, env_, "GetModel");
   if (call->RefuseIfDraining()) return call;
   absl::StatusOr<ServedModel> served = env_->catalog->Find(request->model(), request->version());
-  if (!served.ok()) {
-    call->Complete(served.status());
-    return call;
+  if (served.ok()) {
+    const ssm::Model& model = *served->model;
+    *response->mutable_config() = ModelConfigFromSpec(model.spec());
+    response->set_version(served->version);
+    response->set_fingerprint(model.fingerprint());
+    response->set_streamable(model.streamable());
+    response->set_memory_bytes(model.memory_bytes());
+    response->set_state_bytes(served->state_bytes);
   }
-  const ssm::Model& model = *served->model;
-  *response->mutable_config() = ModelConfigFromSpec(model.spec());
-  response->set_version(served->version);
-  response->set_fingerprint(model.fingerprint());
-  response->set_streamable(model.streamable());
-  response->set_memory_bytes(model.memory_bytes());
-  response->set_state_bytes(served->state_bytes);
-  call->Complete(absl::OkStatus());
+  call->Complete(served.status());
   return call;
 }
 
