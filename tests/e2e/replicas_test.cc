@@ -293,6 +293,17 @@ class StreamRun {
   std::string current_session_ ABSL_GUARDED_BY(mu_);
 };
 
+// kStreams streams of `plan`, each started on its own thread.
+std::vector<std::unique_ptr<StreamRun>> StartStreams(client::Client& client, Control& control,
+                                                     const Plan& plan) {
+  std::vector<std::unique_ptr<StreamRun>> runs;
+  for (int i = 0; i < kStreams; ++i) {
+    runs.push_back(std::make_unique<StreamRun>(i, client, control, plan));
+    runs.back()->Start();
+  }
+  return runs;
+}
+
 // Waits up to `timeout` for `done`.
 template <typename F>
 bool WaitFor(F done, absl::Duration timeout) {
@@ -360,11 +371,7 @@ TEST(ReplicasTest, KillOneReplicaMidStream) {
   Control control;
   const Plan plan{.length = 600, .pause_at = 200,
                   .pace = absl::Milliseconds(8)};
-  std::vector<std::unique_ptr<StreamRun>> runs;
-  for (int i = 0; i < kStreams; ++i) {
-    runs.push_back(std::make_unique<StreamRun>(i, *client, control, plan));
-    runs.back()->Start();
-  }
+  std::vector<std::unique_ptr<StreamRun>> runs = StartStreams(*client, control, plan);
   ASSERT_TRUE(WaitFor([&] { return control.paused == kStreams; },
                       absl::Seconds(20)))
       << control.paused << " of " << kStreams << " streams reached step 200";
@@ -435,11 +442,7 @@ TEST(ReplicasTest, RollingRestart) {
   Control control;
   const Plan plan{.length = 12000, .pace = absl::Milliseconds(12),
                   .tail_chunks = 10};
-  std::vector<std::unique_ptr<StreamRun>> runs;
-  for (int i = 0; i < kStreams; ++i) {
-    runs.push_back(std::make_unique<StreamRun>(i, *client, control, plan));
-    runs.back()->Start();
-  }
+  std::vector<std::unique_ptr<StreamRun>> runs = StartStreams(*client, control, plan);
   ASSERT_TRUE(WaitFor(
       [&] {
         for (const auto& run : runs) {
@@ -516,11 +519,7 @@ TEST(ReplicasTest, ConnectionAgeMovesStreams) {
   Control control;
   const Plan plan{.length = 12000, .pace = absl::Milliseconds(8),
                   .tail_chunks = 10};
-  std::vector<std::unique_ptr<StreamRun>> runs;
-  for (int i = 0; i < kStreams; ++i) {
-    runs.push_back(std::make_unique<StreamRun>(i, *client, control, plan));
-    runs.back()->Start();
-  }
+  std::vector<std::unique_ptr<StreamRun>> runs = StartStreams(*client, control, plan);
   absl::SleepFor(absl::Seconds(4));
   control.wind_down = true;
   for (auto& run : runs) run->Join();
