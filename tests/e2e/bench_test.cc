@@ -27,6 +27,21 @@ using client::RunBench;
 
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// The stream workload: `concurrency` streams of `steps` steps each, in
+// chunks of `chunk` with up to `inflight` outstanding, capped at `cap`.
+BenchOptions Streams(const std::string& model, int concurrency, int64_t steps, int chunk,
+                     int inflight, absl::Duration cap) {
+  BenchOptions o;
+  o.mode = "stream";
+  o.model = model;
+  o.concurrency = concurrency;
+  o.steps = steps;
+  o.chunk = chunk;
+  o.inflight = inflight;
+  o.max_duration = cap;
+  return o;
+}
+
 // The invariants of a run that its counts ended: every stream sent all its
 // chunks and got every response, without errors.
 void ExpectComplete(const BenchReport& r, const BenchOptions& o) {
@@ -46,14 +61,8 @@ void ExpectComplete(const BenchReport& r, const BenchOptions& o) {
 
 TEST(BenchTest, StreamsPipelinedChunksWithAShortLastOne) {
   auto client = ClientFor(SharedServer());
-  BenchOptions o;
-  o.mode = "stream";
-  o.model = "legt-delay";
-  o.concurrency = 5;
-  o.steps = 37;  // 12 chunks of 3 and one of 1
-  o.chunk = 3;
-  o.inflight = 4;
-  o.max_duration = absl::Seconds(30);
+  // 37 steps: 12 chunks of 3 and one of 1.
+  BenchOptions o = Streams("legt-delay", 5, 37, 3, 4, absl::Seconds(30));
   absl::StatusOr<BenchReport> r = RunBench(*client, o);
   ASSERT_OK(r);
   ExpectComplete(*r, o);
@@ -63,14 +72,7 @@ TEST(BenchTest, StreamsPipelinedChunksWithAShortLastOne) {
 
 TEST(BenchTest, StreamsInLockStep) {
   auto client = ClientFor(SharedServer());
-  BenchOptions o;
-  o.mode = "stream";
-  o.model = "s4-demo";
-  o.concurrency = 3;
-  o.steps = 50;
-  o.chunk = 1;
-  o.inflight = 1;
-  o.max_duration = absl::Seconds(30);
+  BenchOptions o = Streams("s4-demo", 3, 50, 1, 1, absl::Seconds(30));
   absl::StatusOr<BenchReport> r = RunBench(*client, o);
   ASSERT_OK(r);
   ExpectComplete(*r, o);
@@ -81,24 +83,13 @@ TEST(BenchTest, StreamsInLockStep) {
 // many streams on the one channel.
 TEST(BenchTest, EdgeCasesOfChunkAndWindow) {
   auto client = ClientFor(SharedServer());
-  BenchOptions o;
-  o.mode = "stream";
-  o.model = "legt-delay";
-  o.max_duration = absl::Seconds(30);
-
-  o.concurrency = 2;
-  o.steps = 5;
-  o.chunk = 8;
-  o.inflight = 3;
+  BenchOptions o = Streams("legt-delay", 2, 5, 8, 3, absl::Seconds(30));
   absl::StatusOr<BenchReport> r = RunBench(*client, o);
   ASSERT_OK(r);
   ExpectComplete(*r, o);
   EXPECT_EQ(r->completed, 2);
 
-  o.concurrency = 40;
-  o.steps = 64;
-  o.chunk = 2;
-  o.inflight = 64;
+  o = Streams("legt-delay", 40, 64, 2, 64, absl::Seconds(30));
   r = RunBench(*client, o);
   ASSERT_OK(r);
   ExpectComplete(*r, o);
@@ -107,12 +98,8 @@ TEST(BenchTest, EdgeCasesOfChunkAndWindow) {
 
 TEST(BenchTest, UnknownModelIsNotFound) {
   auto client = ClientFor(SharedServer());
-  BenchOptions o;
-  o.mode = "stream";
-  o.model = "no-such-model";
-  o.concurrency = 2;
-  o.steps = 10;
-  EXPECT_CODE(RunBench(*client, o), kNotFound);
+  EXPECT_CODE(RunBench(*client, Streams("no-such-model", 2, 10, 1, 1, absl::Seconds(60))),
+              kNotFound);
 }
 
 TEST(BenchTest, BadOptionsAreInvalidArgument) {
@@ -131,14 +118,7 @@ TEST(BenchTest, BadOptionsAreInvalidArgument) {
 // stop sending, collect what is in flight and close cleanly (no errors).
 TEST(BenchTest, MaxDurationStopsTheStreams) {
   auto client = ClientFor(SharedServer());
-  BenchOptions o;
-  o.mode = "stream";
-  o.model = "legt-delay";
-  o.concurrency = 4;
-  o.steps = 100'000'000;
-  o.chunk = 1;
-  o.inflight = 4;
-  o.max_duration = absl::Milliseconds(1);
+  BenchOptions o = Streams("legt-delay", 4, 100'000'000, 1, 4, absl::Milliseconds(1));
   const absl::Time start = absl::Now();
   absl::StatusOr<BenchReport> r = RunBench(*client, o);
   const absl::Duration took = absl::Now() - start;
@@ -169,14 +149,7 @@ TEST(BenchTest, CappedRunsLeaveNoSessionsBehind) {
       ServerProcess::Start({"--max_sessions=4"});
   ASSERT_OK(server);
   auto client = ClientFor(**server);
-  BenchOptions o;
-  o.mode = "stream";
-  o.model = "legt-delay";
-  o.concurrency = 4;
-  o.steps = 100'000'000;
-  o.chunk = 2;
-  o.inflight = 3;
-  o.max_duration = absl::Milliseconds(100);
+  BenchOptions o = Streams("legt-delay", 4, 100'000'000, 2, 3, absl::Milliseconds(100));
   for (int run = 0; run < 3; ++run) {
     absl::StatusOr<BenchReport> r = RunBench(*client, o);
     ASSERT_OK(r);
@@ -194,14 +167,7 @@ TEST(BenchTest, RefusedStreamsAreCountedAsErrors) {
       ServerProcess::Start({"--max_sessions=2"});
   ASSERT_OK(server);
   auto client = ClientFor(**server);
-  BenchOptions o;
-  o.mode = "stream";
-  o.model = "legt-delay";
-  o.concurrency = 4;
-  o.steps = 3000;
-  o.chunk = 1;
-  o.inflight = 1;
-  o.max_duration = absl::Seconds(30);
+  BenchOptions o = Streams("legt-delay", 4, 3000, 1, 1, absl::Seconds(30));
   absl::StatusOr<BenchReport> r = RunBench(*client, o);
   ASSERT_OK(r);
   EXPECT_EQ(r->errors, 2);
@@ -219,13 +185,7 @@ TEST(BenchTest, ServerDeathEndsTheRunWithErrors) {
       ServerProcess::Start();
   ASSERT_OK(server);
   auto client = ClientFor(**server);
-  BenchOptions o;
-  o.mode = "stream";
-  o.model = "s4-demo";
-  o.concurrency = 3;
-  o.steps = 100'000'000;
-  o.inflight = 2;
-  o.max_duration = absl::Seconds(60);
+  BenchOptions o = Streams("s4-demo", 3, 100'000'000, 1, 2, absl::Seconds(60));
   absl::StatusOr<BenchReport> r;
   std::thread runner([&] { r = RunBench(*client, o); });
   absl::SleepFor(absl::Milliseconds(300));
