@@ -58,6 +58,20 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Waits up to 30 s until container $1 answers health SERVING to the client
+# command that follows; fails the test if it exits or never does.
+wait_serving() {
+  local container=$1 i
+  shift
+  for ((i = 0; i < 60; i++)); do
+    "$@" health >/dev/null 2>&1 && return 0
+    [[ $(podman inspect --format '{{.State.Running}}' "$container") == true ]] ||
+      fail "container $container exited before serving"
+    sleep 0.5
+  done
+  fail "container $container is not SERVING after 30 s"
+}
+
 t0=$SECONDS
 if ! podman image exists "$base"; then
   log "making the base image $base from Debian's archive (mmdebstrap)"
@@ -97,12 +111,7 @@ metrics=$(podman port "$name" 9464/tcp)
 log "container $name: gRPC on $grpc, metrics on $metrics"
 ssm=("$client" --address="$grpc" --deadline=10s)
 
-for ((i = 0; i < 60; i++)); do
-  "${ssm[@]}" health >/dev/null 2>&1 && break
-  [[ $(podman inspect --format '{{.State.Running}}' "$name") == true ]] ||
-    fail "the container exited before serving"
-  sleep 0.5
-done
+wait_serving "$name" "${ssm[@]}"
 "${ssm[@]}" health | grep -q SERVING || fail "health is not SERVING"
 log "health SERVING"
 podman healthcheck run "$name" >/dev/null || fail "the image's HEALTHCHECK failed"
@@ -150,10 +159,7 @@ podman run "${podman_opts[@]}" "${limits[@]}" -d --name "$name-vol" \
   "$image" >/dev/null 2>"$work/run-vol.err" ||
   { cat "$work/run-vol.err" >&2; fail "podman run with a mounted repository"; }
 vol=("$client" --address="$(podman port "$name-vol" 50051/tcp)" --deadline=10s)
-for ((i = 0; i < 60; i++)); do
-  "${vol[@]}" health >/dev/null 2>&1 && break
-  sleep 0.5
-done
+wait_serving "$name-vol" "${vol[@]}"
 served=$("${vol[@]}" models 2>&1) || served="(models failed) $served"
 podman "${podman_opts[@]}" rm -f -t 0 "$name-vol" >/dev/null 2>&1 || true
 grep -q legt-delay <<<"$served" && ! grep -q s4-demo <<<"$served" ||
