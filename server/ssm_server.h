@@ -1,8 +1,8 @@
 // ssm_server assembled: the model catalog, the session manager, the worker
 // pool, the Inference and Math services, grpc.health.v1.Health, server
-// reflection and the Prometheus exposer, with a graceful drain. main.cc
-// turns flags into ServerOptions; tests start one in-process on
-// 127.0.0.1:0.
+// reflection and the Prometheus exposer, with a graceful drain.
+// ssm_server_main.cc turns flags into ServerOptions; tests start one
+// in-process on 127.0.0.1:0.
 //
 // Health service names (grpc.health.v1.Health/Check and Watch):
 //   ""                           the server as a whole

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Checks a rendered ssmserve deployment (`kustomize build deploy/...`).
 
-    check_rendered.py RENDERED.yaml [--server-main server/main.cc]
+    check_rendered.py RENDERED.yaml [--server-main server/ssm_server_main.cc]
         [--models-dir models] [--namespace NS] [--image IMAGE]
         [--models-volume]
     check_rendered.py --self-test RENDERED.yaml [same options]
@@ -548,7 +548,7 @@ def main():
     here = os.path.dirname(os.path.abspath(__file__))
     root = os.path.dirname(os.path.dirname(here))
     parser.add_argument("--server-main",
-                        default=os.path.join(root, "server", "main.cc"),
+                        default=os.path.join(root, "server", "ssm_server_main.cc"),
                         help="where ssm_server's flags are defined")
     parser.add_argument("--models-dir", default=os.path.join(root, "models"),
                         help="the shipped repository (per-model health names)")
