@@ -71,6 +71,9 @@ class Metrics::Collector : public prometheus::Collectable {
                            static_cast<double>(s.session_evictions_total)));
     out.push_back(OneValue("ssm_worker_threads", "Threads of the worker pool (--threads).",
                            MetricType::Gauge, s.worker_threads));
+    out.push_back(OneValue("ssm_core_threads",
+                           "Threads the core's parallel loops may use (--threads).",
+                           MetricType::Gauge, s.core_threads));
     out.push_back(OneValue("ssm_worker_queue_depth", "Jobs waiting for a worker thread.",
                            MetricType::Gauge, s.worker_queue_depth));
     out.push_back(OneValue("ssm_worker_rejections_total",

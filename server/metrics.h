@@ -15,6 +15,8 @@
 //   ssm_models_loaded, ssm_models_failed    gauges (model versions loaded;
 //                                           models that failed)
 //   ssm_worker_threads, ssm_worker_queue_depth    gauges, sampled
+//   ssm_core_threads                        gauge, sampled: threads the core's
+//                                           parallel loops use (--threads)
 //   ssm_worker_rejections_total             counter: "server busy" refusals
 //   ssm_kernel_cache_hits_total, ssm_kernel_cache_misses_total
 //                                           counters, sampled: FFT convolvers
@@ -61,6 +63,7 @@ class Metrics {
     int64_t session_state_bytes = 0;
     uint64_t session_evictions_total = 0;
     int worker_threads = 0;
+    int core_threads = 0;
     int worker_queue_depth = 0;
     uint64_t worker_rejections_total = 0;
     int64_t kernel_cache_hits_total = 0;    // FFT convolvers found in a model's cache

@@ -15,6 +15,7 @@
 #include "absl/time/clock.h"
 #include "prometheus/exposer.h"
 #include "server/log.h"
+#include "ssm/threads.h"
 
 namespace ssm::server {
 namespace {
@@ -62,12 +63,6 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
   return absl::OkStatus();
 }
 
-namespace {
-
-int DefaultThreads() { return std::max(1u, std::thread::hardware_concurrency()); }
-
-}  // namespace
-
 SsmServer::SsmServer(ServerOptions options) : options_(std::move(options)) {}
 
 absl::StatusOr<std::unique_ptr<SsmServer>> SsmServer::Start(ServerOptions options,
@@ -83,8 +78,11 @@ absl::StatusOr<std::unique_ptr<SsmServer>> SsmServer::Start(ServerOptions option
   session_options.ttl = o.session_ttl;
   if (o.clock) session_options.clock = o.clock;
   self->sessions_ = std::make_unique<SessionManager>(std::move(session_options));
-  self->pool_ = std::make_unique<WorkerPool>(o.threads > 0 ? o.threads : DefaultThreads(),
-                                             o.max_queue);
+  // One count for both the workers and the core's parallel loops: the
+  // CPUs this server may use, not the node's.
+  const int threads = o.threads > 0 ? o.threads : ssm::DefaultThreads();
+  if (absl::Status s = ssm::SetThreads(threads); !s.ok()) return s;
+  self->pool_ = std::make_unique<WorkerPool>(threads, o.max_queue);
   self->metrics_->SetModels(self->catalog_->loaded_versions(), self->catalog_->failed_models());
   self->metrics_->SetSampler([sessions = self->sessions_.get(), pool = self->pool_.get(),
                               catalog = self->catalog_.get()] {
@@ -95,6 +93,7 @@ absl::StatusOr<std::unique_ptr<SsmServer>> SsmServer::Start(ServerOptions option
     s.session_state_bytes = stats.state_bytes;
     s.session_evictions_total = stats.evicted_total;
     s.worker_threads = pool->threads();
+    s.core_threads = ssm::Threads();
     s.worker_queue_depth = pool->queued();
     s.worker_rejections_total = pool->rejected();
     const ssm::ConvMode::CacheStats cache = catalog->KernelCacheTotals();

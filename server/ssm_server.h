@@ -52,7 +52,9 @@ namespace ssm::server {
 
 struct ServerOptions {
   std::string address = "127.0.0.1:50051";  // host:port; port 0 picks a free one
-  int threads = 0;                          // workers; 0: the number of cores
+  // Workers, and the core's parallel loops (ssm::SetThreads, process-wide);
+  // 0: ssm::DefaultThreads(), the CPUs this process may use.
+  int threads = 0;
   int max_queue = 256;                      // jobs waiting for a worker
   int max_sessions = 1024;
   absl::Duration session_ttl = absl::Minutes(5);

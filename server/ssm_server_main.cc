@@ -31,8 +31,10 @@ ABSL_FLAG(std::string, model_repository, "models",
           "relative paths are from the working directory");
 ABSL_FLAG(int, metrics_port, 9464, "Prometheus metrics port (/metrics); 0 disables");
 ABSL_FLAG(std::string, metrics_address, "127.0.0.1", "host the metrics port binds to");
-ABSL_FLAG(int, threads, static_cast<int>(std::max(1u, std::thread::hardware_concurrency())),
-          "worker threads for model, session and kernel work (default: the number of cores)");
+ABSL_FLAG(int, threads, 0,
+          "worker threads for model, session and kernel work, and the threads the core's "
+          "parallel loops use; 0: the CPUs this process may use (its affinity, capped by a "
+          "cgroup CPU quota)");
 ABSL_FLAG(int, max_queue, 256,
           "jobs that may wait for a worker; past it calls get RESOURCE_EXHAUSTED (server busy)");
 ABSL_FLAG(int, max_sessions, 1024, "sessions held at once, attached and detached");

@@ -1,15 +1,25 @@
 #include "parallel.h"
 
+#include <sched.h>
+
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <string_view>
 #include <thread>
 #include <vector>
 
-namespace ssm::internal {
+#include "absl/strings/str_cat.h"
+#include "ssm/threads.h"
+
+namespace ssm {
+namespace internal {
 namespace {
 
 thread_local bool in_parallel_region = false;
@@ -43,6 +53,9 @@ class Pool {
   explicit Pool(int workers) {
     for (int i = 0; i < workers; ++i) threads_.emplace_back([this] { Loop(); });
   }
+  // Runs what is queued (jobs whose blocks are all claimed return at once),
+  // then joins. Never called from a worker: workers hold no reference to
+  // their pool, only the callers of ParallelFor do.
   ~Pool() {
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -85,23 +98,74 @@ class Pool {
   std::vector<std::thread> threads_;
 };
 
-Pool& SharedPool() {
-  static Pool* pool = new Pool(
-      std::max(0, static_cast<int>(std::thread::hardware_concurrency()) - 1));
-  return *pool;
+// The current pool, replaced by SetThreads. A ParallelFor holds its own
+// reference while it runs, so a replaced pool lives (and its workers serve
+// that call) until the last call using it returns. Copying the pointer
+// allocates nothing: the streaming step's no-allocation guarantee holds.
+struct Shared {
+  std::mutex mu;
+  std::shared_ptr<Pool> pool;  // null until first needed or set
+  std::atomic<int> threads{0};  // 0: not decided yet
+};
+
+Shared& State() {
+  static Shared* shared = new Shared;
+  return *shared;
+}
+
+int EnsureThreads() {
+  Shared& s = State();
+  int t = s.threads.load(std::memory_order_acquire);
+  if (t > 0) return t;
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (s.threads.load() == 0) s.threads.store(DefaultThreads(), std::memory_order_release);
+  return s.threads.load();
+}
+
+std::shared_ptr<Pool> CurrentPool() {
+  Shared& s = State();
+  std::lock_guard<std::mutex> lock(s.mu);
+  const int t = s.threads.load();
+  if (s.pool == nullptr || s.pool->workers() != t - 1) s.pool = std::make_shared<Pool>(t - 1);
+  return s.pool;
+}
+
+// Whole CPUs of a cgroup quota, rounded up; 0 when none is set or readable.
+int CgroupCpuLimit() {
+  double quota = -1, period = 0;
+  if (std::FILE* f = std::fopen("/sys/fs/cgroup/cpu.max", "r")) {
+    char q[32] = {0};
+    if (std::fscanf(f, "%31s %lf", q, &period) == 2 && std::string_view(q) != "max") {
+      quota = std::atof(q);
+    }
+    std::fclose(f);
+  } else if (std::FILE* fq = std::fopen("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "r")) {
+    if (std::fscanf(fq, "%lf", &quota) != 1) quota = -1;
+    std::fclose(fq);
+    if (std::FILE* fp = std::fopen("/sys/fs/cgroup/cpu/cpu.cfs_period_us", "r")) {
+      if (std::fscanf(fp, "%lf", &period) != 1) period = 0;
+      std::fclose(fp);
+    }
+  }
+  if (quota <= 0 || period <= 0) return 0;
+  return std::max(1, static_cast<int>(std::ceil(quota / period)));
 }
 
 }  // namespace
 
-int Parallelism() { return SharedPool().workers() + 1; }
+int Parallelism() { return EnsureThreads(); }
 
 void ParallelFor(int64_t n, int64_t min_block,
                  absl::FunctionRef<void(int64_t, int64_t)> fn) {
   if (n <= 0) return;
-  Pool& pool = SharedPool();
-  const int threads = pool.workers() + 1;
   min_block = std::max<int64_t>(1, min_block);
-  if (in_parallel_region || threads == 1 || n < 2 * min_block) {
+  if (in_parallel_region || n < 2 * min_block || EnsureThreads() == 1) {
+    fn(0, n);
+    return;
+  }
+  const std::shared_ptr<Pool> pool = CurrentPool();
+  const int threads = pool->workers() + 1;
+  if (threads == 1) {  // set to 1 meanwhile
     fn(0, n);
     return;
   }
@@ -112,7 +176,7 @@ void ParallelFor(int64_t n, int64_t min_block,
   job->n = n;
   job->block = block;
   job->blocks = (n + block - 1) / block;
-  pool.Submit(job, static_cast<int>(std::min<int64_t>(pool.workers(), job->blocks - 1)));
+  pool->Submit(job, static_cast<int>(std::min<int64_t>(pool->workers(), job->blocks - 1)));
   in_parallel_region = true;
   job->RunBlocks();
   in_parallel_region = false;
@@ -120,4 +184,34 @@ void ParallelFor(int64_t n, int64_t min_block,
   job->cv.wait(lock, [&] { return job->done.load() == job->blocks; });
 }
 
-}  // namespace ssm::internal
+}  // namespace internal
+
+absl::Status SetThreads(int threads) {
+  if (threads < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("threads must be >= 1, got ", threads));
+  }
+  internal::Shared& s = internal::State();
+  std::shared_ptr<internal::Pool> old;
+  {
+    std::lock_guard<std::mutex> lock(s.mu);
+    s.threads.store(threads, std::memory_order_release);
+    // The next loop builds a pool of the new size; the old one is joined
+    // here (outside the lock) unless a running loop still holds it.
+    old = std::move(s.pool);
+  }
+  return absl::OkStatus();
+}
+
+int Threads() { return internal::EnsureThreads(); }
+
+int DefaultThreads() {
+  int cpus = 0;
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) cpus = CPU_COUNT(&set);
+  if (cpus <= 0) cpus = static_cast<int>(std::thread::hardware_concurrency());
+  const int quota = internal::CgroupCpuLimit();
+  if (quota > 0) cpus = std::min(cpus, quota);
+  return std::max(1, cpus);
+}
+
+}  // namespace ssm

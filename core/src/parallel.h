@@ -2,8 +2,8 @@
 // across channels, FFT convolutions across rows).
 //
 // ParallelFor splits [0, n) into contiguous blocks and runs fn(begin, end) on
-// them, using the calling thread plus the pool's workers (one per core beyond
-// the first). It returns when every block is done. Safe to call from many
+// them, using the calling thread plus the pool's workers (ssm::Threads() - 1
+// of them: the embedding program sets the count, see ssm/threads.h). It returns when every block is done. Safe to call from many
 // threads at once (each call waits only for its own blocks) and from inside
 // fn (nested calls run inline, so they never deadlock on a busy pool).
 
@@ -22,7 +22,7 @@ namespace ssm::internal {
 void ParallelFor(int64_t n, int64_t min_block,
                  absl::FunctionRef<void(int64_t begin, int64_t end)> fn);
 
-// Number of threads ParallelFor may use (>= 1).
+// Number of threads ParallelFor may use (>= 1): ssm::Threads().
 int Parallelism();
 
 }  // namespace ssm::internal
