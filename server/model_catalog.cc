@@ -14,13 +14,7 @@ ModelCatalog::ModelCatalog(LoadedRepository repository)
     if (versions.empty()) continue;
     auto& served = models_[name];
     for (auto& [version, model] : versions) {
-      ServedModel entry{name, version, model, 0};
-      // The state size is private to the core; a batch-1 session is the
-      // public way to learn it (it allocates just that state).
-      if (model->streamable()) {
-        absl::StatusOr<ssm::Session> session = ssm::Session::Create(model, 1);
-        if (session.ok()) entry.state_bytes = static_cast<int64_t>(session->state_bytes());
-      }
+      ServedModel entry{name, version, model};
       served.emplace(version, std::move(entry));
       ++loaded_versions_;
     }
@@ -51,7 +45,7 @@ absl::StatusOr<ServedModel> ModelCatalog::Find(absl::string_view name, int64_t v
 }
 
 absl::StatusOr<ModelCatalog::Resumed> ModelCatalog::ResumeSession(
-    absl::string_view name, int64_t version, const std::string& snapshot) const {
+    absl::string_view name, int64_t version, absl::string_view snapshot) const {
   std::vector<ServedModel> candidates;
   if (version != 0) {
     absl::StatusOr<ServedModel> one = Find(name, version);
@@ -64,8 +58,9 @@ absl::StatusOr<ModelCatalog::Resumed> ModelCatalog::ResumeSession(
     for (auto v = versions.rbegin(); v != versions.rend(); ++v) candidates.push_back(v->second);
   }
   absl::Status first_error;
+  const std::string_view bytes(snapshot.data(), snapshot.size());
   for (const ServedModel& candidate : candidates) {
-    absl::StatusOr<ssm::Session> session = ssm::Session::Import(candidate.model, snapshot);
+    absl::StatusOr<ssm::Session> session = ssm::Session::Import(candidate.model, bytes);
     if (session.ok()) return Resumed{candidate, *std::move(session)};
     // Corruption does not depend on the version tried: stop at once.
     if (session.status().code() != absl::StatusCode::kFailedPrecondition) {

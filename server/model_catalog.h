@@ -32,8 +32,6 @@ struct ServedModel {
   std::string name;
   int64_t version = 0;
   std::shared_ptr<const ssm::Model> model;
-  // Bytes of one stream's state (batch 1); 0 for models that cannot stream.
-  int64_t state_bytes = 0;
 };
 
 // A model as ListModels reports it.
@@ -60,7 +58,7 @@ class ModelCatalog {
     ssm::Session session;
   };
   absl::StatusOr<Resumed> ResumeSession(absl::string_view name, int64_t version,
-                                        const std::string& snapshot) const;
+                                        absl::string_view snapshot) const;
 
   // Every model of the repository, loaded or not, sorted by name.
   std::vector<ModelListing> List() const;

@@ -34,6 +34,18 @@ std::string NewSessionId() {
   return absl::StrFormat("%08x%08x%08x%08x", words[0], words[1], words[2], words[3]);
 }
 
+SessionSnapshot SnapshotOf(const ssm::Session& session, std::string model_name,
+                           int64_t version) {
+  SessionSnapshot out;
+  out.data = session.ExportState();
+  out.model = std::move(model_name);
+  out.version = version;
+  out.fingerprint = session.model().fingerprint();
+  out.position = session.position();
+  out.batch = session.batch();
+  return out;
+}
+
 SessionManager::Entry::Entry(std::string id, std::string model_name, int64_t version,
                              ssm::Session session)
     : id_(std::move(id)),
@@ -65,14 +77,7 @@ SessionSnapshot SessionManager::Entry::Export() const {
 }
 
 SessionSnapshot SessionManager::Entry::ExportLocked() const {
-  SessionSnapshot out;
-  out.data = session_.ExportState();
-  out.model = model_name_;
-  out.version = version_;
-  out.fingerprint = session_.model().fingerprint();
-  out.position = session_.position();
-  out.batch = batch_;
-  return out;
+  return SnapshotOf(session_, model_name_, version_);
 }
 
 SessionManager::SessionManager(Options options) : options_(std::move(options)) {}

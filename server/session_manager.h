@@ -52,6 +52,11 @@ struct SessionSnapshot {
   int batch = 0;
 };
 
+// The snapshot of `session`, a stream of model `model_name` version
+// `version`: the one place a snapshot's facts are gathered (a registered
+// session's Export and Infer's return_state both come here).
+SessionSnapshot SnapshotOf(const ssm::Session& session, std::string model_name, int64_t version);
+
 class SessionManager {
  public:
   using Clock = std::function<absl::Time()>;

@@ -86,4 +86,13 @@ void WriteSequenceTensor(absl::Span<const double> values, const SequenceShape& s
   for (size_t i = 0; i < values.size(); ++i) dst[i] = static_cast<float>(values[i]);
 }
 
+void WriteStateSnapshot(const SessionSnapshot& snapshot, ssm::v1::StateSnapshot* out) {
+  out->set_data(snapshot.data);
+  out->set_model(snapshot.model);
+  out->set_version(snapshot.version);
+  out->set_fingerprint(snapshot.fingerprint);
+  out->set_position(snapshot.position);
+  out->set_batch(snapshot.batch);
+}
+
 }  // namespace ssm::server

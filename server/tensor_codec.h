@@ -1,6 +1,7 @@
 // Wire tensors (ssm.v1.Tensor: packed float32, row-major, explicit shape) to
 // and from the core's double buffers, with the validation every inference
-// input goes through before any work is scheduled.
+// input goes through before any work is scheduled; and session snapshots
+// into their wire message.
 //
 // Errors are InvalidArgument and name the field the caller passes (for
 // example "input" or "chunk"), so a client can tell which one is wrong:
@@ -23,6 +24,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "server/session_manager.h"
 #include "ssm/v1/ssm_service.pb.h"
 
 namespace ssm::server {
@@ -55,6 +57,10 @@ absl::Status ReadFiniteValues(const ssm::v1::Tensor& tensor, absl::string_view f
 // +-Inf, as any narrowing to float32 does.
 void WriteSequenceTensor(absl::Span<const double> values, const SequenceShape& shape,
                          ssm::v1::Tensor* tensor);
+
+// Copies a session's snapshot into its wire message (every RPC that hands
+// out a state does it here).
+void WriteStateSnapshot(const SessionSnapshot& snapshot, ssm::v1::StateSnapshot* out);
 
 }  // namespace ssm::server
 

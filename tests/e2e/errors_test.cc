@@ -1,14 +1,16 @@
 // Bad requests, one RPC at a time: each gets its exact code, and the server
 // goes on serving - a witness session opened before every test must
 // continue with the right outputs after it, and fresh calls must work.
+#include <gmock/gmock.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
 #include <cmath>
 #include <csignal>
 #include <limits>
 #include <string>
 #include <vector>
-
-#include <grpcpp/generic/generic_stub.h>
-#include <grpcpp/grpcpp.h>
 
 #include "absl/synchronization/notification.h"
 #include "client/ssm_client.h"
@@ -26,8 +28,8 @@ constexpr int kMaxMessageBytes = 256 << 10;
 class ErrorsTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    absl::StatusOr<std::unique_ptr<ServerProcess>> started = ServerProcess::Start(
-        {absl::StrCat("--max_message_bytes=", kMaxMessageBytes)});
+    absl::StatusOr<std::unique_ptr<ServerProcess>> started =
+        ServerProcess::Start({absl::StrCat("--max_message_bytes=", kMaxMessageBytes)});
     ASSERT_OK(started);
     server_ = started->release();
   }
@@ -41,8 +43,7 @@ class ErrorsTest : public ::testing::Test {
     ASSERT_NE(server_, nullptr);
     client_ = ClientFor(*server_);
     witness_input_ = MakeSequence(1, 100, 1, 21);
-    absl::StatusOr<client::InferResult> whole =
-        client_->Infer("legt-delay", witness_input_);
+    absl::StatusOr<client::InferResult> whole = client_->Infer("legt-delay", witness_input_);
     ASSERT_OK(whole);
     witness_want_ = whole->output;
     absl::StatusOr<std::unique_ptr<client::Stream>> stream =
@@ -52,8 +53,7 @@ class ErrorsTest : public ::testing::Test {
     absl::StatusOr<Tensor> head =
         StreamInChunks(*witness_, SliceSteps(witness_input_, 0, 50), {1, 10});
     ASSERT_OK(head);
-    EXPECT_LE(MaxRelativeDiff(*head, SliceSteps(witness_want_, 0, 50)),
-              kWireTolerance);
+    EXPECT_LE(MaxRelativeDiff(*head, SliceSteps(witness_want_, 0, 50)), kWireTolerance);
   }
 
   // After the test's bad requests: the server is up, the witness continues
@@ -63,11 +63,9 @@ class ErrorsTest : public ::testing::Test {
     absl::StatusOr<Tensor> tail =
         StreamInChunks(*witness_, SliceSteps(witness_input_, 50, 100), {3, 70});
     ASSERT_OK(tail);
-    EXPECT_LE(MaxRelativeDiff(*tail, SliceSteps(witness_want_, 50, 100)),
-              kWireTolerance);
+    EXPECT_LE(MaxRelativeDiff(*tail, SliceSteps(witness_want_, 50, 100)), kWireTolerance);
     EXPECT_OK(witness_->Close());
-    absl::StatusOr<client::InferResult> again =
-        client_->Infer("legt-delay", witness_input_);
+    absl::StatusOr<client::InferResult> again = client_->Infer("legt-delay", witness_input_);
     ASSERT_OK(again);
     EXPECT_EQ(MaxRelativeDiff(again->output, witness_want_), 0.0);
     absl::StatusOr<client::Client::ServingStatus> health = client_->Health();
@@ -90,11 +88,9 @@ ServerProcess* ErrorsTest::server_ = nullptr;
 
 TEST_F(ErrorsTest, InferBadShapesAreInvalidArgument) {
   // legt-delay takes 1 feature.
-  EXPECT_CODE(client_->Infer("legt-delay", MakeSequence(1, 10, 2)),
-              kInvalidArgument);
+  EXPECT_CODE(client_->Infer("legt-delay", MakeSequence(1, 10, 2)), kInvalidArgument);
   // Longer than s4-demo's max_length (16384).
-  EXPECT_CODE(client_->Infer("s4-demo", MakeSequence(1, 16385, 1)),
-              kInvalidArgument);
+  EXPECT_CODE(client_->Infer("s4-demo", MakeSequence(1, 16385, 1)), kInvalidArgument);
 
   // Shapes the client library would not send.
   auto stub = RawStub();
@@ -116,13 +112,11 @@ TEST_F(ErrorsTest, InferBadShapesAreInvalidArgument) {
   for (int i = 0; i < 3; ++i) mismatch.mutable_input()->add_values(1.0f);
   grpc::ClientContext context;
   ssm::v1::InferResponse response;
-  EXPECT_CODE(client::StatusFromGrpc(stub->Infer(&context, mismatch, &response)),
-              kInvalidArgument);
+  EXPECT_CODE(client::StatusFromGrpc(stub->Infer(&context, mismatch, &response)), kInvalidArgument);
 }
 
 TEST_F(ErrorsTest, NonFiniteValuesAreInvalidArgument) {
-  for (float bad : {std::numeric_limits<float>::quiet_NaN(),
-                    std::numeric_limits<float>::infinity(),
+  for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
                     -std::numeric_limits<float>::infinity()}) {
     Tensor input = MakeSequence(1, 20, 1);
     input.values[13] = bad;
@@ -139,13 +133,10 @@ TEST_F(ErrorsTest, NonFiniteValuesAreInvalidArgument) {
 
 TEST_F(ErrorsTest, UnknownNamesAreNotFound) {
   EXPECT_CODE(client_->Infer("no-such-model", MakeSequence(1, 5, 1)), kNotFound);
-  EXPECT_CODE(client_->Infer("s4-demo", MakeSequence(1, 5, 1), /*version=*/3),
-              kNotFound);
+  EXPECT_CODE(client_->Infer("s4-demo", MakeSequence(1, 5, 1), /*version=*/3), kNotFound);
   EXPECT_CODE(client_->OpenStream({.model = "no-such-model"}), kNotFound);
-  EXPECT_CODE(client_->OpenStream({.model = "legt-delay", .version = 2}),
-              kNotFound);
-  EXPECT_CODE(client_->ExportState("0123456789abcdef0123456789abcdef"),
-              kNotFound);
+  EXPECT_CODE(client_->OpenStream({.model = "legt-delay", .version = 2}), kNotFound);
+  EXPECT_CODE(client_->ExportState("0123456789abcdef0123456789abcdef"), kNotFound);
   EXPECT_CODE(client_->ExportState("not-an-id"), kNotFound);
   absl::StatusOr<client::InferResult> r =
       client_->Infer("legt-delay", MakeSequence(1, 5, 1), 0, true);
@@ -155,11 +146,9 @@ TEST_F(ErrorsTest, UnknownNamesAreNotFound) {
 
 TEST_F(ErrorsTest, OversizeMessagesAreResourceExhausted) {
   // 100000 float32 values: 400 kB against --max_message_bytes=256 kB.
-  EXPECT_CODE(client_->Infer("legt-delay", MakeSequence(1, 100000, 1)),
-              kResourceExhausted);
+  EXPECT_CODE(client_->Infer("legt-delay", MakeSequence(1, 100000, 1)), kResourceExhausted);
   // Small enough to send, but the output (3 features) would be too large.
-  EXPECT_CODE(client_->Infer("legt-delay", MakeSequence(1, 30000, 1)),
-              kResourceExhausted);
+  EXPECT_CODE(client_->Infer("legt-delay", MakeSequence(1, 30000, 1)), kResourceExhausted);
   absl::StatusOr<std::unique_ptr<client::Stream>> stream =
       client_->OpenStream({.model = "legt-delay"});
   ASSERT_OK(stream);
@@ -173,8 +162,7 @@ TEST_F(ErrorsTest, AnotherModelsSnapshotIsFailedPrecondition) {
   ASSERT_OK(legt);
   ASSERT_TRUE(legt->state.has_value());
   EXPECT_CODE(client_->ImportState(*legt->state, "s4-demo"), kFailedPrecondition);
-  EXPECT_CODE(client_->ImportState(*legt->state, "legs-memory"),
-              kFailedPrecondition);
+  EXPECT_CODE(client_->ImportState(*legt->state, "legs-memory"), kFailedPrecondition);
   EXPECT_CODE(client_->OpenStream({.model = "s4-demo", .resume_from = *legt->state}),
               kFailedPrecondition);
   // The right model takes it.
@@ -203,8 +191,7 @@ TEST_F(ErrorsTest, CorruptedSnapshotsAreDataLoss) {
     ssm::v1::StateSnapshot snapshot = *r->state;
     snapshot.set_data(bad[i]);
     EXPECT_CODE(client_->ImportState(snapshot, "s4-demo"), kDataLoss);
-    EXPECT_CODE(client_->OpenStream({.model = "s4-demo", .resume_from = snapshot}),
-                kDataLoss);
+    EXPECT_CODE(client_->OpenStream({.model = "s4-demo", .resume_from = snapshot}), kDataLoss);
   }
 }
 
@@ -297,24 +284,117 @@ TEST_F(ErrorsTest, GarbageThenDisconnectLeavesTheServerServing) {
     context.TryCancel();
     call->Finish();
   }
-  // Bytes that are not a protobuf message at all, to a unary method.
+}
+
+// Bytes that are not a protobuf message at all: every unary method answers
+// INVALID_ARGUMENT naming the type it expected (gRPC's own parse failure
+// would be UNIMPLEMENTED with no message, never seen by the server).
+TEST_F(ErrorsTest, UnparsableUnaryRequestsAreInvalidArgumentNamingTheType) {
   grpc::GenericStub generic(client_->channel());
   const std::string junk = "\xff\xff\xff\xff\x0f not a protobuf";
-  grpc::Slice slice(junk);
-  grpc::ByteBuffer request(&slice, 1);
-  grpc::ByteBuffer response;
+  const std::pair<const char*, const char*> kMethods[] = {
+      {"/ssm.v1.Inference/Infer", "ssm.v1.InferRequest"},
+      {"/ssm.v1.Inference/ExportState", "ssm.v1.ExportStateRequest"},
+      {"/ssm.v1.Inference/ImportState", "ssm.v1.ImportStateRequest"},
+      {"/ssm.v1.Inference/ListModels", "ssm.v1.ListModelsRequest"},
+      {"/ssm.v1.Inference/GetModel", "ssm.v1.GetModelRequest"},
+      {"/ssm.v1.Math/BuildHippo", "ssm.v1.BuildHippoRequest"},
+      {"/ssm.v1.Math/ComputeKernel", "ssm.v1.ComputeKernelRequest"},
+  };
+  for (const auto& [method, type] : kMethods) {
+    SCOPED_TRACE(method);
+    grpc::Slice slice(junk);
+    grpc::ByteBuffer request(&slice, 1);
+    grpc::ByteBuffer response;
+    grpc::ClientContext context;
+    absl::Notification done;
+    grpc::Status status;
+    generic.UnaryCall(&context, method, grpc::StubOptions(), &request, &response,
+                      [&](grpc::Status s) {
+                        status = std::move(s);
+                        done.Notify();
+                      });
+    ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+    EXPECT_CODE(client::StatusFromGrpc(status), kInvalidArgument);
+    EXPECT_THAT(status.error_message(), ::testing::HasSubstr(type));
+  }
+}
+
+// A stream message that does not parse ends the stream with
+// INVALID_ARGUMENT (not a clean half-close), and its session stays
+// detached with its state: reattached by id, it continues exactly.
+TEST_F(ErrorsTest, AnUnparsableStreamMessageKeepsTheSessionDetached) {
+  const Tensor input = MakeSequence(1, 40, 1, 5);
+  absl::StatusOr<client::InferResult> whole = client_->Infer("s4-demo", input);
+  ASSERT_OK(whole);
+
+  grpc::GenericStub generic(client_->channel());
+  grpc::CompletionQueue cq;
   grpc::ClientContext context;
-  absl::Notification done;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+  void* tag = nullptr;
+  bool ok = false;
+  auto next = [&] { return cq.Next(&tag, &ok) && ok; };
+  std::unique_ptr<grpc::GenericClientAsyncReaderWriter> call =
+      generic.PrepareCall(&context, "/ssm.v1.Inference/StreamInfer", &cq);
+  call->StartCall(nullptr);
+  ASSERT_TRUE(next());
+  auto write = [&](const std::string& bytes) {
+    grpc::Slice slice(bytes);
+    grpc::ByteBuffer buffer(&slice, 1);
+    call->Write(buffer, nullptr);
+    return next();
+  };
+  auto read = [&](ssm::v1::StreamResponse* out) {
+    grpc::ByteBuffer buffer;
+    call->Read(&buffer, nullptr);
+    if (!next()) return false;
+    std::vector<grpc::Slice> slices;
+    if (!buffer.Dump(&slices).ok()) return false;
+    std::string bytes;
+    for (const grpc::Slice& s : slices)
+      bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+    return out->ParseFromString(bytes);
+  };
+  ssm::v1::StreamRequest open;
+  open.mutable_open()->set_model("s4-demo");
+  ASSERT_TRUE(write(open.SerializeAsString()));
+  ssm::v1::StreamResponse opened;
+  ASSERT_TRUE(read(&opened));
+  const std::string id = opened.opened().session_id();
+  ASSERT_FALSE(id.empty());
+  // 25 steps in chunks of 5, each answered.
+  for (int t0 = 0; t0 < 25; t0 += 5) {
+    ssm::v1::StreamRequest chunk;
+    const Tensor part = SliceSteps(input, t0, t0 + 5);
+    for (int64_t d : part.shape) chunk.mutable_chunk()->add_shape(d);
+    for (float v : part.values) chunk.mutable_chunk()->add_values(v);
+    ASSERT_TRUE(write(chunk.SerializeAsString()));
+    ssm::v1::StreamResponse response;
+    ASSERT_TRUE(read(&response));
+    EXPECT_EQ(response.position(), t0 + 5);
+  }
+  ASSERT_TRUE(write("\xff\xff\xff\xff\x0f not a protobuf"));
+  ssm::v1::StreamResponse none;
+  EXPECT_FALSE(read(&none));
   grpc::Status status;
-  generic.UnaryCall(&context, "/ssm.v1.Inference/Infer", grpc::StubOptions(),
-                    &request, &response, [&](grpc::Status s) {
-                      status = std::move(s);
-                      done.Notify();
-                    });
-  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(20)));
-  // gRPC itself refuses an unparsable request before the service sees it;
-  // its callback API (1.51) answers UNIMPLEMENTED with no message.
-  EXPECT_CODE(client::StatusFromGrpc(status), kUnimplemented);
+  call->Finish(&status, nullptr);
+  ASSERT_TRUE(next());
+  EXPECT_CODE(client::StatusFromGrpc(status), kInvalidArgument);
+  EXPECT_THAT(status.error_message(), ::testing::HasSubstr("ssm.v1.StreamRequest"));
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+
+  // The session waits, detached, at position 25; the rest continues it.
+  absl::StatusOr<std::unique_ptr<client::Stream>> again =
+      client_->OpenStream({.model = "s4-demo", .session_id = id});
+  ASSERT_OK(again);
+  EXPECT_EQ((*again)->position(), 25);
+  absl::StatusOr<Tensor> tail = StreamInChunks(**again, SliceSteps(input, 25, 40), {4, 11});
+  ASSERT_OK(tail);
+  EXPECT_LE(MaxRelativeDiff(*tail, SliceSteps(whole->output, 25, 40)), kWireTolerance);
+  EXPECT_OK((*again)->Close());
 }
 
 TEST_F(ErrorsTest, MathBadArgumentsAreInvalidArgument) {

@@ -55,6 +55,9 @@ class Model {
   uint64_t fingerprint() const { return fingerprint_; }
   // False for bidirectional stacks: their outputs depend on the future.
   virtual bool streamable() const = 0;
+  // Bytes of one stream's state (batch 1), what a Session holds per stream
+  // between chunks and a snapshot carries; 0 for a model that cannot stream.
+  size_t state_bytes() const { return streamable() ? state_size() * sizeof(double) : 0; }
   // Bytes held by weights, kernels and FFT plans' spectra (approximate).
   virtual size_t memory_bytes() const = 0;
   // Summed over the model's layers (zero for models without kernels).

@@ -1,0 +1,226 @@
+#include "server/stream_call.h"
+
+#include <algorithm>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "server/session_open.h"
+#include "server/stream_transport.h"
+#include "server/tensor_codec.h"
+#include "ssm/session.h"
+
+namespace ssm::server {
+namespace {
+
+namespace v1 = ::ssm::v1;
+
+// StreamInfer's meaning, over the transport of stream_transport.h: the
+// first request opens (or resumes, or reattaches) the stream's one session
+// through the session layer's policy; every chunk after it runs on that
+// session; the end closes the session after a clean half-close and detaches
+// it otherwise (a break, or an error status), keeping its state for
+// --session_ttl.
+//
+// Where a chunk runs. `open`, long chunks (>= the core's convolution
+// threshold) and chunks whose estimated cost is above kInlineBudgetNs are
+// not cheap: they run on the worker pool. Short recurrent chunks of a
+// session whose measured step cost is small are (the transport runs them on
+// gRPC's thread).
+class StreamInferProtocol {
+ public:
+  using Request = v1::StreamRequest;
+  using Response = v1::StreamResponse;
+  static constexpr const char* kRpc = "StreamInfer";
+
+  StreamInferProtocol(grpc::CallbackServerContext* /*context*/, const ServiceEnv* env)
+      : env_(env) {}
+
+  // The transport calls End on every path; this only guards the invariant
+  // that a finished stream never holds a session.
+  ~StreamInferProtocol() {
+    if (session_ != nullptr) env_->sessions->Detach(session_->id(), "stream ended");
+  }
+
+  // Whether `request` is cheap enough to run on a gRPC thread: protocol
+  // errors are; `open` is not (it may parse a snapshot or build a
+  // session); a chunk is when it is short enough to run recurrently and
+  // its estimated time (the session's measured cost per step, plus a
+  // snapshot's bytes at ~1 ns each) is within kInlineBudgetNs. A session's
+  // first chunk goes to the pool: its cost is not known yet.
+  bool RunsInline(const v1::StreamRequest& request) const {
+    switch (request.kind_case()) {
+      case v1::StreamRequest::kOpen:
+        return false;
+      case v1::StreamRequest::kChunk:
+        break;
+      default:
+        return true;
+    }
+    const v1::Tensor& chunk = request.chunk();
+    if (session_ == nullptr || chunk.shape_size() != 3) return true;  // an error
+    const int64_t steps = chunk.shape(1);
+    if (steps >= ssm::Session::kConvChunkThreshold || step_cost_ns_ <= 0) return false;
+    const int64_t cost =
+        std::max<int64_t>(steps, 1) * step_cost_ns_ +
+        (request.want_state() ? session_->state_bytes() : 0);
+    return cost <= kInlineBudgetNs;
+  }
+
+  // One request in, its response filled in (or why the stream must end).
+  absl::Status Handle(const v1::StreamRequest& request, absl::Time arrived,
+                      v1::StreamResponse* response) {
+    switch (request.kind_case()) {
+      case v1::StreamRequest::kOpen:
+        response->Clear();
+        return HandleOpen(request.open(), response);
+      case v1::StreamRequest::kChunk:
+        return HandleChunk(request.chunk(), request.want_state(), arrived, response);
+      default:
+        return absl::InvalidArgumentError("a request must carry `open` or `chunk`");
+    }
+  }
+
+  std::string End(const absl::Status& status, bool clean) {
+    if (session_ == nullptr) return "no session";
+    const std::string& id = session_->id();
+    std::string tag = absl::StrCat("session ", id);
+    if (clean) {
+      env_->sessions->Close(id);
+    } else {
+      env_->sessions->Detach(id, status.ok() ? std::string("stream ended")
+                                             : absl::StrCat(absl::StatusCodeToString(status.code()),
+                                                            ": ", status.message()));
+    }
+    session_.reset();
+    return tag;
+  }
+
+ private:
+  absl::Status HandleOpen(const v1::StreamOpen& open, v1::StreamResponse* response) {
+    if (session_ != nullptr) {
+      // The id is not repeated: the client has it, and messages are logged.
+      return absl::InvalidArgumentError(
+          "`open` must be the first request and only the first; this stream already has its "
+          "session");
+    }
+    if (env_->Draining()) return DrainingError();
+    OpenSessionRequest request;
+    request.model = open.model();
+    request.version = open.version();
+    request.batch = open.batch();
+    request.session_id = open.session_id();
+    request.has_snapshot = open.has_resume_from();
+    request.snapshot = open.resume_from().data();
+    request.snapshot_model = open.resume_from().model();
+    // The version of a resumed stream is the snapshot's: the newest whose
+    // weights it matches.
+    if (request.has_snapshot) request.version = 0;
+    request.field_prefix = "open.";
+    absl::StatusOr<std::shared_ptr<SessionManager::Entry>> entry =
+        OpenSession(request, *env_->catalog, *env_->sessions, env_->limits);
+    if (!entry.ok()) return entry.status();
+    session_ = *std::move(entry);
+    handles_ = env_->metrics->ForModel(session_->model_name());
+
+    v1::StreamOpened* opened = response->mutable_opened();
+    opened->set_session_id(session_->id());
+    opened->set_model(session_->model_name());
+    opened->set_version(session_->version());
+    opened->set_batch(session_->batch());
+    opened->set_d_input(session_->d_input());
+    opened->set_d_output(session_->d_output());
+    const int64_t position = session_->position();
+    opened->set_position(position);
+    response->set_position(position);
+    return absl::OkStatus();
+  }
+
+  absl::Status HandleChunk(const v1::Tensor& chunk, bool want_state, absl::Time arrived,
+                           v1::StreamResponse* response) {
+    if (session_ == nullptr) {
+      return absl::InvalidArgumentError(
+          "the first request of a stream must be `open`; got a chunk");
+    }
+    const SessionManager::Entry& entry = *session_;
+    absl::StatusOr<SequenceShape> shape =
+        CheckSequenceShape(chunk, "chunk", entry.d_input(), entry.model_name());
+    if (!shape.ok()) return shape.status();
+    if (shape->batch != entry.batch()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "chunk.shape[0] = ", shape->batch, " but the session's batch is ", entry.batch()));
+    }
+    const RequestLimits& limits = env_->limits;
+    if (shape->steps > limits.max_chunk_steps) {
+      return absl::ResourceExhaustedError(absl::StrCat("chunk.shape[1] = ", shape->steps,
+                                                       " steps exceeds --max_chunk_steps=",
+                                                       limits.max_chunk_steps));
+    }
+    const SequenceShape out_shape{shape->batch, shape->steps, entry.d_output()};
+    if (absl::Status s = CheckResponseBytes(
+            out_shape.size() * 4 + (want_state ? entry.state_bytes() : 0), "the chunk's output",
+            limits);
+        !s.ok()) {
+      return s;
+    }
+    if (absl::Status s = ReadFiniteValues(chunk, "chunk", &x_); !s.ok()) return s;
+    y_.resize(out_shape.size());
+    SessionSnapshot snapshot;
+    const absl::Time run_start = absl::Now();
+    absl::StatusOr<int64_t> position = session_->Run(x_, static_cast<int>(shape->steps),
+                                                     absl::MakeSpan(y_),
+                                                     want_state ? &snapshot : nullptr);
+    if (!position.ok()) return position.status();
+    if (shape->steps < ssm::Session::kConvChunkThreshold && !want_state) {
+      NoteStepCost(absl::ToInt64Nanoseconds(absl::Now() - run_start) / shape->steps);
+    }
+    // The previous output's tensor (a reused response) is overwritten in
+    // place, keeping its buffer; any other kind is replaced.
+    WriteSequenceTensor(y_, out_shape, response->mutable_output());
+    response->set_position(*position);
+    if (want_state) {
+      WriteStateSnapshot(snapshot, response->mutable_state());
+    } else {
+      response->clear_state();
+    }
+    handles_.steps->Increment(static_cast<double>(shape->steps));
+    handles_.chunk_latency->Observe(absl::ToDoubleSeconds(absl::Now() - arrived));
+    return absl::OkStatus();
+  }
+
+ 
+  // A chunk estimated to take longer than this goes to the worker pool.
+  static constexpr int64_t kInlineBudgetNs = 250'000;
+
+  // The session's cost of one recurrent step, for RunsInline: quick to
+  // follow a faster measurement, slow to follow a slower one, so a step
+  // that was merely preempted does not send the stream to the pool for long.
+  void NoteStepCost(int64_t ns) {
+    if (step_cost_ns_ <= 0 || ns < step_cost_ns_) {
+      step_cost_ns_ = std::max<int64_t>(ns, 1);
+    } else {
+      step_cost_ns_ += (ns - step_cost_ns_) / 8;
+    }
+  }
+
+  const ServiceEnv* const env_;
+  std::shared_ptr<SessionManager::Entry> session_;
+  Metrics::StreamHandles handles_;
+  int64_t step_cost_ns_ = 0;  // 0: not measured yet
+  // Reused across chunks: a stream of small chunks allocates no buffers.
+  std::vector<double> x_;
+  std::vector<double> y_;
+};
+
+}  // namespace
+
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* NewStreamCall(
+    grpc::CallbackServerContext* context, const ServiceEnv* env) {
+  return new PipelinedStream<StreamInferProtocol>(context, env);
+}
+
+}  // namespace ssm::server

@@ -1,0 +1,97 @@
+#include "server/unary_call.h"
+
+#include <chrono>
+#include <string>
+#include <utility>
+
+#include <grpcpp/impl/codegen/proto_utils.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "server/log.h"
+#include "server/status.h"
+
+namespace ssm::server {
+
+absl::Status CallStillWanted(grpc::CallbackServerContext* context) {
+  if (!context->IsCancelled()) return absl::OkStatus();
+  if (context->deadline() <= std::chrono::system_clock::now()) {
+    return absl::DeadlineExceededError("the deadline passed before the work started");
+  }
+  return absl::CancelledError("the call was cancelled");
+}
+
+absl::Status CallStopped(grpc::CallbackServerContext* context, int64_t done, int64_t total,
+                         const char* unit) {
+  if (!context->IsCancelled()) return absl::OkStatus();
+  const std::string progress = absl::StrCat("; stopped after ", done, " of ", total, " ", unit);
+  if (context->deadline() <= std::chrono::system_clock::now()) {
+    return absl::DeadlineExceededError(absl::StrCat("the deadline passed", progress));
+  }
+  return absl::CancelledError(absl::StrCat("the call was cancelled", progress));
+}
+
+UnaryCall::UnaryCall(grpc::CallbackServerContext* context, const ServiceEnv* env,
+                     const char* rpc)
+    : context_(context), env_(env), rpc_(rpc), start_(absl::Now()) {
+  env_->calls->Enter();
+}
+
+void UnaryCall::Complete(const absl::Status& result) {
+  absl::Status status = result;
+  if (status.ok()) status = WriteResponse();
+  if (!status.ok()) {
+    Logf("rpc %s failed: %s: %s (peer %s)", rpc_, absl::StatusCodeToString(status.code()),
+         status.message(), context_->peer());
+  }
+  env_->metrics->RecordRpc(rpc_, status.code(), absl::Now() - start_);
+  Finish(ToGrpcStatus(status));
+}
+
+bool UnaryCall::RefuseIfDraining() {
+  if (!env_->Draining()) return false;
+  Complete(DrainingError());
+  return true;
+}
+
+void UnaryCall::CompleteOnPool(absl::AnyInvocable<absl::Status() &&> work) {
+  WorkerPool& pool = *env_->pool;
+  if (!pool.TrySchedule([this, work = std::move(work)]() mutable {
+        absl::Status status = CallStillWanted(context_);
+        if (status.ok()) status = std::move(work)();
+        Complete(status);
+      })) {
+    Complete(BusyError(pool));
+  }
+}
+
+absl::Status ParseMessage(grpc::ByteBuffer* bytes, google::protobuf::MessageLite* message) {
+  grpc::Status parsed = grpc::SerializationTraits<google::protobuf::MessageLite>::Deserialize(
+      bytes, message);
+  if (parsed.ok()) return absl::OkStatus();
+  return absl::InvalidArgumentError(parsed.error_message());
+}
+
+absl::Status SerializeMessage(const google::protobuf::MessageLite& message,
+                              grpc::ByteBuffer* out) {
+  bool own_buffer = false;
+  grpc::Status written =
+      grpc::SerializationTraits<google::protobuf::MessageLite>::Serialize(message, out,
+                                                                         &own_buffer);
+  if (written.ok()) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat("cannot serialize the response: ",
+                                          written.error_message()));
+}
+
+absl::Status UnparsableRequest(absl::string_view type, size_t size) {
+  return absl::InvalidArgumentError(absl::StrCat(
+      "the request is not a valid ", type, ": its ", size, " bytes do not parse as one"));
+}
+
+void UnaryCall::OnDone() {
+  CallCounter* calls = env_->calls;
+  delete this;
+  calls->Exit();
+}
+
+}  // namespace ssm::server
