@@ -13,7 +13,7 @@ packages=(
   libeigen3-dev libfftw3-dev libabsl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libprotobuf-dev protobuf-compiler nlohmann-json3-dev
-  libgrpc++-dev protobuf-compiler-grpc prometheus-cpp-dev
+  libgrpc++-dev protobuf-compiler-grpc prometheus-cpp-dev libssl-dev
 )
 test=false container=false
 for arg in "$@"; do

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "server/echo.h"
 
 namespace ssm::server {
 
@@ -26,10 +27,10 @@ absl::StatusOr<ServedModel> ModelCatalog::Find(absl::string_view name, int64_t v
   if (it == models_.end()) {
     auto failed = errors_.find(std::string(name));
     if (failed != errors_.end()) {
-      return absl::NotFoundError(absl::StrCat("model '", name, "' is not served: it failed to load: ",
+      return absl::NotFoundError(absl::StrCat("model '", Echo(name), "' is not served: it failed to load: ",
                                               failed->second.message()));
     }
-    return absl::NotFoundError(absl::StrCat("model '", name, "' is not served (ListModels shows ",
+    return absl::NotFoundError(absl::StrCat("model '", Echo(name), "' is not served (ListModels shows ",
                                             "the models this server has)"));
   }
   const auto& versions = it->second;
@@ -38,7 +39,7 @@ absl::StatusOr<ServedModel> ModelCatalog::Find(absl::string_view name, int64_t v
   if (v == versions.end()) {
     std::vector<int64_t> have;
     for (const auto& [number, unused] : versions) have.push_back(number);
-    return absl::NotFoundError(absl::StrCat("model '", name, "' has no version ", version,
+    return absl::NotFoundError(absl::StrCat("model '", Echo(name), "' has no version ", version,
                                             " (loaded: ", absl::StrJoin(have, ", "), ")"));
   }
   return v->second;

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "server/echo.h"
 #include "server/log.h"
 
 namespace ssm::server {
@@ -34,8 +35,7 @@ std::string NewSessionId() {
   return absl::StrFormat("%08x%08x%08x%08x", words[0], words[1], words[2], words[3]);
 }
 
-SessionSnapshot SnapshotOf(const ssm::Session& session, std::string model_name,
-                           int64_t version) {
+SessionSnapshot SnapshotOf(const ssm::Session& session, std::string model_name, int64_t version) {
   SessionSnapshot out;
   out.data = session.ExportState();
   out.model = std::move(model_name);
@@ -83,8 +83,7 @@ SessionSnapshot SessionManager::Entry::ExportLocked() const {
 SessionManager::SessionManager(Options options) : options_(std::move(options)) {}
 
 absl::StatusOr<std::shared_ptr<SessionManager::Entry>> SessionManager::Add(
-    std::string model_name, int64_t version, ssm::Session session, bool attached,
-    Origin origin) {
+    std::string model_name, int64_t version, ssm::Session session, bool attached, Origin origin) {
   const int batch = session.batch();
   const int64_t position = session.position();
   absl::MutexLock lock(&mu_);
@@ -98,10 +97,10 @@ absl::StatusOr<std::shared_ptr<SessionManager::Entry>> SessionManager::Add(
     }
   }
   if (static_cast<int>(sessions_.size()) >= options_.max_sessions) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "too many sessions: the server holds --max_sessions=", options_.max_sessions,
-        " (attached and detached); end or let detached ones expire (--session_ttl=",
-        absl::FormatDuration(options_.ttl), ")"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("too many sessions: the server holds --max_sessions=", options_.max_sessions,
+                     " (attached and detached); end or let detached ones expire (--session_ttl=",
+                     absl::FormatDuration(options_.ttl), ")"));
   }
   std::string id = NewSessionId();
   while (sessions_.contains(id)) id = NewSessionId();  // 2^-128: for form's sake
@@ -109,8 +108,8 @@ absl::StatusOr<std::shared_ptr<SessionManager::Entry>> SessionManager::Add(
   sessions_.emplace(id, Slot{entry, attached, now});
   if (attached) ++attached_;
   state_bytes_ += entry->state_bytes();
-  Logf("session %s %s: model '%s' version %d, batch %d, position %d", id, OriginText(origin),
-       entry->model_name(), version, batch, position);
+  LogfLimited("session opened", "session %s %s: model '%s' version %d, batch %d, position %d",
+              SessionTag(id), OriginText(origin), entry->model_name(), version, batch, position);
   return entry;
 }
 
@@ -119,39 +118,38 @@ absl::StatusOr<std::shared_ptr<SessionManager::Entry>> SessionManager::Reattach(
   absl::MutexLock lock(&mu_);
   auto it = LookupLocked(id, options_.clock());
   if (it == sessions_.end()) {
-    return absl::NotFoundError(absl::StrCat("session '", id,
+    return absl::NotFoundError(absl::StrCat("session '", Echo(id),
                                             "' not found (never existed, ended, or evicted after "
                                             "--session_ttl=",
                                             absl::FormatDuration(options_.ttl), " detached)"));
   }
   if (it->second.attached) {
     return absl::FailedPreconditionError(
-        absl::StrCat("session '", id, "' is attached to another stream; a session has one "
+        absl::StrCat("session '", Echo(id),
+                     "' is attached to another stream; a session has one "
                      "stream at a time"));
   }
   const Entry& entry = *it->second.entry;
   if (!model.empty() && model != entry.model_name()) {
-    return absl::FailedPreconditionError(absl::StrCat("session '", id, "' runs model '",
-                                                      entry.model_name(), "', not '", model,
-                                                      "'"));
+    return absl::FailedPreconditionError(absl::StrCat(
+        "session '", Echo(id), "' runs model '", entry.model_name(), "', not '", Echo(model), "'"));
   }
   if (batch != 0 && batch != entry.batch()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "open.batch = ", batch, " but session '", id, "' has batch ", entry.batch()));
+    return absl::InvalidArgumentError(absl::StrCat("open.batch = ", batch, " but session '",
+                                                   Echo(id), "' has batch ", entry.batch()));
   }
   it->second.attached = true;
   ++attached_;
-  Logf("session %s reattached", it->first);
+  LogfLimited("session reattached", "session %s reattached", SessionTag(it->first));
   return it->second.entry;
 }
 
-absl::StatusOr<std::shared_ptr<SessionManager::Entry>> SessionManager::Find(
-    absl::string_view id) {
+absl::StatusOr<std::shared_ptr<SessionManager::Entry>> SessionManager::Find(absl::string_view id) {
   absl::MutexLock lock(&mu_);
   const absl::Time now = options_.clock();
   auto it = LookupLocked(id, now);
   if (it == sessions_.end()) {
-    return absl::NotFoundError(absl::StrCat("session '", id,
+    return absl::NotFoundError(absl::StrCat("session '", Echo(id),
                                             "' not found (never existed, ended, or evicted after "
                                             "--session_ttl=",
                                             absl::FormatDuration(options_.ttl), " detached)"));
@@ -167,15 +165,15 @@ void SessionManager::Detach(absl::string_view id, absl::string_view why) {
   it->second.attached = false;
   it->second.last_activity = options_.clock();
   --attached_;
-  Logf("session %s detached (%s); kept for %s", it->first, why,
-       absl::FormatDuration(options_.ttl));
+  LogfLimited("session detached", "session %s detached (%s); kept for %s", SessionTag(it->first),
+              why, absl::FormatDuration(options_.ttl));
 }
 
 void SessionManager::Close(absl::string_view id) {
   absl::MutexLock lock(&mu_);
   auto it = sessions_.find(id);
   if (it == sessions_.end()) return;
-  Logf("session %s closed", it->first);
+  LogfLimited("session closed", "session %s closed", SessionTag(it->first));
   EraseLocked(it);
 }
 
@@ -217,8 +215,8 @@ void SessionManager::EraseLocked(Map::iterator it) {
 }
 
 void SessionManager::EvictLocked(Map::iterator it, absl::Time now) {
-  Logf("session %s evicted after %s detached", it->first,
-       absl::FormatDuration(now - it->second.last_activity));
+  LogfLimited("session evicted", "session %s evicted after %s detached", SessionTag(it->first),
+              absl::FormatDuration(now - it->second.last_activity));
   ++evicted_total_;
   EraseLocked(it);
 }

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "server/echo.h"
 #include "server/session_open.h"
 #include "server/stream_transport.h"
 #include "server/tensor_codec.h"
@@ -88,7 +89,7 @@ class StreamInferProtocol {
   std::string End(const absl::Status& status, bool clean) {
     if (session_ == nullptr) return "no session";
     const std::string& id = session_->id();
-    std::string tag = absl::StrCat("session ", id);
+    std::string tag = absl::StrCat("session ", SessionTag(id));
     if (clean) {
       env_->sessions->Close(id);
     } else {

@@ -71,14 +71,14 @@
 #ifndef SSM_SERVER_STREAM_TRANSPORT_H_
 #define SSM_SERVER_STREAM_TRANSPORT_H_
 
+#include <grpcpp/server_context.h>
+#include <grpcpp/support/byte_buffer.h>
+#include <grpcpp/support/server_callback.h>
+
 #include <cstdint>
 #include <deque>
 #include <string>
 #include <utility>
-
-#include <grpcpp/server_context.h>
-#include <grpcpp/support/byte_buffer.h>
-#include <grpcpp/support/server_callback.h>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
@@ -362,8 +362,10 @@ class PipelinedStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
     const absl::Status status = end_status_;
     const std::string context = protocol_.End(status, end_clean_);
     if (!status.ok()) {
-      Logf("rpc %s failed: %s: %s (%s, peer %s)", Protocol::kRpc,
-           absl::StatusCodeToString(status.code()), status.message(), context, context_->peer());
+      const std::string code = absl::StatusCodeToString(status.code());
+      LogfLimited(absl::StrCat("rpc ", Protocol::kRpc, " ", code),
+                  "rpc %s failed: %s: %s (%s, peer %s)", Protocol::kRpc, code, status.message(),
+                  context, context_->peer());
     }
     env_->metrics->RecordRpc(Protocol::kRpc, status.code(), absl::InfiniteDuration());
     Finish(ToGrpcStatus(status));

@@ -1,10 +1,10 @@
 #include "server/unary_call.h"
 
+#include <grpcpp/impl/codegen/proto_utils.h>
+
 #include <chrono>
 #include <string>
 #include <utility>
-
-#include <grpcpp/impl/codegen/proto_utils.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -31,8 +31,7 @@ absl::Status CallStopped(grpc::CallbackServerContext* context, int64_t done, int
   return absl::CancelledError(absl::StrCat("the call was cancelled", progress));
 }
 
-UnaryCall::UnaryCall(grpc::CallbackServerContext* context, const ServiceEnv* env,
-                     const char* rpc)
+UnaryCall::UnaryCall(grpc::CallbackServerContext* context, const ServiceEnv* env, const char* rpc)
     : context_(context), env_(env), rpc_(rpc), start_(absl::Now()) {
   env_->calls->Enter();
 }
@@ -41,8 +40,9 @@ void UnaryCall::Complete(const absl::Status& result) {
   absl::Status status = result;
   if (status.ok()) status = WriteResponse();
   if (!status.ok()) {
-    Logf("rpc %s failed: %s: %s (peer %s)", rpc_, absl::StatusCodeToString(status.code()),
-         status.message(), context_->peer());
+    const std::string code = absl::StatusCodeToString(status.code());
+    LogfLimited(absl::StrCat("rpc ", rpc_, " ", code), "rpc %s failed: %s: %s (peer %s)", rpc_,
+                code, status.message(), context_->peer());
   }
   env_->metrics->RecordRpc(rpc_, status.code(), absl::Now() - start_);
   Finish(ToGrpcStatus(status));
@@ -66,26 +66,24 @@ void UnaryCall::CompleteOnPool(absl::AnyInvocable<absl::Status() &&> work) {
 }
 
 absl::Status ParseMessage(grpc::ByteBuffer* bytes, google::protobuf::MessageLite* message) {
-  grpc::Status parsed = grpc::SerializationTraits<google::protobuf::MessageLite>::Deserialize(
-      bytes, message);
+  grpc::Status parsed =
+      grpc::SerializationTraits<google::protobuf::MessageLite>::Deserialize(bytes, message);
   if (parsed.ok()) return absl::OkStatus();
   return absl::InvalidArgumentError(parsed.error_message());
 }
 
-absl::Status SerializeMessage(const google::protobuf::MessageLite& message,
-                              grpc::ByteBuffer* out) {
+absl::Status SerializeMessage(const google::protobuf::MessageLite& message, grpc::ByteBuffer* out) {
   bool own_buffer = false;
-  grpc::Status written =
-      grpc::SerializationTraits<google::protobuf::MessageLite>::Serialize(message, out,
-                                                                         &own_buffer);
+  grpc::Status written = grpc::SerializationTraits<google::protobuf::MessageLite>::Serialize(
+      message, out, &own_buffer);
   if (written.ok()) return absl::OkStatus();
-  return absl::InternalError(absl::StrCat("cannot serialize the response: ",
-                                          written.error_message()));
+  return absl::InternalError(
+      absl::StrCat("cannot serialize the response: ", written.error_message()));
 }
 
 absl::Status UnparsableRequest(absl::string_view type, size_t size) {
-  return absl::InvalidArgumentError(absl::StrCat(
-      "the request is not a valid ", type, ": its ", size, " bytes do not parse as one"));
+  return absl::InvalidArgumentError(absl::StrCat("the request is not a valid ", type, ": its ",
+                                                 size, " bytes do not parse as one"));
 }
 
 void UnaryCall::OnDone() {
