@@ -15,6 +15,11 @@
 
 namespace ssm::server {
 
+// Outputs travel as float32: a larger value would arrive as Inf, so a
+// chunk or call that produces one fails instead (sessions check it before
+// their state advances: Session::set_output_limit).
+inline constexpr double kMaxWireValue = 3.4028234663852886e38;  // FLT_MAX
+
 struct RequestLimits {
   int max_batch = 64;                    // --max_batch
   int64_t max_chunk_steps = 16384;       // --max_chunk_steps

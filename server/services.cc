@@ -100,6 +100,7 @@ grpc::ServerUnaryReactor* InferenceService::Infer(grpc::CallbackServerContext* c
       // stops between two if it is no longer wanted.
       absl::StatusOr<ssm::Session> session = ssm::Session::Create(served.model, batch);
       if (!session.ok()) return session.status();
+      session->set_output_limit(kMaxWireValue);
       if (absl::Status s = session->Run(x, steps, absl::MakeSpan(y),
                                         [&](int done) {
                                           return CallStopped(context, done, steps, "steps");
@@ -126,6 +127,7 @@ grpc::ServerUnaryReactor* InferenceService::Infer(grpc::CallbackServerContext* c
         }
       }
     }
+    if (absl::Status s = CheckWireValues(y, out_shape, "output"); !s.ok()) return s;
     WriteSequenceTensor(y, out_shape, response->mutable_output());
     response->set_model(served.name);
     response->set_version(served.version);

@@ -54,6 +54,7 @@ absl::StatusOr<std::shared_ptr<SessionManager::Entry>> OpenSession(
       return absl::InvalidArgumentError(
           absl::StrCat(p, "batch = ", r.batch, " but the snapshot has batch ", batch));
     }
+    resumed->session.set_output_limit(kMaxWireValue);
     return sessions.Add(resumed->served.name, resumed->served.version,
                         std::move(resumed->session), r.attach, origin);
   }
@@ -67,6 +68,7 @@ absl::StatusOr<std::shared_ptr<SessionManager::Entry>> OpenSession(
   }
   absl::StatusOr<ssm::Session> session = ssm::Session::Create(served->model, batch);
   if (!session.ok()) return session.status();
+  session->set_output_limit(kMaxWireValue);
   return sessions.Add(served->name, served->version, *std::move(session), r.attach, origin);
 }
 

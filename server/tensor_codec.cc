@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "server/limits.h"
 
 namespace ssm::server {
 namespace {
@@ -70,6 +71,20 @@ absl::Status ReadFiniteValues(const ssm::v1::Tensor& tensor, absl::string_view f
       return absl::InvalidArgumentError(absl::StrCat(field, ".values[", i, "] is ", what));
     }
     dst[i] = v;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckWireValues(absl::Span<const double> values, const SequenceShape& shape,
+                             absl::string_view field) {
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (!(std::abs(values[i]) <= kMaxWireValue)) {  // NaN fails too
+      const int64_t f = shape.features, t = shape.steps;
+      const int64_t at = static_cast<int64_t>(i);
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, "[", at / (t * f), ", ", at / f % t, ", ", at % f, "] would be ", values[i],
+          ", which float32 cannot carry: the inputs are too large for this model"));
+    }
   }
   return absl::OkStatus();
 }

@@ -52,6 +52,12 @@ absl::StatusOr<SequenceShape> CheckSequenceShape(const ssm::v1::Tensor& tensor,
 absl::Status ReadFiniteValues(const ssm::v1::Tensor& tensor, absl::string_view field,
                               std::vector<double>* out);
 
+// InvalidArgument naming `field` and the first index [b, t, f] whose value
+// is not finite or beyond float32's range (kMaxWireValue): such an output
+// would reach the client as Inf.
+absl::Status CheckWireValues(absl::Span<const double> values, const SequenceShape& shape,
+                             absl::string_view field);
+
 // Writes `values` (shape.size() of them, row-major) as a float32 tensor of
 // `shape`, replacing what *tensor held. Values beyond float's range become
 // +-Inf, as any narrowing to float32 does.

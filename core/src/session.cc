@@ -56,6 +56,12 @@ class Reader {
   size_t pos_ = 0;
 };
 
+// Where Run saves a session's state before a chunk (see Run).
+std::vector<double>& ThreadBackup() {
+  thread_local std::vector<double> backup;
+  return backup;
+}
+
 }  // namespace
 
 uint32_t Crc32c(std::string_view bytes) {
@@ -89,54 +95,83 @@ absl::Status Session::Run(absl::Span<const double> x, int steps, absl::Span<doub
   const Model& m = *model_;
   if (steps < 1) return absl::InvalidArgumentError(absl::StrCat("steps must be >= 1, got ", steps));
   if (auto st = internal::CheckIoArgs(m, x, batch_, steps, y); !st.ok()) return st;
-  // The inputs are checked, so Advance cannot fail half-way on them; still,
-  // run on a copy of the state when the chunk is long enough that a copy is
-  // cheap next to it, so no error can leave a half-advanced state. One step
-  // runs in place: it allocates nothing and its checks already passed.
-  std::vector<double> copy;
-  if (steps > 1) copy = state_;
-  absl::Span<double> target = steps > 1 ? absl::MakeSpan(copy) : absl::MakeSpan(state_);
-  const int piece = static_cast<int>(std::clamp<int64_t>(
-      kMaxRowsPerPass / batch_, kConvChunkThreshold, steps));
-  if (piece == steps) {
-    if (auto st = m.Advance(x, batch_, steps, position_, target, y, scratch_); !st.ok()) {
-      return st;
-    }
-  } else {
-    // Slices of time: each sequence's rows of the slice gathered, run,
-    // scattered back. The state carries from slice to slice as between
-    // chunks, so the outputs are those of one pass (to rounding).
-    const int d_in = m.d_input(), d_out = m.d_output();
-    std::vector<double> xs, ys;
-    for (int t0 = 0; t0 < steps; t0 += piece) {
-      // The state so far is in `copy`: stopping leaves the session as it was.
-      if (t0 > 0) {
-        if (absl::Status st = between_passes(t0); !st.ok()) return st;
-      }
-      const int len = std::min(piece, steps - t0);
-      xs.resize(static_cast<size_t>(batch_) * len * d_in);
-      ys.resize(static_cast<size_t>(batch_) * len * d_out);
-      for (int b = 0; b < batch_; ++b) {
-        std::copy_n(&x[(static_cast<size_t>(b) * steps + t0) * d_in], len * d_in,
-                    &xs[static_cast<size_t>(b) * len * d_in]);
-      }
-      if (auto st = m.Advance(xs, batch_, len, position_ + t0, target, absl::MakeSpan(ys),
-                              scratch_);
-          !st.ok()) {
-        return st;
-      }
-      for (int b = 0; b < batch_; ++b) {
-        std::copy_n(&ys[static_cast<size_t>(b) * len * d_out], len * d_out,
-                    &y[(static_cast<size_t>(b) * steps + t0) * d_out]);
-      }
-    }
+  if (steps > kMaxPosition - position_) {
+    return absl::OutOfRangeError(absl::StrCat("the stream is at step ", position_, "; ", steps,
+                                              " more would pass the largest position, 2^53"));
   }
-  if (steps > 1) state_.swap(copy);
+  // No error may leave a half-advanced state (nor a between_passes stop, nor
+  // an output that fails the check): the state is saved first and restored
+  // on any failure. The copy is kept per thread, not per session, so an
+  // idle session holds only its own state and a step allocates nothing
+  // once the thread's buffer has grown; a state too large to keep around
+  // is copied into a buffer of its own.
+  std::vector<double> own_backup;
+  std::vector<double>& backup = state_.size() <= kKeptScratchDoubles ? ThreadBackup() : own_backup;
+  backup.assign(state_.begin(), state_.end());
+  absl::Status status = RunOn(absl::MakeSpan(state_), x, steps, y, between_passes);
+  if (status.ok()) status = CheckOutputs(y, steps);
+  if (!status.ok()) {
+    std::copy(backup.begin(), backup.end(), state_.begin());
+    return status;
+  }
   // Short chunks keep their scratch (a step then allocates nothing); the
   // scratch of a long one is given back, or every session that ever sent
   // one would hold it for good (~58 MB for a max-length s4-demo chunk).
   if (scratch_.capacity() > kKeptScratchDoubles) std::vector<double>().swap(scratch_);
   position_ += steps;
+  return absl::OkStatus();
+}
+
+absl::Status Session::RunOn(absl::Span<double> state, absl::Span<const double> x, int steps,
+                            absl::Span<double> y,
+                            absl::FunctionRef<absl::Status(int done)> between_passes) {
+  const Model& m = *model_;
+  const int piece = static_cast<int>(std::clamp<int64_t>(
+      kMaxRowsPerPass / batch_, kConvChunkThreshold, steps));
+  if (piece == steps) return m.Advance(x, batch_, steps, position_, state, y, scratch_);
+  // Slices of time: each sequence's rows of the slice gathered, run,
+  // scattered back. The state carries from slice to slice as between
+  // chunks, so the outputs are those of one pass (to rounding).
+  const int d_in = m.d_input(), d_out = m.d_output();
+  std::vector<double> xs, ys;
+  for (int t0 = 0; t0 < steps; t0 += piece) {
+    // Stopping here restores the state saved before the chunk.
+    if (t0 > 0) {
+      if (absl::Status st = between_passes(t0); !st.ok()) return st;
+    }
+    const int len = std::min(piece, steps - t0);
+    xs.resize(static_cast<size_t>(batch_) * len * d_in);
+    ys.resize(static_cast<size_t>(batch_) * len * d_out);
+    for (int b = 0; b < batch_; ++b) {
+      std::copy_n(&x[(static_cast<size_t>(b) * steps + t0) * d_in], len * d_in,
+                  &xs[static_cast<size_t>(b) * len * d_in]);
+    }
+    if (auto st = m.Advance(xs, batch_, len, position_ + t0, state, absl::MakeSpan(ys),
+                            scratch_);
+        !st.ok()) {
+      return st;
+    }
+    for (int b = 0; b < batch_; ++b) {
+      std::copy_n(&ys[static_cast<size_t>(b) * len * d_out], len * d_out,
+                  &y[(static_cast<size_t>(b) * steps + t0) * d_out]);
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Session::CheckOutputs(absl::Span<const double> y, int steps) const {
+  for (size_t i = 0; i < y.size(); ++i) {
+    // Written to catch NaN too (every comparison with NaN is false).
+    if (!(std::abs(y[i]) <= output_limit_)) {
+      const int d_out = model_->d_output();
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the output at batch ", i / (static_cast<size_t>(steps) * d_out), ", step ",
+          i / d_out % steps, ", feature ", i % d_out, " is ", y[i],
+          std::isfinite(y[i]) ? absl::StrCat(", beyond the output limit ", output_limit_) : "",
+          ": the inputs (or the state) are too large for this model; the session is "
+          "unchanged"));
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -190,16 +225,28 @@ absl::StatusOr<Session> Session::Import(std::shared_ptr<const Model> model,
         absl::Hex(fingerprint, absl::kZeroPad16), "), not to '", model->spec().name,
         "' (fingerprint ", absl::Hex(model->fingerprint(), absl::kZeroPad16), ")"));
   }
-  if (batch < 1 || position < 0 || n != batch * model->state_size() ||
+  if (batch < 1 || position < 0 || n != uint64_t{batch} * model->state_size() ||
       r.left() != n * sizeof(double)) {
     return loss(absl::StrCat("inconsistent sizes (batch ", batch, ", position ", position,
                              ", ", n, " state values, ", r.left(), " bytes left)"));
   }
+  // The checksum holds; what follows are bounds no real stream passes, so a
+  // snapshot beyond them was forged (or written by a bug), not damaged.
+  if (position > kMaxPosition) {
+    return absl::InvalidArgumentError(absl::StrCat("state snapshot: position ", position,
+                                                   " is past the largest position, 2^53"));
+  }
   absl::StatusOr<Session> s = Create(std::move(model), static_cast<int>(batch));
   if (!s.ok()) return s.status();
   std::memcpy(s->state_.data(), snapshot.data() + r.pos(), n * sizeof(double));
-  for (double v : s->state_) {
+  for (size_t i = 0; i < s->state_.size(); ++i) {
+    const double v = s->state_[i];
     if (!std::isfinite(v)) return loss("non-finite state value");
+    if (std::abs(v) > kMaxStateMagnitude) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "state snapshot: state value ", i, " is ", v, ", beyond float32's range (",
+          kMaxStateMagnitude, "), which no stream of float32 inputs reaches"));
+    }
   }
   s->position_ = position;
   return s;

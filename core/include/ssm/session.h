@@ -19,12 +19,17 @@
 //   u32 name length, name, i64 position, u64 state length n, n doubles,
 //   u32 CRC-32C of all preceding bytes.
 // Import refuses a snapshot of another model (FailedPrecondition, naming
-// both), and a truncated or corrupted one (DataLoss: bad magic, version,
-// length or checksum), leaving nothing half-built.
+// both), a truncated or corrupted one (DataLoss: bad magic, version,
+// length or checksum), and one whose checksum holds but whose content no
+// stream can have produced (InvalidArgument: a position past kMaxPosition,
+// a state value beyond kMaxStateMagnitude), leaving nothing half-built.
 //
-// Errors from Run: InvalidArgument for a shape that disagrees or a
-// non-finite input (the state is unchanged), FailedPrecondition for a model
-// that cannot stream (bidirectional).
+// Errors from Run: InvalidArgument for a shape that disagrees, a
+// non-finite input, or an output that is not finite or beyond the
+// session's output limit (set_output_limit), FailedPrecondition for a
+// model that cannot stream (bidirectional), OutOfRange when the position
+// would pass kMaxPosition. On every error the session is exactly as it was
+// before the call (state and position).
 // Thread safety: a Session is not shareable without external locking;
 // distinct sessions of one model may run concurrently.
 
@@ -32,6 +37,7 @@
 #define SSM_SESSION_H_
 
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -49,6 +55,14 @@ class Session {
   static constexpr int64_t kMaxRowsPerPass = 32768;
   static constexpr size_t kKeptScratchDoubles = size_t{1} << 17;  // 1 MiB
   static constexpr uint32_t kSnapshotVersion = 1;
+  // Positions count steps; 2^53 keeps them exact as doubles (a LegS memory
+  // is time-varying in the position) and is ~285 years at 10^6 steps/s.
+  static constexpr int64_t kMaxPosition = int64_t{1} << 53;
+  // The largest state value a snapshot may hold: float32's range. The wire
+  // carries float32 inputs and outputs; a state beyond that range is not
+  // one a real stream reaches through a stable model, and would only turn
+  // every later output into Inf.
+  static constexpr double kMaxStateMagnitude = 3.4028234663852886e38;
 
   static absl::StatusOr<Session> Create(std::shared_ptr<const Model> model, int batch);
   static absl::StatusOr<Session> Import(std::shared_ptr<const Model> model,
@@ -73,14 +87,29 @@ class Session {
 
   std::string ExportState() const;
 
+  // Outputs of magnitude above `limit` fail their chunk (InvalidArgument,
+  // the session unchanged), as non-finite ones always do. Default +inf;
+  // a server that sends float32 sets float32's largest value, so no output
+  // turns into Inf on the wire. limit > 0.
+  void set_output_limit(double limit) { output_limit_ = limit; }
+  double output_limit() const { return output_limit_; }
+
  private:
   Session(std::shared_ptr<const Model> model, int batch);
+  // Runs the chunk, advancing `state`, in slices of time when it is wide.
+  absl::Status RunOn(absl::Span<double> state, absl::Span<const double> x, int steps,
+                     absl::Span<double> y,
+                     absl::FunctionRef<absl::Status(int done)> between_passes);
+  // InvalidArgument naming the first output that is not finite or is
+  // beyond output_limit_.
+  absl::Status CheckOutputs(absl::Span<const double> y, int steps) const;
 
   std::shared_ptr<const Model> model_;
   int batch_ = 0;
   int64_t position_ = 0;
   std::vector<double> state_;
   std::vector<double> scratch_;
+  double output_limit_ = std::numeric_limits<double>::infinity();
 };
 
 // CRC-32C (Castagnoli) of bytes, as used by snapshots.
