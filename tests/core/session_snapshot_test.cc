@@ -20,16 +20,12 @@
 #include "core/test_models.h"
 #include "ssm/model.h"
 
-namespace ssm {
+// In the helpers' namespace (core/test_models.h, core/ssm_systems.h), so
+// they need no using-declarations.
+namespace ssm::testing {
 namespace {
 
 using ::testing::HasSubstr;
-using testing::HippoSpec;
-using testing::Load;
-using testing::RandomInput;
-using testing::RunRange;
-using testing::S4Spec;
-using testing::Variants;
 
 // Check values: "123456789" is the usual check input of CRC catalogues;
 // the 32-byte patterns are iSCSI's (RFC 3720, B.4).
@@ -157,4 +153,4 @@ TEST(ModelTest, SnapshotsOfAnotherModelOrCorruptedAreRefused) {
 }
 
 }  // namespace
-}  // namespace ssm
+}  // namespace ssm::testing

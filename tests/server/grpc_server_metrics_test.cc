@@ -24,16 +24,20 @@ TEST_F(GrpcServerTest, MetricsCountCallsAndSessions) {
   ASSERT_TRUE(SendChunk(s.stream.get(), MakeInput(1, 7), &chunk));
 
   const std::string text = server_->metrics().Text();
-  EXPECT_THAT(text, HasSubstr("ssm_rpc_requests_total{code=\"OK\",rpc=\"Infer\"} 1"));
-  EXPECT_THAT(text, HasSubstr("ssm_rpc_requests_total{code=\"NOT_FOUND\",rpc=\"Infer\"} 1"));
-  EXPECT_THAT(text, HasSubstr("ssm_rpc_errors_total{code=\"NOT_FOUND\",rpc=\"Infer\"} 1"));
-  EXPECT_THAT(text, HasSubstr("ssm_rpc_latency_seconds_count{rpc=\"Infer\"} 2"));
-  EXPECT_THAT(text, HasSubstr("ssm_stream_steps_total{model=\"legt-delay\"} 7"));
-  EXPECT_THAT(text, HasSubstr("ssm_stream_chunk_latency_seconds_count{model=\"legt-delay\"} 1"));
-  EXPECT_THAT(text, HasSubstr("ssm_sessions_active 1"));
-  EXPECT_THAT(text, HasSubstr("ssm_sessions_detached 0"));
-  EXPECT_THAT(text, HasSubstr("ssm_models_loaded 3"));
-  EXPECT_THAT(text, HasSubstr("ssm_session_evictions_total 0"));
+  // After one good and one unknown-model Infer and a 7-step chunk:
+  const char* const kExpected[] = {
+      R"(ssm_rpc_requests_total{code="OK",rpc="Infer"} 1)",
+      R"(ssm_rpc_requests_total{code="NOT_FOUND",rpc="Infer"} 1)",
+      R"(ssm_rpc_errors_total{code="NOT_FOUND",rpc="Infer"} 1)",
+      R"(ssm_rpc_latency_seconds_count{rpc="Infer"} 2)",
+      R"(ssm_stream_steps_total{model="legt-delay"} 7)",
+      R"(ssm_stream_chunk_latency_seconds_count{model="legt-delay"} 1)",
+      R"(ssm_sessions_active 1)",
+      R"(ssm_sessions_detached 0)",
+      R"(ssm_models_loaded 3)",
+      R"(ssm_session_evictions_total 0)",
+  };
+  for (const char* line : kExpected) EXPECT_THAT(text, HasSubstr(line));
   // s4-demo has 2 layers: each Infer looks up each layer's spectra for its
   // length rung once, and the second call finds both. The repository's
   // models (and their caches) outlive one test, so count the difference.
