@@ -1,5 +1,6 @@
 #include "ssm/model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <memory>
@@ -10,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include "core/ssm_systems.h"
+#include "core/test_models.h"
 #include "ssm/hippo_memory.h"
 #include "ssm/session.h"
 
@@ -17,83 +19,23 @@ namespace ssm {
 namespace {
 
 using ::testing::HasSubstr;
+using testing::HippoSpec;
+using testing::Load;
 using testing::RandomInput;
 using testing::RelError;
-
-ModelSpec S4Spec(S4StackSpec s4, int d_input = 3, int d_output = 2, int max_length = 600) {
-  ModelSpec spec;
-  spec.name = "test-s4";
-  spec.d_input = s4.encoder ? d_input : s4.d_model;
-  spec.d_output = s4.decoder ? d_output : s4.d_model;
-  spec.max_length = max_length;
-  spec.architecture = s4;
-  return spec;
-}
-
-SafeTensors ToFile(const std::vector<TensorToWrite>& tensors, const std::string& name) {
-  absl::StatusOr<std::string> bytes = SerializeSafeTensors(tensors);
-  EXPECT_TRUE(bytes.ok()) << bytes.status();
-  absl::StatusOr<SafeTensors> file = SafeTensors::Parse(*std::move(bytes), name);
-  EXPECT_TRUE(file.ok()) << file.status();
-  return *std::move(file);
-}
-
-std::shared_ptr<const Model> Load(const ModelSpec& spec, uint64_t seed = 7) {
-  absl::StatusOr<std::vector<TensorToWrite>> w = InitS4StackWeights(spec, seed, DType::kF64);
-  EXPECT_TRUE(w.ok()) << w.status();
-  const SafeTensors file = ToFile(*w, "mem.safetensors");
-  absl::StatusOr<std::shared_ptr<const Model>> m = LoadModel(spec, &file);
-  EXPECT_TRUE(m.ok()) << m.status();
-  return m.ok() ? *m : nullptr;
-}
-
-// The architectures the stack supports, each a different path.
-std::vector<std::pair<std::string, S4StackSpec>> Variants() {
-  std::vector<std::pair<std::string, S4StackSpec>> v;
-  S4StackSpec base;
-  base.n_layers = 2;
-  base.d_model = 5;
-  base.d_state = 8;
-  v.push_back({"dplr-post-glu", base});
-  S4StackSpec r2 = base;
-  r2.rank = 2;
-  r2.norm = NormPlacement::kPre;
-  v.push_back({"dplr2-pre", r2});
-  S4StackSpec diag = base;
-  diag.kernel = KernelKind::kDiagonal;
-  diag.rank = 0;
-  diag.discretization = Discretization::Zoh();
-  diag.output_linear = OutputLinearKind::kLinear;
-  v.push_back({"diag-zoh-linear", diag});
-  S4StackSpec diag_bl = diag;
-  diag_bl.discretization = Discretization::Bilinear();
-  diag_bl.residual = false;
-  diag_bl.norm = NormPlacement::kNone;
-  diag_bl.activation = ActivationKind::kIdentity;
-  v.push_back({"diag-bilinear-plain", diag_bl});
-  S4StackSpec plain = base;  // a single SSM layer, nothing around it
-  plain.n_layers = 1;
-  plain.encoder = plain.decoder = plain.residual = false;
-  plain.norm = NormPlacement::kNone;
-  plain.output_linear = OutputLinearKind::kNone;
-  plain.activation = ActivationKind::kIdentity;
-  v.push_back({"plain-ssm", plain});
-  return v;
-}
+using testing::RunRange;
+using testing::S4Spec;
+using testing::ToFile;
+using testing::Variants;
 
 // Feeds x (batch x total x d_in) to a session in chunks of the given sizes.
 std::vector<double> RunChunks(Session& s, const std::vector<double>& x, int total,
                               const std::vector<int>& chunks) {
-  const Model& m = s.model();
-  const int batch = s.batch(), din = m.d_input(), dout = m.d_output();
+  const int batch = s.batch(), dout = s.model().d_output();
   std::vector<double> y(static_cast<size_t>(batch) * total * dout);
   int t0 = 0;
   for (int c : chunks) {
-    std::vector<double> in(static_cast<size_t>(batch) * c * din), out(batch * c * dout);
-    for (int b = 0; b < batch; ++b)
-      std::copy(&x[(b * total + t0) * din], &x[(b * total + t0 + c) * din], &in[b * c * din]);
-    const absl::Status st = s.Run(in, c, absl::MakeSpan(out));
-    EXPECT_TRUE(st.ok()) << st;
+    const std::vector<double> out = RunRange(s, x, total, t0, c);
     for (int b = 0; b < batch; ++b)
       std::copy(&out[b * c * dout], &out[(b + 1) * c * dout], &y[(b * total + t0) * dout]);
     t0 += c;
@@ -181,18 +123,6 @@ TEST(ModelTest, AChunkStoppedBetweenSlicesChangesNothing) {
   EXPECT_EQ(RunChunks(s, x, total, {total}), RunChunks(fresh, x, total, {total}));
 }
 
-// Steps [t0, t0 + len) of x (batch x total x d_in) through a session.
-std::vector<double> RunRange(Session& s, const std::vector<double>& x, int total, int t0,
-                             int len) {
-  const int batch = s.batch(), din = s.model().d_input(), dout = s.model().d_output();
-  std::vector<double> in(static_cast<size_t>(batch) * len * din), out(batch * len * dout);
-  for (int b = 0; b < batch; ++b)
-    std::copy(&x[(b * total + t0) * din], &x[(b * total + t0 + len) * din], &in[b * len * din]);
-  const absl::Status st = s.Run(in, len, absl::MakeSpan(out));
-  EXPECT_TRUE(st.ok()) << st;
-  return out;
-}
-
 // A session keeps the scratch of short chunks (so a step allocates
 // nothing) but gives back that of a long one: between chunks it holds
 // little beyond its state.
@@ -232,51 +162,6 @@ TEST(ModelTest, KernelCacheIsBoundedAndHit) {
   // Rungs up to 600: 1 2 3 4 6 8 12 16 24 32 48 64 96 128 192 256 384 512
   // and the cap 600: 19 per layer.
   EXPECT_EQ(m->kernel_cache_stats().misses, 2 * 19);
-}
-
-TEST(ModelTest, SnapshotsContinueExactly) {
-  const ModelSpec spec = S4Spec(Variants()[1].second);
-  const std::shared_ptr<const Model> m = Load(spec);
-  const std::vector<double> x = RandomInput(2 * 200 * 3, 5);
-  Session a = *Session::Create(m, 2);
-  RunRange(a, x, 200, 0, 120);
-  const std::string snap = a.ExportState();
-  const std::vector<double> rest = RunRange(a, x, 200, 120, 80);
-
-  // A separately loaded copy of the same weights (another process, another
-  // replica) takes the snapshot and continues bit for bit.
-  const std::shared_ptr<const Model> again = Load(spec);
-  ASSERT_EQ(again->fingerprint(), m->fingerprint());
-  absl::StatusOr<Session> b = Session::Import(again, snap);
-  ASSERT_TRUE(b.ok()) << b.status();
-  EXPECT_EQ(b->position(), 120);
-  EXPECT_EQ(b->batch(), 2);
-  EXPECT_EQ(RunRange(*b, x, 200, 120, 80), rest);
-}
-
-TEST(ModelTest, SnapshotsOfAnotherModelOrCorruptedAreRefused) {
-  const ModelSpec spec = S4Spec(Variants()[0].second);
-  const std::shared_ptr<const Model> m = Load(spec, 7), other = Load(spec, 8);
-  ASSERT_NE(m->fingerprint(), other->fingerprint());
-  Session a = *Session::Create(m, 1);
-  RunRange(a, RandomInput(10 * 3, 1), 10, 0, 10);
-  const std::string snap = a.ExportState();
-
-  absl::StatusOr<Session> wrong = Session::Import(other, snap);
-  EXPECT_EQ(wrong.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(std::string(wrong.status().message()), HasSubstr("belongs to model 'test-s4'"));
-
-  for (size_t i : {size_t{0}, size_t{9}, snap.size() / 2, snap.size() - 1}) {
-    std::string bad = snap;
-    bad[i] ^= 0x10;
-    EXPECT_EQ(Session::Import(m, bad).status().code(), absl::StatusCode::kDataLoss) << i;
-  }
-  for (size_t len : {size_t{0}, size_t{5}, size_t{40}, snap.size() - 1}) {
-    EXPECT_EQ(Session::Import(m, snap.substr(0, len)).status().code(),
-              absl::StatusCode::kDataLoss)
-        << len;
-  }
-  EXPECT_TRUE(Session::Import(m, snap).ok());
 }
 
 TEST(ModelTest, BadInputLeavesTheSessionAsItWas) {
@@ -378,16 +263,6 @@ TEST(ModelTest, BadWeightsAreRefusedByName) {
     expect(LoadModel(diag, &f).status(), "has 's4_layers.0.layer.kernel.P'");
   }
   expect(LoadModel(spec, nullptr).status(), "needs a weights file");
-}
-
-ModelSpec HippoSpec(HippoMemorySpec h, int d_output) {
-  ModelSpec spec;
-  spec.name = "hippo";
-  spec.d_input = 1;
-  spec.d_output = d_output;
-  spec.max_length = 4096;
-  spec.architecture = std::move(h);
-  return spec;
 }
 
 // The LegT delay line reads the input back at fixed lags; on a smooth

@@ -1,0 +1,156 @@
+// The session snapshot format of ssm/session.h: its CRC-32C, its byte
+// layout field by field, and what Import makes of a snapshot that is
+// exact, of another model, truncated or corrupted. (The last two kept
+// their ModelTest names when they moved here from model_test.cc.)
+
+#include "ssm/session.h"
+
+#include <algorithm>
+#include <bit>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "core/ssm_systems.h"
+#include "core/test_models.h"
+#include "ssm/model.h"
+
+// In the helpers' namespace (core/test_models.h, core/ssm_systems.h), so
+// they need no using-declarations.
+namespace ssm::testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+// Check values: "123456789" is the usual check input of CRC catalogues;
+// the 32-byte patterns are iSCSI's (RFC 3720, B.4).
+TEST(SessionSnapshotTest, Crc32cKnownAnswers) {
+  EXPECT_EQ(Crc32c("123456789"), 0xE3069283u);
+  EXPECT_EQ(Crc32c(""), 0u);
+  EXPECT_EQ(Crc32c(std::string(32, '\x00')), 0x8A9136AAu);
+  EXPECT_EQ(Crc32c(std::string(32, '\xff')), 0x62A8AB43u);
+  std::string up(32, '\0'), down(32, '\0');
+  for (int i = 0; i < 32; ++i) {
+    up[i] = static_cast<char>(i);
+    down[i] = static_cast<char>(31 - i);
+  }
+  EXPECT_EQ(Crc32c(up), 0x46DD794Eu);
+  EXPECT_EQ(Crc32c(down), 0x113FDB5Cu);
+}
+
+// Takes little-endian fields off the front of a byte string, assembling
+// each from its bytes rather than copying the host's representation, so
+// the test pins the byte order as well as the widths.
+class FieldReader {
+ public:
+  explicit FieldReader(std::string_view bytes) : rest_(bytes) {}
+
+  // The caller checks the size first: a short read is a test bug.
+  uint64_t Uint(size_t width) {
+    EXPECT_GE(rest_.size(), width);
+    uint64_t v = 0;
+    for (size_t i = 0; i < width && i < rest_.size(); ++i) {
+      v |= uint64_t{static_cast<unsigned char>(rest_[i])} << (8 * i);
+    }
+    rest_.remove_prefix(std::min(width, rest_.size()));
+    return v;
+  }
+  double Double() { return std::bit_cast<double>(Uint(8)); }
+  std::string_view Bytes(size_t n) {
+    EXPECT_GE(rest_.size(), n);
+    const std::string_view out = rest_.substr(0, n);
+    rest_.remove_prefix(out.size());
+    return out;
+  }
+  size_t left() const { return rest_.size(); }
+
+ private:
+  std::string_view rest_;
+};
+
+// A LegS memory of N = 2 (its state is its two coefficients, which are
+// also its outputs), batch 2, after 3 steps: 85 bytes.
+TEST(SessionSnapshotTest, LayoutFieldByField) {
+  HippoMemorySpec h;
+  h.measure = HippoMemorySpec::Measure::kLegS;
+  h.n = 2;
+  absl::StatusOr<std::shared_ptr<const Model>> m = LoadModel(HippoSpec(h, 2), nullptr);
+  ASSERT_TRUE(m.ok()) << m.status();
+  Session s = *Session::Create(*m, 2);
+  const std::vector<double> x = {0.5, -1.25, 2.0, 1.0, 0.25, -0.75};  // 2 x 3 x 1
+  const std::vector<double> y = RunRange(s, x, 3, 0, 3);                // 2 x 3 x 2
+  const std::string snap = s.ExportState();
+  ASSERT_EQ(snap.size(), 8u + 4 + 4 + 8 + 4 + 5 + 8 + 8 + 4 * 8 + 4);
+
+  FieldReader r(snap);
+  EXPECT_EQ(r.Bytes(8), std::string_view("SSMSNAP\0", 8)) << "magic";
+  EXPECT_EQ(r.Uint(4), 1u) << "format version";
+  EXPECT_EQ(r.Uint(4), 2u) << "batch";
+  EXPECT_EQ(r.Uint(8), (*m)->fingerprint()) << "model fingerprint";
+  EXPECT_EQ(r.Uint(4), 5u) << "name length";
+  EXPECT_EQ(r.Bytes(5), "hippo") << "name";
+  EXPECT_EQ(r.Uint(8), 3u) << "position";
+  EXPECT_EQ(r.Uint(8), 4u) << "state length (batch x N doubles)";
+  // Sequence by sequence, the coefficients after the last step.
+  for (int b = 0; b < 2; ++b) {
+    for (int j = 0; j < 2; ++j) {
+      EXPECT_EQ(r.Double(), y[(b * 3 + 2) * 2 + j]) << "state of sequence " << b << ", " << j;
+    }
+  }
+  EXPECT_EQ(r.Uint(4), Crc32c(std::string_view(snap).substr(0, snap.size() - 4)))
+      << "CRC-32C of all preceding bytes";
+  EXPECT_EQ(r.left(), 0u);
+}
+
+TEST(ModelTest, SnapshotsContinueExactly) {
+  const ModelSpec spec = S4Spec(Variants()[1].second);
+  const std::shared_ptr<const Model> m = Load(spec);
+  const std::vector<double> x = RandomInput(2 * 200 * 3, 5);
+  Session a = *Session::Create(m, 2);
+  RunRange(a, x, 200, 0, 120);
+  const std::string snap = a.ExportState();
+  const std::vector<double> rest = RunRange(a, x, 200, 120, 80);
+
+  // A separately loaded copy of the same weights (another process, another
+  // replica) takes the snapshot and continues bit for bit.
+  const std::shared_ptr<const Model> again = Load(spec);
+  ASSERT_EQ(again->fingerprint(), m->fingerprint());
+  absl::StatusOr<Session> b = Session::Import(again, snap);
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(b->position(), 120);
+  EXPECT_EQ(b->batch(), 2);
+  EXPECT_EQ(RunRange(*b, x, 200, 120, 80), rest);
+}
+
+TEST(ModelTest, SnapshotsOfAnotherModelOrCorruptedAreRefused) {
+  const ModelSpec spec = S4Spec(Variants()[0].second);
+  const std::shared_ptr<const Model> m = Load(spec, 7), other = Load(spec, 8);
+  ASSERT_NE(m->fingerprint(), other->fingerprint());
+  Session a = *Session::Create(m, 1);
+  RunRange(a, RandomInput(10 * 3, 1), 10, 0, 10);
+  const std::string snap = a.ExportState();
+
+  absl::StatusOr<Session> wrong = Session::Import(other, snap);
+  EXPECT_EQ(wrong.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(wrong.status().message()), HasSubstr("belongs to model 'test-s4'"));
+
+  for (size_t i : {size_t{0}, size_t{9}, snap.size() / 2, snap.size() - 1}) {
+    std::string bad = snap;
+    bad[i] ^= 0x10;
+    EXPECT_EQ(Session::Import(m, bad).status().code(), absl::StatusCode::kDataLoss) << i;
+  }
+  for (size_t len : {size_t{0}, size_t{5}, size_t{40}, snap.size() - 1}) {
+    EXPECT_EQ(Session::Import(m, snap.substr(0, len)).status().code(),
+              absl::StatusCode::kDataLoss)
+        << len;
+  }
+  EXPECT_TRUE(Session::Import(m, snap).ok());
+}
+
+}  // namespace
+}  // namespace ssm::testing
