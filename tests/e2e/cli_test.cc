@@ -1,4 +1,5 @@
 // The ssm_client CLI against a real server, and its file formats.
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -6,6 +7,7 @@
 #include <sstream>
 #include <string>
 
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -102,6 +104,29 @@ TEST(TensorIoTest, CsvParsesRowsAndNamesBadCells) {
       << bad.status();
   EXPECT_CODE(client::ParseCsv("1,2\n3\n"), kInvalidArgument);
   EXPECT_CODE(client::ParseCsv("# nothing\n"), kInvalidArgument);
+}
+
+// Why a file cannot be read is in the code (ssm/file_io.h): a missing file
+// is NOT_FOUND, a directory is not (it used to be: every failure was).
+TEST(TensorIoTest, UnreadableInputsSayWhy) {
+  const std::string missing = TempPath("missing.csv");
+  absl::StatusOr<Tensor> t = client::ReadSequence(missing);
+  EXPECT_CODE(t, kNotFound);
+  EXPECT_TRUE(absl::StrContains(t.status().message(), missing)) << t.status();
+
+  const std::string dir = TempPath("dir.csv");
+  ASSERT_EQ(mkdir(dir.c_str(), 0700), 0) << std::strerror(errno);
+  t = client::ReadSequence(dir);
+  EXPECT_CODE(t, kFailedPrecondition);
+  EXPECT_TRUE(absl::StrContains(t.status().message(), "Is a directory"))
+      << t.status();
+  // The CLI says so before it connects anywhere.
+  CommandResult infer =
+      RunCli(absl::StrCat("infer --model=legt-delay --input=", dir));
+  EXPECT_EQ(infer.exit_code, 1) << infer.output;
+  EXPECT_TRUE(absl::StrContains(infer.output, "FAILED_PRECONDITION"))
+      << infer.output;
+  rmdir(dir.c_str());
 }
 
 TEST(CliTest, HealthModelsAndModel) {
