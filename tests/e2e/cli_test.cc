@@ -11,6 +11,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <nlohmann/json.hpp>
+
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "client/ssm_client.h"
@@ -255,8 +257,18 @@ TEST(CliTest, BenchIsBoundedAndReports) {
       " bench --mode=unary --concurrency=2 --calls=6 --batch=2 --length=256 "
       "--json"));
   ASSERT_EQ(unary.exit_code, 0) << unary.output;
-  EXPECT_TRUE(absl::StrContains(unary.output, "\"completed\": 6,")) << unary.output;
-  EXPECT_TRUE(absl::StrContains(unary.output, "\"steps\": 3072,")) << unary.output;
+  // The report is the one line that is a JSON object (stderr is mixed in).
+  const size_t at = unary.output.rfind('{', unary.output.find("\"mode\""));
+  ASSERT_NE(at, std::string::npos) << unary.output;
+  const std::string line = unary.output.substr(at, unary.output.find('\n', at) - at);
+  const nlohmann::json report =
+      nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+  ASSERT_TRUE(report.is_object()) << unary.output;
+  EXPECT_EQ(report["mode"], "unary") << unary.output;
+  EXPECT_EQ(report["model"], "s4-demo") << unary.output;
+  EXPECT_EQ(report["completed"], 6) << unary.output;
+  EXPECT_EQ(report["steps"], 3072) << unary.output;
+  EXPECT_EQ(report["errors"], 0) << unary.output;
 
   // The wall-clock cap stops a run that its counts would not.
   CommandResult capped = RunCli(absl::StrCat(
