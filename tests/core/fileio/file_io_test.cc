@@ -15,9 +15,9 @@
 #include <cerrno>
 #include <chrono>
 #include <csignal>
-#include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <optional>
 #include <string>
 #include <thread>
@@ -48,12 +48,9 @@ class FileIoTest : public ::testing::Test {
   std::string Path(const std::string& name) const { return absl::StrCat(dir_, "/", name); }
   std::string Write(const std::string& name, const std::string& bytes) {
     const std::string path = Path(name);
-    std::FILE* f = std::fopen(path.c_str(), "wb");
-    EXPECT_NE(f, nullptr) << path;
-    if (f != nullptr) {
-      std::fwrite(bytes.data(), 1, bytes.size(), f);
-      std::fclose(f);
-    }
+    std::ofstream out(path, std::ios::binary);
+    out << bytes;
+    EXPECT_TRUE(out.flush()) << path;
     return path;
   }
 
