@@ -11,6 +11,7 @@
 #include <vector>
 
 #include <grpcpp/grpcpp.h>
+#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -553,33 +554,44 @@ std::string FormatBenchTable(const BenchReport& r) {
 }
 
 std::string FormatBenchJson(const BenchReport& r) {
+  using Json = nlohmann::ordered_json;
   const BenchOptions& o = r.options;
   const double seconds = absl::ToDoubleSeconds(r.elapsed);
-  std::string error;  // JSON-escaped first error
-  for (char c : r.first_error) {
-    if (c == '"' || c == '\\') {
-      error.push_back('\\');
-      error.push_back(c);
-    } else if (static_cast<unsigned char>(c) < 0x20) {
-      absl::StrAppend(&error, absl::StrFormat("\\u%04x", c));
-    } else {
-      error.push_back(c);
-    }
-  }
+  // JSON has no inf or NaN (a run of zero length, an infinite cap): null.
+  auto number = [](double x) { return std::isfinite(x) ? Json(x) : Json(nullptr); };
   auto us = [](absl::Duration d) { return absl::ToDoubleMicroseconds(d); };
-  return absl::StrFormat(
-      "{\"mode\": \"%s\", \"model\": \"%s\", \"concurrency\": %d, "
-      "\"steps_per_stream\": %d, \"chunk\": %d, \"inflight\": %d, "
-      "\"calls\": %d, \"batch\": %d, \"length\": %d, "
-      "\"completed\": %d, \"steps\": %d, \"seconds\": %.6f, "
-      "\"steps_per_second\": %.3f, \"completed_per_second\": %.3f, "
-      "\"latency_us\": {\"p50\": %.1f, \"p90\": %.1f, \"p99\": %.1f, "
-      "\"max\": %.1f}, \"errors\": %d, \"first_error\": \"%s\", "
-      "\"stopped_by_max_seconds\": %s}\n",
-      o.mode, o.model, o.concurrency, o.steps, o.chunk, o.inflight, o.calls,
-      o.batch, o.length, r.completed, r.steps, seconds, r.steps / seconds,
-      r.completed / seconds, us(r.p50), us(r.p90), us(r.p99), us(r.max),
-      r.errors, error, r.hit_max_duration ? "true" : "false");
+  auto kib = [](int64_t kb) { return kb >= 0 ? Json(kb) : Json(nullptr); };
+  Json report = {
+      {"mode", o.mode},
+      {"model", o.model},
+      {"concurrency", o.concurrency},
+      {"steps_per_stream", o.steps},
+      {"chunk", o.chunk},
+      {"inflight", o.inflight},
+      {"calls", o.calls},
+      {"batch", o.batch},
+      {"length", o.length},
+      {"max_seconds", number(absl::ToDoubleSeconds(o.max_duration))},
+      {"hold_seconds", number(absl::ToDoubleSeconds(o.hold))},
+      {"server_pid", o.server_pid},
+      {"completed", r.completed},
+      {"steps", r.steps},
+      {"seconds", seconds},
+      {"steps_per_second", number(r.steps / seconds)},
+      {"completed_per_second", number(r.completed / seconds)},
+      {"latency_us",
+       {{"p50", us(r.p50)}, {"p90", us(r.p90)}, {"p99", us(r.p99)}, {"max", us(r.max)}}},
+      {"errors", r.errors},
+      {"first_error", r.first_error},
+      {"stopped_by_max_seconds", r.hit_max_duration},
+      // The server's resident memory (idle with --server_pid), null when
+      // not measured.
+      {"server_rss_before_kib", kib(r.rss_before_kb)},
+      {"server_rss_held_kib", kib(r.rss_held_kb)},
+  };
+  // A server's error message may hold bytes that are not UTF-8: replaced
+  // (U+FFFD) rather than thrown on.
+  return report.dump(-1, ' ', /*ensure_ascii=*/false, Json::error_handler_t::replace) + "\n";
 }
 
 }  // namespace ssm::client

@@ -72,6 +72,10 @@ absl::StatusOr<BenchReport> RunBench(Client& client,
                                      const BenchOptions& options);
 
 std::string FormatBenchTable(const BenchReport& report);
+// One JSON object on one line (and a newline): every option and result,
+// under the names of the CLI's flags where there is one; durations in
+// seconds, latencies in microseconds (latency_us), server memory in KiB
+// or null when not measured; a rate of a zero-length run is null.
 std::string FormatBenchJson(const BenchReport& report);
 
 }  // namespace ssm::client

@@ -7,7 +7,6 @@
 #include <fstream>
 #include <iostream>
 #include <iterator>
-#include <sstream>
 #include <vector>
 
 #include "absl/strings/ascii.h"
@@ -15,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "ssm/file_io.h"
 
 namespace ssm::client {
 namespace {
@@ -274,15 +274,10 @@ absl::StatusOr<std::string> ReadFileBytes(const std::string& path) {
     return std::string(std::istreambuf_iterator<char>(std::cin),
                        std::istreambuf_iterator<char>());
   }
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    return absl::NotFoundError(
-        absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
-  }
-  std::ostringstream buffer;
-  buffer << in.rdbuf();
-  if (in.bad()) return absl::DataLossError(absl::StrCat("cannot read ", path));
-  return buffer.str();
+  // Not only regular files: `--input=<(generate)` is a pipe.
+  ssm::ReadFileOptions options;
+  options.regular_file_only = false;
+  return ssm::ReadFileToString(path, options);
 }
 
 absl::Status WriteFileBytes(const std::string& path, const std::string& bytes) {

@@ -31,11 +31,14 @@ absl::StatusOr<Tensor> ParseNpy(const std::string& bytes);
 std::string FormatNpy(const Tensor& tensor);
 
 // By extension: ".npy" is NumPy, anything else CSV; "-" is stdin/stdout
-// (CSV). NOT_FOUND / PERMISSION_DENIED-like errors name the path.
+// (CSV). Errors name the path; reading fails as ReadFileBytes does.
 absl::StatusOr<Tensor> ReadSequence(const std::string& path);
 absl::Status WriteSequence(const std::string& path, const Tensor& tensor);
 
-// Whole files as bytes ("-": stdin/stdout).
+// Whole files as bytes ("-": stdin/stdout). Reading is ssm/file_io.h's
+// ReadFileToString, pipes and devices included: NOT_FOUND for a missing
+// file, PERMISSION_DENIED, FAILED_PRECONDITION for a directory, the path
+// and the system's reason in the message.
 absl::StatusOr<std::string> ReadFileBytes(const std::string& path);
 absl::Status WriteFileBytes(const std::string& path, const std::string& bytes);
 

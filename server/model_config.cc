@@ -1,9 +1,6 @@
 #include "server/model_config.h"
 
-#include <cerrno>
 #include <climits>
-#include <cstdio>
-#include <memory>
 #include <utility>
 #include <variant>
 
@@ -13,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "ssm/file_io.h"
 
 namespace ssm::server {
 namespace {
@@ -195,10 +193,6 @@ absl::Status WithSource(absl::string_view source, const absl::Status& status) {
   return absl::Status(status.code(), absl::StrCat(source, ": ", status.message()));
 }
 
-struct FileCloser {
-  void operator()(std::FILE* file) const { std::fclose(file); }
-};
-
 }  // namespace
 
 absl::StatusOr<ssm::ModelSpec> ModelSpecFromConfig(const ssm::v1::ModelConfig& config) {
@@ -257,33 +251,11 @@ absl::StatusOr<ssm::ModelSpec> ParseModelConfigText(absl::string_view text,
 }
 
 absl::StatusOr<ssm::ModelSpec> ReadModelConfig(const std::string& path) {
-  std::unique_ptr<std::FILE, FileCloser> file(std::fopen(path.c_str(), "rb"));
-  if (file == nullptr) {
-    const int error = errno;
-    // A missing parent folder (ENOTDIR) is as missing as a missing file.
-    if (error == ENOENT || error == ENOTDIR) {
-      return absl::NotFoundError(absl::StrCat(path, ": no such file"));
-    }
-    return absl::ErrnoToStatus(error, absl::StrCat(path, ": cannot open"));
-  }
-
-  std::string text;
-  char buffer[16384];
-  while (true) {
-    const size_t got = std::fread(buffer, 1, sizeof(buffer), file.get());
-    text.append(buffer, got);
-    if (text.size() > kMaxConfigBytes) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(path, ": larger than ", kMaxConfigBytes, " bytes; not a model config"));
-    }
-    if (got < sizeof(buffer)) {
-      if (std::ferror(file.get())) {
-        return absl::ErrnoToStatus(errno, absl::StrCat(path, ": cannot read"));
-      }
-      break;
-    }
-  }
-  return ParseModelConfigText(text, path);
+  ssm::ReadFileOptions options;
+  options.max_bytes = kMaxConfigBytes;
+  absl::StatusOr<std::string> text = ssm::ReadFileToString(path, options);
+  if (!text.ok()) return text.status();
+  return ParseModelConfigText(*text, path);
 }
 
 ssm::v1::ModelConfig ModelConfigFromSpec(const ssm::ModelSpec& spec) {

@@ -23,6 +23,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
+#include "ssm/file_io.h"
 
 namespace ssm {
 namespace {
@@ -421,34 +422,9 @@ absl::StatusOr<SafeTensors> SafeTensors::Parse(std::string bytes, std::string so
 }
 
 absl::StatusOr<SafeTensors> SafeTensors::ReadFile(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return absl::ErrnoToStatus(errno, absl::StrCat("cannot open ", path));
-  struct FdCloser {
-    int fd;
-    ~FdCloser() { ::close(fd); }
-  } closer{fd};
-
-  struct stat st;
-  if (::fstat(fd, &st) != 0) return absl::ErrnoToStatus(errno, absl::StrCat("cannot stat ", path));
-  if (!S_ISREG(st.st_mode)) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": not a regular file"));
-  }
-  std::string bytes;
-  // The size is a hint: read to end of file in case it changed meanwhile.
-  bytes.resize(static_cast<size_t>(st.st_size) + 1);
-  size_t got = 0;
-  while (true) {
-    if (got == bytes.size()) bytes.resize(bytes.size() * 2);
-    const ssize_t r = ::read(fd, bytes.data() + got, bytes.size() - got);
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      return absl::ErrnoToStatus(errno, absl::StrCat("cannot read ", path));
-    }
-    if (r == 0) break;
-    got += static_cast<size_t>(r);
-  }
-  bytes.resize(got);
-  return Parse(std::move(bytes), path);
+  absl::StatusOr<std::string> bytes = ReadFileToString(path);
+  if (!bytes.ok()) return bytes.status();
+  return Parse(*std::move(bytes), path);
 }
 
 const std::string& SafeTensors::source() const { return rep_->source; }

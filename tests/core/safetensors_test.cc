@@ -263,11 +263,14 @@ TEST(SafeTensorsTest, MissingFileIsNotFound) {
   EXPECT_THAT(std::string(st.status().message()), HasSubstr(path));
 }
 
-TEST(SafeTensorsTest, DirectoryIsInvalidArgument) {
+// The file-system errors are file_io's (tests/core/fileio): a directory is
+// FAILED_PRECONDITION, like a directory given as a model config.
+TEST(SafeTensorsTest, DirectoryIsFailedPrecondition) {
   TempDir dir;
   absl::StatusOr<SafeTensors> st = SafeTensors::ReadFile(dir.File(""));
-  EXPECT_EQ(st.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(st.status().message()), HasSubstr("not a regular file"));
+  EXPECT_EQ(st.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(st.status().message()),
+              AllOf(HasSubstr(dir.File("")), HasSubstr("Is a directory")));
 }
 
 TEST(SafeTensorsTest, MalformedFileFromDiskNamesThePath) {

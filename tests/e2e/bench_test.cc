@@ -8,6 +8,9 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/match.h"
@@ -197,6 +200,90 @@ TEST(BenchTest, ServerDeathEndsTheRunWithErrors) {
       << r->first_error;
   EXPECT_FALSE(r->hit_max_duration);
   EXPECT_GT(r->completed, 0);
+}
+
+// The JSON report (no server needed): every field present under its name
+// with the report's value, and strings that need escaping (quotes,
+// backslashes, control characters) come back unchanged.
+TEST(BenchJsonTest, EveryFieldRoundTrips) {
+  BenchReport r;
+  r.options.mode = "idle";
+  r.options.model = std::string("s4 \"demo\" \\v2\\\n\ttab\x01\x1f\x7f end");
+  r.options.concurrency = 3;
+  r.options.steps = 1001;
+  r.options.chunk = 5;
+  r.options.inflight = 7;
+  r.options.calls = 11;
+  r.options.batch = 13;
+  r.options.length = 17;
+  r.options.max_duration = absl::Milliseconds(2500);
+  r.options.hold = absl::Milliseconds(250);
+  r.options.server_pid = 4242;
+  r.completed = 19;
+  r.steps = 23;
+  r.elapsed = absl::Seconds(2);
+  r.errors = 2;
+  r.first_error = "UNAVAILABLE: \"peer\" said \\ no\r\n\x02";
+  r.hit_max_duration = true;
+  r.rss_before_kb = 1000;
+  r.rss_held_kb = 3000;
+  r.p50 = absl::Microseconds(10);
+  r.p90 = absl::Microseconds(20);
+  r.p99 = absl::Microseconds(30);
+  r.max = absl::Microseconds(40);
+
+  const std::string text = client::FormatBenchJson(r);
+  ASSERT_FALSE(text.empty());
+  EXPECT_EQ(text.back(), '\n');
+  EXPECT_EQ(text.find('\n'), text.size() - 1) << "one line: " << text;
+  const nlohmann::json j = nlohmann::json::parse(text);
+
+  std::vector<std::string> keys;
+  for (const auto& [key, value] : j.items()) keys.push_back(key);
+  EXPECT_EQ(keys, (std::vector<std::string>{
+                      "batch", "calls", "chunk", "completed", "completed_per_second",
+                      "concurrency", "errors", "first_error", "hold_seconds", "inflight",
+                      "latency_us", "length", "max_seconds", "mode", "model", "seconds",
+                      "server_pid", "server_rss_before_kib", "server_rss_held_kib", "steps",
+                      "steps_per_second", "steps_per_stream", "stopped_by_max_seconds"}));
+  EXPECT_EQ(j["mode"], "idle");
+  EXPECT_EQ(j["model"], r.options.model);
+  EXPECT_EQ(j["concurrency"], 3);
+  EXPECT_EQ(j["steps_per_stream"], 1001);
+  EXPECT_EQ(j["chunk"], 5);
+  EXPECT_EQ(j["inflight"], 7);
+  EXPECT_EQ(j["calls"], 11);
+  EXPECT_EQ(j["batch"], 13);
+  EXPECT_EQ(j["length"], 17);
+  EXPECT_EQ(j["max_seconds"], 2.5);
+  EXPECT_EQ(j["hold_seconds"], 0.25);
+  EXPECT_EQ(j["server_pid"], 4242);
+  EXPECT_EQ(j["completed"], 19);
+  EXPECT_EQ(j["steps"], 23);
+  EXPECT_EQ(j["seconds"], 2.0);
+  EXPECT_EQ(j["steps_per_second"], 11.5);
+  EXPECT_EQ(j["completed_per_second"], 9.5);
+  EXPECT_EQ(j["latency_us"],
+            nlohmann::json::parse(R"({"p50": 10, "p90": 20, "p99": 30, "max": 40})"));
+  EXPECT_EQ(j["errors"], 2);
+  EXPECT_EQ(j["first_error"], r.first_error);
+  EXPECT_EQ(j["stopped_by_max_seconds"], true);
+  EXPECT_EQ(j["server_rss_before_kib"], 1000);
+  EXPECT_EQ(j["server_rss_held_kib"], 3000);
+}
+
+// What is not measured or not a number is null, and bytes that are not
+// UTF-8 (a server's message may hold any) still give valid JSON.
+TEST(BenchJsonTest, UnmeasuredIsNullAndAnyBytesAreValid) {
+  BenchReport r;
+  r.options.max_duration = absl::InfiniteDuration();
+  r.first_error = "bad \xff\xfe bytes";
+  const nlohmann::json j = nlohmann::json::parse(client::FormatBenchJson(r));
+  EXPECT_TRUE(j["server_rss_before_kib"].is_null());
+  EXPECT_TRUE(j["server_rss_held_kib"].is_null());
+  EXPECT_TRUE(j["max_seconds"].is_null());
+  EXPECT_TRUE(j["steps_per_second"].is_null());  // zero elapsed
+  EXPECT_EQ(j["first_error"], "bad \xEF\xBF\xBD\xEF\xBF\xBD bytes");  // U+FFFD each
 }
 
 }  // namespace

@@ -1,4 +1,5 @@
 // The ssm_client CLI against a real server, and its file formats.
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -6,8 +7,11 @@
 #include <sstream>
 #include <string>
 
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <nlohmann/json.hpp>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -102,6 +106,29 @@ TEST(TensorIoTest, CsvParsesRowsAndNamesBadCells) {
       << bad.status();
   EXPECT_CODE(client::ParseCsv("1,2\n3\n"), kInvalidArgument);
   EXPECT_CODE(client::ParseCsv("# nothing\n"), kInvalidArgument);
+}
+
+// Why a file cannot be read is in the code (ssm/file_io.h): a missing file
+// is NOT_FOUND, a directory is not (it used to be: every failure was).
+TEST(TensorIoTest, UnreadableInputsSayWhy) {
+  const std::string missing = TempPath("missing.csv");
+  absl::StatusOr<Tensor> t = client::ReadSequence(missing);
+  EXPECT_CODE(t, kNotFound);
+  EXPECT_TRUE(absl::StrContains(t.status().message(), missing)) << t.status();
+
+  const std::string dir = TempPath("dir.csv");
+  ASSERT_EQ(mkdir(dir.c_str(), 0700), 0) << std::strerror(errno);
+  t = client::ReadSequence(dir);
+  EXPECT_CODE(t, kFailedPrecondition);
+  EXPECT_TRUE(absl::StrContains(t.status().message(), "Is a directory"))
+      << t.status();
+  // The CLI says so before it connects anywhere.
+  CommandResult infer =
+      RunCli(absl::StrCat("infer --model=legt-delay --input=", dir));
+  EXPECT_EQ(infer.exit_code, 1) << infer.output;
+  EXPECT_TRUE(absl::StrContains(infer.output, "FAILED_PRECONDITION"))
+      << infer.output;
+  rmdir(dir.c_str());
 }
 
 TEST(CliTest, HealthModelsAndModel) {
@@ -230,8 +257,18 @@ TEST(CliTest, BenchIsBoundedAndReports) {
       " bench --mode=unary --concurrency=2 --calls=6 --batch=2 --length=256 "
       "--json"));
   ASSERT_EQ(unary.exit_code, 0) << unary.output;
-  EXPECT_TRUE(absl::StrContains(unary.output, "\"completed\": 6,")) << unary.output;
-  EXPECT_TRUE(absl::StrContains(unary.output, "\"steps\": 3072,")) << unary.output;
+  // The report is the one line that is a JSON object (stderr is mixed in).
+  const size_t at = unary.output.rfind('{', unary.output.find("\"mode\""));
+  ASSERT_NE(at, std::string::npos) << unary.output;
+  const std::string line = unary.output.substr(at, unary.output.find('\n', at) - at);
+  const nlohmann::json report =
+      nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+  ASSERT_TRUE(report.is_object()) << unary.output;
+  EXPECT_EQ(report["mode"], "unary") << unary.output;
+  EXPECT_EQ(report["model"], "s4-demo") << unary.output;
+  EXPECT_EQ(report["completed"], 6) << unary.output;
+  EXPECT_EQ(report["steps"], 3072) << unary.output;
+  EXPECT_EQ(report["errors"], 0) << unary.output;
 
   // The wall-clock cap stops a run that its counts would not.
   CommandResult capped = RunCli(absl::StrCat(

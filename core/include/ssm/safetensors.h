@@ -13,9 +13,11 @@
 // element; zero-size tensors are allowed. I64 values beyond 2^53 are rounded
 // when read as double.
 //
-// Errors: ReadFile gives NotFound if the file does not exist (other I/O
-// errors by errno); everything malformed is InvalidArgument with a message
-// naming the source (the path), and where relevant the tensor and field.
+// Errors: ReadFile's I/O errors are ssm/file_io.h's (NotFound for a missing
+// file, PermissionDenied, FailedPrecondition for a directory or anything
+// else that is not a regular file); everything malformed is InvalidArgument
+// with a message naming the source (the path), and where relevant the
+// tensor and field.
 // Writing gives InvalidArgument for bad tensors (duplicate or reserved names,
 // negative dims, values.size() != product(shape), non-finite values, values
 // out of range for the dtype) and an errno-derived code naming the path for
