@@ -74,6 +74,21 @@ class Metrics::Collector : public prometheus::Collectable {
     out.push_back(OneValue("ssm_core_threads",
                            "Threads the core's parallel loops may use (--threads).",
                            MetricType::Gauge, s.core_threads));
+    out.push_back(OneValue("ssm_connections_open",
+                           "TCP connections held on the gRPC port (--max_connections caps them).",
+                           MetricType::Gauge, s.connections_open));
+    out.push_back(OneValue("ssm_connections_closed_over_limit_total",
+                           "Connections closed because --max_connections were already open.",
+                           MetricType::Counter,
+                           static_cast<double>(s.connections_closed_over_limit_total)));
+    out.push_back(OneValue("process_resident_memory_bytes", "Resident memory size in bytes.",
+                           MetricType::Gauge, static_cast<double>(s.process.resident_bytes)));
+    out.push_back(OneValue("process_open_fds", "Number of open file descriptors.",
+                           MetricType::Gauge, static_cast<double>(s.process.open_fds)));
+    out.push_back(OneValue("process_max_fds", "Maximum number of open file descriptors.",
+                           MetricType::Gauge, static_cast<double>(s.process.max_fds)));
+    out.push_back(OneValue("process_threads", "Threads of the process.", MetricType::Gauge,
+                           static_cast<double>(s.process.threads)));
     out.push_back(OneValue("ssm_worker_queue_depth", "Jobs waiting for a worker thread.",
                            MetricType::Gauge, s.worker_queue_depth));
     out.push_back(OneValue("ssm_worker_rejections_total",

@@ -17,6 +17,12 @@
 //   ssm_worker_threads, ssm_worker_queue_depth    gauges, sampled
 //   ssm_core_threads                        gauge, sampled: threads the core's
 //                                           parallel loops use (--threads)
+//   ssm_connections_open                    gauge, sampled: TCP connections
+//                                           held on the gRPC port
+//   ssm_connections_closed_over_limit_total counter, sampled: closed past
+//                                           --max_connections
+//   process_resident_memory_bytes, process_open_fds, process_max_fds,
+//   process_threads                         gauges, sampled from /proc/self
 //   ssm_worker_rejections_total             counter: "server busy" refusals
 //   ssm_kernel_cache_hits_total, ssm_kernel_cache_misses_total
 //                                           counters, sampled: FFT convolvers
@@ -50,6 +56,7 @@
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
+#include "server/connection_guard.h"
 
 namespace ssm::server {
 
@@ -64,6 +71,9 @@ class Metrics {
     uint64_t session_evictions_total = 0;
     int worker_threads = 0;
     int core_threads = 0;
+    int connections_open = 0;
+    uint64_t connections_closed_over_limit_total = 0;
+    ProcessStats process;
     int worker_queue_depth = 0;
     uint64_t worker_rejections_total = 0;
     int64_t kernel_cache_hits_total = 0;    // FFT convolvers found in a model's cache

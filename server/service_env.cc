@@ -35,4 +35,12 @@ absl::Status BusyError(const WorkerPool& pool) {
       " jobs are already waiting; retry later"));
 }
 
+absl::Status MathBusyError(const WorkerPool& pool) {
+  return absl::ResourceExhaustedError(absl::StrCat("server busy with Math: ", pool.math_threads(),
+                                                   " workers (--math_threads) are busy with "
+                                                   "Math and --max_math_queue=",
+                                                   pool.max_math_queue(),
+                                                   " Math jobs are already waiting; retry later"));
+}
+
 }  // namespace ssm::server

@@ -63,6 +63,9 @@ absl::Status DrainingError();
 // RESOURCE_EXHAUSTED: the worker pool refused a job (every worker busy and
 // the queue full).
 absl::Status BusyError(const WorkerPool& pool);
+// RESOURCE_EXHAUSTED: the pool refused a Math job (Math's share of the
+// workers busy and its own queue full).
+absl::Status MathBusyError(const WorkerPool& pool);
 
 }  // namespace ssm::server
 

@@ -7,12 +7,13 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "server/model_config.h"
 #include "server/math_handlers.h"
+#include "server/model_config.h"
 #include "server/session_open.h"
 #include "server/stream_call.h"
 #include "server/tensor_codec.h"
 #include "server/unary_call.h"
+#include "ssm/threads.h"
 
 namespace ssm::server {
 namespace {
@@ -32,8 +33,7 @@ constexpr int64_t kInferPieceRows = ssm::Session::kMaxRowsPerPass;
 // client fixes them: the input's shape (the model's d_input), the server's
 // limits, the model's own max_length, the response's size, and whether
 // return_state is possible. Returns the input's shape.
-absl::StatusOr<SequenceShape> CheckInfer(const v1::InferRequest& request,
-                                         const ServedModel& served,
+absl::StatusOr<SequenceShape> CheckInfer(const v1::InferRequest& request, const ServedModel& served,
                                          const RequestLimits& limits) {
   const ssm::Model& model = *served.model;
   absl::StatusOr<SequenceShape> shape =
@@ -43,18 +43,20 @@ absl::StatusOr<SequenceShape> CheckInfer(const v1::InferRequest& request,
     return s;
   }
   if (shape->steps > limits.max_unary_length) {
-    return absl::ResourceExhaustedError(absl::StrCat("input.shape[1] = ", shape->steps,
-                                                     " steps exceeds --max_unary_length=",
-                                                     limits.max_unary_length));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("input.shape[1] = ", shape->steps,
+                     " steps exceeds --max_unary_length=", limits.max_unary_length));
   }
   if (shape->steps > model.max_length()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "input.shape[1] = ", shape->steps, " steps exceeds model '", served.name,
-        "''s max_length ", model.max_length(), " (StreamInfer takes sequences of any length)"));
+        "input.shape[1] = ", shape->steps, " steps exceeds model '", served.name, "''s max_length ",
+        model.max_length(), " (StreamInfer takes sequences of any length)"));
   }
   const int64_t out_values = shape->batch * shape->steps * model.d_output();
   if (absl::Status s = CheckResponseBytes(
-          out_values * 4 + (request.return_state() ? static_cast<int64_t>(model.state_bytes()) * shape->batch : 0),
+          out_values * 4 + (request.return_state()
+                                ? static_cast<int64_t>(model.state_bytes()) * shape->batch
+                                : 0),
           "the output", limits);
       !s.ok()) {
     return s;
@@ -70,8 +72,10 @@ absl::StatusOr<SequenceShape> CheckInfer(const v1::InferRequest& request,
 }  // namespace
 
 grpc::ServerUnaryReactor* InferenceService::Infer(grpc::CallbackServerContext* context,
-    const grpc::ByteBuffer* raw_request, grpc::ByteBuffer* raw_response) {
-  auto* call = new MessageCall<v1::InferRequest, v1::InferResponse>(context, env_, "Infer", raw_response);
+                                                  const grpc::ByteBuffer* raw_request,
+                                                  grpc::ByteBuffer* raw_response) {
+  auto* call =
+      new MessageCall<v1::InferRequest, v1::InferResponse>(context, env_, "Infer", raw_response);
   if (call->RefuseIfDraining() || !call->Parse(raw_request)) return call;
   const v1::InferRequest* request = &call->request();
   v1::InferResponse* response = call->response();
@@ -86,8 +90,8 @@ grpc::ServerUnaryReactor* InferenceService::Infer(grpc::CallbackServerContext* c
     return call;
   }
   const SequenceShape out_shape{shape->batch, shape->steps, served->model->d_output()};
-  call->CompleteOnPool([context, served = *std::move(served), shape = *shape, out_shape,
-                        request, response]() -> absl::Status {
+  call->CompleteOnPool([context, served = *std::move(served), shape = *shape, out_shape, request,
+                        response]() -> absl::Status {
     std::vector<double> x;
     if (absl::Status s = ReadFiniteValues(request->input(), "input", &x); !s.ok()) return s;
     std::vector<double> y(out_shape.size());
@@ -101,10 +105,9 @@ grpc::ServerUnaryReactor* InferenceService::Infer(grpc::CallbackServerContext* c
       absl::StatusOr<ssm::Session> session = ssm::Session::Create(served.model, batch);
       if (!session.ok()) return session.status();
       session->set_output_limit(kMaxWireValue);
-      if (absl::Status s = session->Run(x, steps, absl::MakeSpan(y),
-                                        [&](int done) {
-                                          return CallStopped(context, done, steps, "steps");
-                                        });
+      if (absl::Status s =
+              session->Run(x, steps, absl::MakeSpan(y),
+                           [&](int done) { return CallStopped(context, done, steps, "steps"); });
           !s.ok()) {
         return s;
       }
@@ -142,8 +145,10 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* InferenceService::S
 }
 
 grpc::ServerUnaryReactor* InferenceService::ExportState(grpc::CallbackServerContext* context,
-    const grpc::ByteBuffer* raw_request, grpc::ByteBuffer* raw_response) {
-  auto* call = new MessageCall<v1::ExportStateRequest, v1::ExportStateResponse>(context, env_, "ExportState", raw_response);
+                                                        const grpc::ByteBuffer* raw_request,
+                                                        grpc::ByteBuffer* raw_response) {
+  auto* call = new MessageCall<v1::ExportStateRequest, v1::ExportStateResponse>(
+      context, env_, "ExportState", raw_response);
   if (!call->Parse(raw_request)) return call;
   const v1::ExportStateRequest* request = &call->request();
   v1::ExportStateResponse* response = call->response();
@@ -168,8 +173,10 @@ grpc::ServerUnaryReactor* InferenceService::ExportState(grpc::CallbackServerCont
 }
 
 grpc::ServerUnaryReactor* InferenceService::ImportState(grpc::CallbackServerContext* context,
-    const grpc::ByteBuffer* raw_request, grpc::ByteBuffer* raw_response) {
-  auto* call = new MessageCall<v1::ImportStateRequest, v1::ImportStateResponse>(context, env_, "ImportState", raw_response);
+                                                        const grpc::ByteBuffer* raw_request,
+                                                        grpc::ByteBuffer* raw_response) {
+  auto* call = new MessageCall<v1::ImportStateRequest, v1::ImportStateResponse>(
+      context, env_, "ImportState", raw_response);
   if (call->RefuseIfDraining() || !call->Parse(raw_request)) return call;
   const v1::ImportStateRequest* request = &call->request();
   v1::ImportStateResponse* response = call->response();
@@ -195,8 +202,10 @@ grpc::ServerUnaryReactor* InferenceService::ImportState(grpc::CallbackServerCont
 }
 
 grpc::ServerUnaryReactor* InferenceService::ListModels(grpc::CallbackServerContext* context,
-    const grpc::ByteBuffer* raw_request, grpc::ByteBuffer* raw_response) {
-  auto* call = new MessageCall<v1::ListModelsRequest, v1::ListModelsResponse>(context, env_, "ListModels", raw_response);
+                                                       const grpc::ByteBuffer* raw_request,
+                                                       grpc::ByteBuffer* raw_response) {
+  auto* call = new MessageCall<v1::ListModelsRequest, v1::ListModelsResponse>(
+      context, env_, "ListModels", raw_response);
   if (call->RefuseIfDraining() || !call->Parse(raw_request)) return call;
   v1::ListModelsResponse* response = call->response();
   // A table lookup: cheaper than a hand-off to the pool.
@@ -211,8 +220,10 @@ grpc::ServerUnaryReactor* InferenceService::ListModels(grpc::CallbackServerConte
 }
 
 grpc::ServerUnaryReactor* InferenceService::GetModel(grpc::CallbackServerContext* context,
-    const grpc::ByteBuffer* raw_request, grpc::ByteBuffer* raw_response) {
-  auto* call = new MessageCall<v1::GetModelRequest, v1::GetModelResponse>(context, env_, "GetModel", raw_response);
+                                                     const grpc::ByteBuffer* raw_request,
+                                                     grpc::ByteBuffer* raw_response) {
+  auto* call = new MessageCall<v1::GetModelRequest, v1::GetModelResponse>(context, env_, "GetModel",
+                                                                          raw_response);
   if (call->RefuseIfDraining() || !call->Parse(raw_request)) return call;
   const v1::GetModelRequest* request = &call->request();
   v1::GetModelResponse* response = call->response();
@@ -231,36 +242,46 @@ grpc::ServerUnaryReactor* InferenceService::GetModel(grpc::CallbackServerContext
 }
 
 grpc::ServerUnaryReactor* MathService::BuildHippo(grpc::CallbackServerContext* context,
-    const grpc::ByteBuffer* raw_request, grpc::ByteBuffer* raw_response) {
-  auto* call = new MessageCall<v1::BuildHippoRequest, v1::BuildHippoResponse>(context, env_, "BuildHippo", raw_response);
+                                                  const grpc::ByteBuffer* raw_request,
+                                                  grpc::ByteBuffer* raw_response) {
+  auto* call = new MessageCall<v1::BuildHippoRequest, v1::BuildHippoResponse>(
+      context, env_, "BuildHippo", raw_response);
   if (call->RefuseIfDraining() || !call->Parse(raw_request)) return call;
   const v1::BuildHippoRequest* request = &call->request();
   v1::BuildHippoResponse* response = call->response();
-  call->CompleteOnPool([request, response]() -> absl::Status {
-    absl::StatusOr<v1::BuildHippoResponse> result = ::ssm::server::BuildHippo(*request);
-    if (!result.ok()) return result.status();
-    response->Swap(&*result);
-    return absl::OkStatus();
-  });
+  call->CompleteOnPool(
+      [request, response]() -> absl::Status {
+        const ssm::ThreadLimit one_cpu(1);  // Math's share is its workers, not every core
+        absl::StatusOr<v1::BuildHippoResponse> result = ::ssm::server::BuildHippo(*request);
+        if (!result.ok()) return result.status();
+        response->Swap(&*result);
+        return absl::OkStatus();
+      },
+      WorkerPool::JobClass::kMath);
   return call;
 }
 
 grpc::ServerUnaryReactor* MathService::ComputeKernel(grpc::CallbackServerContext* context,
-    const grpc::ByteBuffer* raw_request, grpc::ByteBuffer* raw_response) {
-  auto* call = new MessageCall<v1::ComputeKernelRequest, v1::ComputeKernelResponse>(context, env_, "ComputeKernel", raw_response);
+                                                     const grpc::ByteBuffer* raw_request,
+                                                     grpc::ByteBuffer* raw_response) {
+  auto* call = new MessageCall<v1::ComputeKernelRequest, v1::ComputeKernelResponse>(
+      context, env_, "ComputeKernel", raw_response);
   if (call->RefuseIfDraining() || !call->Parse(raw_request)) return call;
   const v1::ComputeKernelRequest* request = &call->request();
   v1::ComputeKernelResponse* response = call->response();
   MathLimits limits;
   limits.max_length = env_->limits.max_unary_length;
   limits.max_message_bytes = env_->limits.max_message_bytes;
-  call->CompleteOnPool([request, response, limits]() -> absl::Status {
-    absl::StatusOr<v1::ComputeKernelResponse> result =
-        ::ssm::server::ComputeKernel(*request, limits);
-    if (!result.ok()) return result.status();
-    response->Swap(&*result);
-    return absl::OkStatus();
-  });
+  call->CompleteOnPool(
+      [request, response, limits]() -> absl::Status {
+        const ssm::ThreadLimit one_cpu(1);  // Math's share is its workers, not every core
+        absl::StatusOr<v1::ComputeKernelResponse> result =
+            ::ssm::server::ComputeKernel(*request, limits);
+        if (!result.ok()) return result.status();
+        response->Swap(&*result);
+        return absl::OkStatus();
+      },
+      WorkerPool::JobClass::kMath);
   return call;
 }
 

@@ -1,15 +1,15 @@
 #include "server/ssm_server.h"
 
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server_builder.h>
+
 #include <algorithm>
 #include <climits>
 #include <exception>
 #include <utility>
 #include <vector>
-
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
-#include <grpcpp/health_check_service_interface.h>
-#include <grpcpp/security/server_credentials.h>
-#include <grpcpp/server_builder.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -18,9 +18,7 @@
 #include "ssm/threads.h"
 
 namespace ssm::server {
-namespace {
-
-}  // namespace
+namespace {}  // namespace
 
 absl::Status ValidateServerOptions(const ServerOptions& o) {
   auto at_least = [](absl::string_view flag, int64_t value, int64_t min) {
@@ -29,16 +27,23 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
                               absl::StrCat("--", flag, " must be >= ", min, ", got ", value));
   };
   const absl::Duration max_age = absl::Milliseconds(INT32_MAX);
-  if (o.max_connection_age < absl::ZeroDuration() || o.max_connection_age > max_age ||
-      o.max_connection_age_grace < absl::ZeroDuration() ||
-      o.max_connection_age_grace > max_age) {
-    return absl::InvalidArgumentError(
-        "--max_connection_age and --max_connection_age_grace must be in [0, 24 days]");
+  for (const auto& [flag, value] : {std::pair{"max_connection_age", o.max_connection_age},
+                                    {"max_connection_age_grace", o.max_connection_age_grace},
+                                    {"max_connection_idle", o.max_connection_idle},
+                                    {"keepalive_time", o.keepalive_time},
+                                    {"keepalive_timeout", o.keepalive_timeout}}) {
+    if (value < absl::ZeroDuration() || value > max_age) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", flag, " must be in [0, 24 days], got ", absl::FormatDuration(value)));
+    }
   }
   for (absl::Status s : {
            at_least("threads", o.threads, 0),
            at_least("max_queue", o.max_queue, 0),
+           at_least("math_threads", o.math_threads, 0),
+           at_least("max_math_queue", o.max_math_queue, 0),
            at_least("max_sessions", o.max_sessions, 1),
+           at_least("max_connections", o.max_connections, 0),
            at_least("max_batch", o.limits.max_batch, 1),
            at_least("max_chunk_steps", o.limits.max_chunk_steps, 1),
            at_least("max_unary_length", o.limits.max_unary_length, 1),
@@ -48,17 +53,20 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
   }
   // gRPC takes the message size as an int; chunks run with an int step count.
   if (o.limits.max_message_bytes > INT_MAX) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--max_message_bytes must be <= ", INT_MAX, ", got ",
-                     o.limits.max_message_bytes));
+    return absl::InvalidArgumentError(absl::StrCat("--max_message_bytes must be <= ", INT_MAX,
+                                                   ", got ", o.limits.max_message_bytes));
   }
   if (o.limits.max_chunk_steps > INT_MAX || o.limits.max_unary_length > INT_MAX) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--max_chunk_steps and --max_unary_length must be <= ", INT_MAX));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_chunk_steps and --max_unary_length must be <= ", INT_MAX));
+  }
+  if (o.threads > 0 && o.math_threads > o.threads) {
+    return absl::InvalidArgumentError(absl::StrCat("--math_threads must be <= --threads (",
+                                                   o.threads, "), got ", o.math_threads));
   }
   if (o.session_ttl <= absl::ZeroDuration()) {
-    return absl::InvalidArgumentError(absl::StrCat("--session_ttl must be > 0, got ",
-                                                   absl::FormatDuration(o.session_ttl)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--session_ttl must be > 0, got ", absl::FormatDuration(o.session_ttl)));
   }
   return absl::OkStatus();
 }
@@ -82,10 +90,11 @@ absl::StatusOr<std::unique_ptr<SsmServer>> SsmServer::Start(ServerOptions option
   // CPUs this server may use, not the node's.
   const int threads = o.threads > 0 ? o.threads : ssm::DefaultThreads();
   if (absl::Status s = ssm::SetThreads(threads); !s.ok()) return s;
-  self->pool_ = std::make_unique<WorkerPool>(threads, o.max_queue);
+  const int math_threads = o.math_threads > 0 ? o.math_threads : std::max(1, threads / 2);
+  self->pool_ = std::make_unique<WorkerPool>(threads, o.max_queue, math_threads, o.max_math_queue);
   self->metrics_->SetModels(self->catalog_->loaded_versions(), self->catalog_->failed_models());
-  self->metrics_->SetSampler([sessions = self->sessions_.get(), pool = self->pool_.get(),
-                              catalog = self->catalog_.get()] {
+  self->metrics_->SetSampler([server = self.get(), sessions = self->sessions_.get(),
+                              pool = self->pool_.get(), catalog = self->catalog_.get()] {
     const SessionManager::Stats stats = sessions->GetStats();
     Metrics::Sampled s;
     s.sessions_attached = stats.attached;
@@ -94,6 +103,11 @@ absl::StatusOr<std::unique_ptr<SsmServer>> SsmServer::Start(ServerOptions option
     s.session_evictions_total = stats.evicted_total;
     s.worker_threads = pool->threads();
     s.core_threads = ssm::Threads();
+    if (const ConnectionGuard* guard = server->connections_.get()) {
+      s.connections_open = guard->open();
+      s.connections_closed_over_limit_total = guard->closed_over_limit();
+    }
+    s.process = ReadProcessStats();
     s.worker_queue_depth = pool->queued();
     s.worker_rejections_total = pool->rejected();
     const ssm::ConvMode::CacheStats cache = catalog->KernelCacheTotals();
@@ -128,6 +142,17 @@ absl::StatusOr<std::unique_ptr<SsmServer>> SsmServer::Start(ServerOptions option
         GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
         static_cast<int>(absl::ToInt64Milliseconds(o.max_connection_age_grace)));
   }
+  auto milliseconds = [](absl::Duration d) {
+    return static_cast<int>(absl::ToInt64Milliseconds(d));
+  };
+  if (o.max_connection_idle > absl::ZeroDuration()) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS,
+                               milliseconds(o.max_connection_idle));
+  }
+  if (o.keepalive_time > absl::ZeroDuration()) {
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, milliseconds(o.keepalive_time));
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, milliseconds(o.keepalive_timeout));
+  }
   builder.SetMaxReceiveMessageSize(static_cast<int>(o.limits.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(o.limits.max_message_bytes));
   builder.RegisterService(self->inference_.get());
@@ -151,6 +176,11 @@ absl::StatusOr<std::unique_ptr<SsmServer>> SsmServer::Start(ServerOptions option
     }
   }
 
+  ConnectionGuard::Options guard;
+  guard.port = self->port_;
+  guard.max_connections = o.max_connections;
+  self->connections_ = std::make_unique<ConnectionGuard>(guard);
+
   if (!o.metrics_address.empty()) {
     try {
       self->exposer_ = std::make_unique<prometheus::Exposer>(o.metrics_address);
@@ -159,8 +189,8 @@ absl::StatusOr<std::unique_ptr<SsmServer>> SsmServer::Start(ServerOptions option
       self->metrics_port_ = ports.empty() ? 0 : ports.front();
     } catch (const std::exception& e) {
       self->Shutdown(absl::ZeroDuration());
-      return absl::UnavailableError(absl::StrCat("cannot serve metrics on ",
-                                                 o.metrics_address, ": ", e.what()));
+      return absl::UnavailableError(
+          absl::StrCat("cannot serve metrics on ", o.metrics_address, ": ", e.what()));
     }
   }
 
@@ -178,9 +208,10 @@ void SsmServer::BeginDrain() {
     }
   }
   const SessionManager::Stats stats = sessions_->GetStats();
-  Logf("draining: health NOT_SERVING, refusing new calls; %d streams attached, %d sessions "
-       "detached",
-       stats.attached, stats.detached);
+  Logf(
+      "draining: health NOT_SERVING, refusing new calls; %d streams attached, %d sessions "
+      "detached",
+      stats.attached, stats.detached);
 }
 
 void SsmServer::Shutdown(absl::Duration grace) {
@@ -193,9 +224,10 @@ void SsmServer::Shutdown(absl::Duration grace) {
   // window are refused at once, so they do not hold the drain up.
   const absl::Time deadline = absl::Now() + grace;
   const bool idle = calls_.WaitForIdle(deadline);
-  Logf("drain: %s", idle ? "every call finished" : absl::StrCat(calls_.running(),
-                                                                " calls still running at the "
-                                                                "deadline: cancelling them"));
+  Logf("drain: %s", idle ? "every call finished"
+                         : absl::StrCat(calls_.running(),
+                                        " calls still running at the "
+                                        "deadline: cancelling them"));
   // Blocks until every call has finished, cancelling those still running
   // (none when idle) at once. The workers must keep running meanwhile:
   // they finish the calls whose jobs they hold.
@@ -204,6 +236,7 @@ void SsmServer::Shutdown(absl::Duration grace) {
   if (eviction_thread_.joinable()) eviction_thread_.join();
   pool_->Shutdown();
   exposer_.reset();
+  connections_.reset();
 }
 
 void SsmServer::EvictionLoop() {

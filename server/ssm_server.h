@@ -37,6 +37,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "server/connection_guard.h"
 #include "server/metrics.h"
 #include "server/model_catalog.h"
 #include "server/model_repository.h"
@@ -56,6 +57,10 @@ struct ServerOptions {
   // 0: ssm::DefaultThreads(), the CPUs this process may use.
   int threads = 0;
   int max_queue = 256;                      // jobs waiting for a worker
+  // Math's share: workers that may run Math jobs at once (0: half of
+  // `threads`, at least 1) and Math jobs that may wait.
+  int math_threads = 0;
+  int max_math_queue = 16;
   int max_sessions = 1024;
   absl::Duration session_ttl = absl::Minutes(5);
   // Connections older than this get a GOAWAY (then `grace` to finish their
@@ -63,6 +68,17 @@ struct ServerOptions {
   // replicas. Zero: never.
   absl::Duration max_connection_age = absl::ZeroDuration();
   absl::Duration max_connection_age_grace = absl::ZeroDuration();
+  // Connections held at once; past it the newest are closed
+  // (connection_guard.h). 0: no cap.
+  int max_connections = 0;
+  // A connection with no call for this long is closed (gRPC's
+  // max_connection_idle). Zero: never.
+  absl::Duration max_connection_idle = absl::ZeroDuration();
+  // The server pings a connection quiet for keepalive_time and closes it if
+  // no answer comes within keepalive_timeout (a peer that vanished without
+  // closing). Zero keepalive_time: gRPC's default (2 hours).
+  absl::Duration keepalive_time = absl::ZeroDuration();
+  absl::Duration keepalive_timeout = absl::Seconds(20);
   RequestLimits limits;
   // "host:port" for the Prometheus exposer; empty: no metrics endpoint
   // (the metrics are still kept, see metrics()).
@@ -99,6 +115,7 @@ class SsmServer {
   SessionManager& sessions() { return *sessions_; }
   Metrics& metrics() { return *metrics_; }
   const WorkerPool& pool() const { return *pool_; }
+  const ConnectionGuard& connections() const { return *connections_; }
   bool draining() const { return draining_.load(); }
 
   // The drain's first half: health NOT_SERVING, new calls UNAVAILABLE.
@@ -131,6 +148,7 @@ class SsmServer {
   std::unique_ptr<InferenceService> inference_;
   std::unique_ptr<MathService> math_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<ConnectionGuard> connections_;  // read by the exposer's scrapes
   std::unique_ptr<prometheus::Exposer> exposer_;
   absl::Notification stop_eviction_;
   std::thread eviction_thread_;

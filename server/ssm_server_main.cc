@@ -37,6 +37,11 @@ ABSL_FLAG(int, threads, 0,
           "cgroup CPU quota)");
 ABSL_FLAG(int, max_queue, 256,
           "jobs that may wait for a worker; past it calls get RESOURCE_EXHAUSTED (server busy)");
+ABSL_FLAG(int, math_threads, 0,
+          "workers that may run Math calls (BuildHippo, ComputeKernel) at once, so they never "
+          "take every worker from inference; 0: half of --threads, at least 1");
+ABSL_FLAG(int, max_math_queue, 16,
+          "Math calls that may wait for a worker (their own queue); past it RESOURCE_EXHAUSTED");
 ABSL_FLAG(int, max_sessions, 1024, "sessions held at once, attached and detached");
 ABSL_FLAG(int64_t, max_chunk_steps, 16384, "time steps in one stream chunk");
 ABSL_FLAG(int64_t, max_unary_length, 65536,
@@ -51,6 +56,16 @@ ABSL_FLAG(absl::Duration, max_connection_age, absl::ZeroDuration(),
           "replicas (0: never)");
 ABSL_FLAG(absl::Duration, max_connection_age_grace, absl::Seconds(30),
           "after a GOAWAY from --max_connection_age, how long running calls may finish");
+ABSL_FLAG(int, max_connections, 1000,
+          "TCP connections held at once on the gRPC port; past it the newest are closed "
+          "(0: no cap)");
+ABSL_FLAG(absl::Duration, max_connection_idle, absl::Minutes(10),
+          "close a connection that has had no call for this long (0: never)");
+ABSL_FLAG(absl::Duration, keepalive_time, absl::Minutes(1),
+          "ping a connection quiet for this long to find peers that vanished (0: gRPC's "
+          "default, 2h)");
+ABSL_FLAG(absl::Duration, keepalive_timeout, absl::Seconds(20),
+          "close a pinged connection whose peer does not answer within this");
 ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(20),
           "on SIGTERM/SIGINT, how long running calls may take before they are cancelled");
 
@@ -123,10 +138,16 @@ int main(int argc, char** argv) {
   options.address = absl::GetFlag(FLAGS_address);
   options.threads = absl::GetFlag(FLAGS_threads);
   options.max_queue = absl::GetFlag(FLAGS_max_queue);
+  options.math_threads = absl::GetFlag(FLAGS_math_threads);
+  options.max_math_queue = absl::GetFlag(FLAGS_max_math_queue);
   options.max_sessions = absl::GetFlag(FLAGS_max_sessions);
   options.session_ttl = absl::GetFlag(FLAGS_session_ttl);
   options.max_connection_age = absl::GetFlag(FLAGS_max_connection_age);
   options.max_connection_age_grace = absl::GetFlag(FLAGS_max_connection_age_grace);
+  options.max_connections = absl::GetFlag(FLAGS_max_connections);
+  options.max_connection_idle = absl::GetFlag(FLAGS_max_connection_idle);
+  options.keepalive_time = absl::GetFlag(FLAGS_keepalive_time);
+  options.keepalive_timeout = absl::GetFlag(FLAGS_keepalive_timeout);
   options.limits.max_batch = absl::GetFlag(FLAGS_max_batch);
   options.limits.max_chunk_steps = absl::GetFlag(FLAGS_max_chunk_steps);
   options.limits.max_unary_length = absl::GetFlag(FLAGS_max_unary_length);

@@ -54,14 +54,17 @@ bool UnaryCall::RefuseIfDraining() {
   return true;
 }
 
-void UnaryCall::CompleteOnPool(absl::AnyInvocable<absl::Status() &&> work) {
+void UnaryCall::CompleteOnPool(absl::AnyInvocable<absl::Status() &&> work,
+                               WorkerPool::JobClass job_class) {
   WorkerPool& pool = *env_->pool;
-  if (!pool.TrySchedule([this, work = std::move(work)]() mutable {
-        absl::Status status = CallStillWanted(context_);
-        if (status.ok()) status = std::move(work)();
-        Complete(status);
-      })) {
-    Complete(BusyError(pool));
+  if (!pool.TrySchedule(
+          [this, work = std::move(work)]() mutable {
+            absl::Status status = CallStillWanted(context_);
+            if (status.ok()) status = std::move(work)();
+            Complete(status);
+          },
+          job_class)) {
+    Complete(job_class == WorkerPool::JobClass::kMath ? MathBusyError(pool) : BusyError(pool));
   }
 }
 

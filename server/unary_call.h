@@ -57,9 +57,10 @@ class UnaryCall : public grpc::ServerUnaryReactor {
   bool RefuseIfDraining();
 
   // Runs `work` on a worker and completes the call with its status, unless
-  // the pool is full (RESOURCE_EXHAUSTED now) or the call is cancelled or
-  // past its deadline by the time a worker is free.
-  void CompleteOnPool(absl::AnyInvocable<absl::Status() &&> work);
+  // the pool is full for its class (RESOURCE_EXHAUSTED now) or the call is
+  // cancelled or past its deadline by the time a worker is free.
+  void CompleteOnPool(absl::AnyInvocable<absl::Status() &&> work,
+                      WorkerPool::JobClass job_class = WorkerPool::JobClass::kInference);
 
   grpc::CallbackServerContext* context() const { return context_; }
   const ServiceEnv& env() const { return *env_; }

@@ -23,6 +23,8 @@ namespace internal {
 namespace {
 
 thread_local bool in_parallel_region = false;
+// ThreadLimit's cap for loops started from this thread; 0: none.
+thread_local int thread_limit = 0;
 
 // One ParallelFor call: blocks are claimed through an atomic counter, so the
 // caller and any number of workers share them without a queue per block.
@@ -104,7 +106,7 @@ class Pool {
 // allocates nothing: the streaming step's no-allocation guarantee holds.
 struct Shared {
   std::mutex mu;
-  std::shared_ptr<Pool> pool;  // null until first needed or set
+  std::shared_ptr<Pool> pool;   // null until first needed or set
   std::atomic<int> threads{0};  // 0: not decided yet
 };
 
@@ -155,16 +157,16 @@ int CgroupCpuLimit() {
 
 int Parallelism() { return EnsureThreads(); }
 
-void ParallelFor(int64_t n, int64_t min_block,
-                 absl::FunctionRef<void(int64_t, int64_t)> fn) {
+void ParallelFor(int64_t n, int64_t min_block, absl::FunctionRef<void(int64_t, int64_t)> fn) {
   if (n <= 0) return;
   min_block = std::max<int64_t>(1, min_block);
-  if (in_parallel_region || n < 2 * min_block || EnsureThreads() == 1) {
+  if (in_parallel_region || n < 2 * min_block || EnsureThreads() == 1 || thread_limit == 1) {
     fn(0, n);
     return;
   }
   const std::shared_ptr<Pool> pool = CurrentPool();
-  const int threads = pool->workers() + 1;
+  int threads = pool->workers() + 1;
+  if (thread_limit > 0) threads = std::min(threads, thread_limit);
   if (threads == 1) {  // set to 1 meanwhile
     fn(0, n);
     return;
@@ -176,7 +178,7 @@ void ParallelFor(int64_t n, int64_t min_block,
   job->n = n;
   job->block = block;
   job->blocks = (n + block - 1) / block;
-  pool->Submit(job, static_cast<int>(std::min<int64_t>(pool->workers(), job->blocks - 1)));
+  pool->Submit(job, static_cast<int>(std::min<int64_t>(threads - 1, job->blocks - 1)));
   in_parallel_region = true;
   job->RunBlocks();
   in_parallel_region = false;
@@ -203,6 +205,12 @@ absl::Status SetThreads(int threads) {
 }
 
 int Threads() { return internal::EnsureThreads(); }
+
+ThreadLimit::ThreadLimit(int threads) : previous_(internal::thread_limit) {
+  internal::thread_limit = std::max(1, threads);
+}
+
+ThreadLimit::~ThreadLimit() { internal::thread_limit = previous_; }
 
 int DefaultThreads() {
   int cpus = 0;

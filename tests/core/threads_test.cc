@@ -4,14 +4,13 @@
 
 #include "ssm/threads.h"
 
+#include <gtest/gtest.h>
 #include <sched.h>
 
 #include <atomic>
 #include <filesystem>
 #include <set>
 #include <thread>
-
-#include <gtest/gtest.h>
 
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
@@ -98,6 +97,25 @@ TEST_F(ThreadsTest, ChangingTheCountWhileLoopsRunLosesNoBlock) {
   }
   stop = true;
   flipper.join();
+}
+
+TEST_F(ThreadsTest, AThreadLimitCapsLoopsStartedFromItsThreadOnly) {
+  ASSERT_TRUE(SetThreads(4).ok());
+  {
+    ThreadLimit one(1);
+    EXPECT_EQ(ThreadsOfOneLoop().size(), 1u);
+    {
+      ThreadLimit two(2);
+      EXPECT_EQ(ThreadsOfOneLoop().size(), 2u);
+    }
+    EXPECT_EQ(ThreadsOfOneLoop().size(), 1u);
+    // Another thread is not limited.
+    size_t elsewhere = 0;
+    std::thread other([&] { elsewhere = ThreadsOfOneLoop().size(); });
+    other.join();
+    EXPECT_EQ(elsewhere, 4u);
+  }
+  EXPECT_EQ(ThreadsOfOneLoop().size(), 4u);
 }
 
 TEST_F(ThreadsTest, DefaultIsTheCpusThisThreadMayUse) {

@@ -45,6 +45,17 @@ std::unique_ptr<client::Client> ClientFor(const ServerProcess& server);
 // exit.
 ServerProcess& SharedServer();
 
+// GET http://127.0.0.1:<port><path> over a plain socket; the body, or an
+// error naming what failed.
+absl::StatusOr<std::string> HttpGet(int port, const std::string& path);
+
+// The value of the first sample named exactly `name` (no labels) in a
+// Prometheus text exposition; -1 when there is none.
+double MetricValue(const std::string& text, const std::string& name);
+
+// The p-quantile (0..1) of `values` (sorted in place).
+double Quantile(std::vector<double>& values, double p);
+
 // Float32 on the wire: outputs of the same computation by different paths
 // (convolution vs recurrence, chunkings) agree to this.
 inline constexpr double kWireTolerance = 1e-5;

@@ -4,9 +4,12 @@
 #include <string>
 
 #include <gmock/gmock.h>
+#include <grpcpp/generic/generic_stub.h>
 #include <gtest/gtest.h>
 
+#include "absl/synchronization/notification.h"
 #include "grpc_server_fixture.h"
+#include "ssm/threads.h"
 
 namespace ssm::server::testing {
 namespace {
@@ -57,6 +60,48 @@ TEST_F(GrpcServerTest, MetricsCountCallsAndSessions) {
   EXPECT_TRUE(Close(s).ok());
   EXPECT_THAT(server_->metrics().Text(),
               HasSubstr("ssm_rpc_requests_total{code=\"OK\",rpc=\"StreamInfer\"} 1"));
+}
+
+// A request that does not parse is an error like any other: counted with
+// its code, not lost before the service sees it.
+TEST_F(GrpcServerTest, MalformedRequestsAreCounted) {
+  grpc::GenericStub generic(channel_);
+  const std::string junk = "\xff\xff\xff\xff\x0f not a protobuf";
+  grpc::Slice slice(junk);
+  grpc::ByteBuffer request(&slice, 1), response;
+  grpc::ClientContext context;
+  absl::Notification done;
+  grpc::Status status;
+  generic.UnaryCall(&context, "/ssm.v1.Inference/GetModel", grpc::StubOptions(), &request,
+                    &response, [&](grpc::Status s) {
+                      status = std::move(s);
+                      done.Notify();
+                    });
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(server_->metrics().Text(),
+              HasSubstr(R"(ssm_rpc_errors_total{code="INVALID_ARGUMENT",rpc="GetModel"} 1)"));
+}
+
+// --threads sizes both the workers and the core's parallel loops.
+TEST_F(GrpcServerTest, ThreadsFollowTheFlag) {
+  StartServerWith([](ServerOptions& o) { o.threads = 3; });
+  const std::string text = server_->metrics().Text();
+  EXPECT_EQ(MetricValue(text, "ssm_worker_threads"), 3);
+  EXPECT_EQ(MetricValue(text, "ssm_core_threads"), 3);
+  EXPECT_EQ(ssm::Threads(), 3);
+}
+
+TEST_F(GrpcServerTest, ProcessAndConnectionFiguresAreExported) {
+  v1::InferResponse response;
+  ASSERT_TRUE(Infer(InferRequestFor("legt-delay", MakeInput(1, 5)), &response).ok());
+  const std::string text = server_->metrics().Text();
+  EXPECT_GT(MetricValue(text, "process_resident_memory_bytes"), 1 << 20);
+  EXPECT_GT(MetricValue(text, "process_open_fds"), 3);
+  EXPECT_GT(MetricValue(text, "process_max_fds"), 0);
+  EXPECT_GT(MetricValue(text, "process_threads"), 1);
+  EXPECT_GE(MetricValue(text, "ssm_connections_open"), 0);
+  EXPECT_EQ(MetricValue(text, "ssm_connections_closed_over_limit_total"), 0);
 }
 
 }  // namespace

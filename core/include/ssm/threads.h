@@ -26,6 +26,22 @@ absl::Status SetThreads(int threads);
 // The count loops use now (>= 1).
 int Threads();
 
+// Within its scope, loops started from the constructing thread use at most
+// `threads` threads (the caller included; >= 1), whatever Threads() is: a
+// server runs work it must keep to a share of the CPUs (Math calls) under
+// one. Scopes nest (the innermost wins). Not movable; destroy it on the
+// thread that made it.
+class ThreadLimit {
+ public:
+  explicit ThreadLimit(int threads);
+  ~ThreadLimit();
+  ThreadLimit(const ThreadLimit&) = delete;
+  ThreadLimit& operator=(const ThreadLimit&) = delete;
+
+ private:
+  int previous_;
+};
+
 // The CPUs this process may run on: its affinity mask, capped by a cgroup
 // CPU quota when one is set (cgroup v2 cpu.max or v1 cfs_quota_us, rounded
 // up). At least 1.

@@ -1,0 +1,121 @@
+// The connection cap (connection_guard.h), on real loopback sockets: the
+// guard counts this process's connections on a port and shuts down the
+// newest past the cap, leaving the older ones and other ports alone.
+
+#include "server/connection_guard.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <vector>
+
+#include "server/log.h"
+
+namespace ssm::server {
+namespace {
+
+class Listener {
+ public:
+  Listener() {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    EXPECT_EQ(listen(fd_, 128), 0);
+    socklen_t len = sizeof(addr);
+    getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len);
+    port_ = ntohs(addr.sin_port);
+  }
+  ~Listener() {
+    for (int fd : accepted_) close(fd);
+    for (int fd : clients_) close(fd);
+    close(fd_);
+  }
+  int port() const { return port_; }
+
+  // Connects a client and accepts it; returns the client's end.
+  int Connect() {
+    const int c = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(static_cast<uint16_t>(port_));
+    EXPECT_EQ(connect(c, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    accepted_.push_back(accept(fd_, nullptr, nullptr));
+    clients_.push_back(c);
+    return c;
+  }
+
+ private:
+  int fd_ = -1;
+  int port_ = 0;
+  std::vector<int> accepted_, clients_;
+};
+
+// Whether the server side shut the connection down: the client reads EOF.
+bool ClosedByServer(int client) {
+  const int flags = fcntl(client, F_GETFL);
+  fcntl(client, F_SETFL, flags | O_NONBLOCK);
+  char byte;
+  const ssize_t n = recv(client, &byte, 1, 0);
+  const int err = errno;
+  fcntl(client, F_SETFL, flags);
+  if (n == 0) return true;
+  EXPECT_TRUE(n < 0 && (err == EAGAIN || err == EWOULDBLOCK)) << "recv " << n << " errno " << err;
+  return false;
+}
+
+class ConnectionGuardTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { SetLogEnabled(false); }
+  static void TearDownTestSuite() { SetLogEnabled(true); }
+};
+
+TEST_F(ConnectionGuardTest, CountsOnlyThisPortsAcceptedConnections) {
+  Listener mine, other;
+  ConnectionGuard guard({.port = mine.port(), .max_connections = 0, .period = absl::Hours(1)});
+  guard.ScanOnce();
+  EXPECT_EQ(guard.open(), 0);
+  for (int i = 0; i < 5; ++i) mine.Connect();
+  for (int i = 0; i < 3; ++i) other.Connect();
+  guard.ScanOnce();
+  EXPECT_EQ(guard.open(), 5);
+  EXPECT_EQ(guard.closed_over_limit(), 0u);
+}
+
+TEST_F(ConnectionGuardTest, TheNewestPastTheCapAreShutDown) {
+  Listener listener;
+  ConnectionGuard guard({.port = listener.port(), .max_connections = 4, .period = absl::Hours(1)});
+  std::vector<int> first, later;
+  for (int i = 0; i < 4; ++i) first.push_back(listener.Connect());
+  guard.ScanOnce();  // the first four are the oldest
+  for (int i = 0; i < 6; ++i) later.push_back(listener.Connect());
+  guard.ScanOnce();
+  EXPECT_EQ(guard.closed_over_limit(), 6u);
+  for (int c : first) EXPECT_FALSE(ClosedByServer(c));
+  for (int c : later) EXPECT_TRUE(ClosedByServer(c));
+  // Shut down, not closed (the descriptors are still the owner's to close):
+  // the next scan counts the four that are left.
+  guard.ScanOnce();
+  EXPECT_EQ(guard.open(), 4);
+  EXPECT_EQ(guard.closed_over_limit(), 6u);
+}
+
+TEST_F(ConnectionGuardTest, ProcessStatsAreRead) {
+  const ProcessStats before = ReadProcessStats();
+  EXPECT_GT(before.resident_bytes, 0);
+  EXPECT_GT(before.threads, 0);
+  EXPECT_GT(before.max_fds, 0);
+  const int extra = dup(0);
+  EXPECT_EQ(ReadProcessStats().open_fds, before.open_fds + 1);
+  close(extra);
+}
+
+}  // namespace
+}  // namespace ssm::server
