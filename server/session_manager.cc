@@ -118,25 +118,22 @@ absl::StatusOr<std::shared_ptr<SessionManager::Entry>> SessionManager::Reattach(
   absl::MutexLock lock(&mu_);
   auto it = LookupLocked(id, options_.clock());
   if (it == sessions_.end()) {
-    return absl::NotFoundError(absl::StrCat("session '", Echo(id),
-                                            "' not found (never existed, ended, or evicted after "
-                                            "--session_ttl=",
-                                            absl::FormatDuration(options_.ttl), " detached)"));
+    return UnknownSession(id);
   }
   if (it->second.attached) {
     return absl::FailedPreconditionError(
-        absl::StrCat("session '", Echo(id),
-                     "' is attached to another stream; a session has one "
-                     "stream at a time"));
+        absl::StrCat("session ", SessionTag(id),
+                     " is attached to another stream; a session has one stream at a time"));
   }
   const Entry& entry = *it->second.entry;
   if (!model.empty() && model != entry.model_name()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "session '", Echo(id), "' runs model '", entry.model_name(), "', not '", Echo(model), "'"));
+    return absl::FailedPreconditionError(absl::StrCat("session ", SessionTag(id), " runs model '",
+                                                      entry.model_name(), "', not '", Echo(model),
+                                                      "'"));
   }
   if (batch != 0 && batch != entry.batch()) {
-    return absl::InvalidArgumentError(absl::StrCat("open.batch = ", batch, " but session '",
-                                                   Echo(id), "' has batch ", entry.batch()));
+    return absl::InvalidArgumentError(absl::StrCat("open.batch = ", batch, " but session ",
+                                                   SessionTag(id), " has batch ", entry.batch()));
   }
   it->second.attached = true;
   ++attached_;
@@ -149,10 +146,7 @@ absl::StatusOr<std::shared_ptr<SessionManager::Entry>> SessionManager::Find(absl
   const absl::Time now = options_.clock();
   auto it = LookupLocked(id, now);
   if (it == sessions_.end()) {
-    return absl::NotFoundError(absl::StrCat("session '", Echo(id),
-                                            "' not found (never existed, ended, or evicted after "
-                                            "--session_ttl=",
-                                            absl::FormatDuration(options_.ttl), " detached)"));
+    return UnknownSession(id);
   }
   it->second.last_activity = now;
   return it->second.entry;
@@ -200,6 +194,14 @@ SessionManager::Stats SessionManager::GetStats() const {
   stats.state_bytes = state_bytes_;
   stats.evicted_total = evicted_total_;
   return stats;
+}
+
+absl::Status SessionManager::UnknownSession(absl::string_view id) const {
+  // Messages are logged, and an id is a capability: the tag names it.
+  return absl::NotFoundError(
+      absl::StrCat("session ", SessionTag(id),
+                   " not found (never existed, ended, or evicted after --session_ttl=",
+                   absl::FormatDuration(options_.ttl), " detached)"));
 }
 
 bool SessionManager::ExpiredLocked(const Slot& slot, absl::Time now) const {

@@ -9,7 +9,8 @@
 // is NotFound from the moment its TTL passes, whether or not EvictExpired
 // has run since: lookups evict it on the spot.
 //
-// Errors (the codes the wire reports unchanged):
+// Errors (the codes the wire reports unchanged; messages name a session by
+// its tag, echo.h, never by its id, since they are logged):
 //   NotFound            unknown, closed or evicted id
 //   FailedPrecondition  Reattach of a session another stream holds
 //   ResourceExhausted   Add past max_sessions (attached + detached), naming
@@ -156,6 +157,8 @@ class SessionManager {
   };
   using Map = absl::flat_hash_map<std::string, Slot>;
 
+  // NotFound for `id`, naming it by its tag (messages are logged).
+  absl::Status UnknownSession(absl::string_view id) const;
   bool ExpiredLocked(const Slot& slot, absl::Time now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void EraseLocked(Map::iterator it) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void EvictLocked(Map::iterator it, absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -346,5 +346,35 @@ TEST(HardeningConnectionsTest, AFloodLeavesALockStepStreamsP99Bounded) {
   EXPECT_OK((*witness)->Close());
 }
 
+// A 1 MiB model name, 50 times: each call gets NOT_FOUND (not a transport
+// error about metadata size) with a short message, and the log grows by a
+// few lines' worth, not 50 MiB. Session ids never reach the log.
+TEST(HardeningEchoTest, ClientTextIsBoundedInMessagesAndLogs) {
+  absl::StatusOr<std::unique_ptr<ServerProcess>> server = ServerProcess::Start();
+  ASSERT_OK(server);
+  std::unique_ptr<client::Client> client = ClientFor(**server);
+  const size_t log_before = (*server)->Log().size();
+  const std::string huge_name(1 << 20, 'm');
+  for (int i = 0; i < 50; ++i) {
+    absl::StatusOr<client::InferResult> r = client->Infer(huge_name, MakeSequence(1, 4, 1));
+    EXPECT_CODE(r, kNotFound);
+    EXPECT_LT(r.status().message().size(), 1024u);
+    EXPECT_THAT(r.status().message(), HasSubstr("bytes)"));  // says it was cut
+  }
+  // A session opened and ended: its id is nowhere in the log.
+  absl::StatusOr<std::unique_ptr<client::Stream>> stream =
+      client->OpenStream({.model = "legt-delay"});
+  ASSERT_OK(stream);
+  const std::string id = (*stream)->session_id();
+  ASSERT_OK(StreamInChunks(**stream, MakeSequence(1, 5, 1), {5}));
+  ASSERT_OK((*stream)->Close());
+  EXPECT_CODE(client->ExportState(id), kNotFound);  // logged as a failed call
+  absl::SleepFor(absl::Milliseconds(200));
+  const std::string log = (*server)->Log();
+  EXPECT_LT(log.size() - log_before, 64u << 10);
+  EXPECT_EQ(log.find(id), std::string::npos);
+  EXPECT_NE(log.find("session s-"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace ssm::e2e
