@@ -72,7 +72,14 @@ void FillCAndDt(DplrSystem& s, int h, int m, double dt_min, double dt_max,
   s.C.resize(h, m);
   const double sd = std::sqrt(0.5);
   for (int i = 0; i < h; ++i)
-    for (int j = 0; j < m; ++j) s.C(i, j) = cdouble(sd * normal(), sd * normal());
+    for (int j = 0; j < m; ++j) {
+      // Two statements, not two arguments of one call (whose order C++
+      // leaves open): imaginary part first, as GCC evaluated the old
+      // cdouble(sd * normal(), sd * normal()), so seeds keep their weights.
+      const double imag = sd * normal();
+      const double real = sd * normal();
+      s.C(i, j) = cdouble(real, imag);
+    }
   s.dt.resize(h);
   const double lo = std::log(dt_min), hi = std::log(dt_max);
   for (int i = 0; i < h; ++i) {

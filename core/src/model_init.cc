@@ -95,9 +95,18 @@ absl::StatusOr<std::vector<TensorToWrite>> InitS4StackWeights(const ModelSpec& s
       for (int a = 0; a < s4->rank; ++a) {
         // MakeS4Init builds rank 1; further ranks get small random P.
         for (int r = 0; r < h; ++r)
-          for (int j = 0; j < m; ++j)
-            p(a * h + r, j) = a < sys->rank() ? sys->P[a](r, j)
-                                              : cdouble(0.1 * rng.Normal(), 0.1 * rng.Normal());
+          for (int j = 0; j < m; ++j) {
+            if (a < sys->rank()) {
+              p(a * h + r, j) = sys->P[a](r, j);
+              continue;
+            }
+            // Imaginary part drawn first, in its own statement (see
+            // FillCAndDt in dplr.cc): the same seed, the same weights on
+            // every compiler.
+            const double imag = 0.1 * rng.Normal();
+            const double real = 0.1 * rng.Normal();
+            p(a * h + r, j) = cdouble(real, imag);
+          }
       }
       AddComplex(out, k + "P", {s4->rank, h, m, 2}, p, dtype);
       out.push_back({k + "l_kernel", DType::kI64, {}, {0.0}});

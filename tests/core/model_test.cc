@@ -436,5 +436,30 @@ TEST(ModelTest, LegsMemoryExposesItsCoefficients) {
   EXPECT_EQ(RunChunks(s, x, 300, {1, 150, 149}), y);
 }
 
+// Ranks beyond the measure's own get small random P: drawn imaginary part
+// first, in statements of their own, so a seed names the same weights on
+// every compiler (DplrTest.InitDrawsArePinned pins C's draws the same way).
+TEST(ModelTest, InitDrawsOfExtraRanksArePinned) {
+  S4StackSpec s4;
+  s4.d_model = 2;
+  s4.d_state = 4;
+  s4.rank = 2;
+  s4.encoder = s4.decoder = false;
+  const std::vector<TensorToWrite> w = *InitS4StackWeights(S4Spec(s4), 11, DType::kF64);
+  // P is rank x H x M x 2: the second rank's 2 x 2 complex values.
+  const double pinned[8] = {-0.030912476969355181, 0.0088282319329643921,
+                            -0.10163729623385853,  -0.0073716320883890256,
+                            0.064822037715283706,  0.08520858923678383,
+                            -0.031057732652829614, -0.16378013567241145};
+  int found = 0;
+  for (const TensorToWrite& t : w) {
+    if (t.name != "s4_layers.0.layer.kernel.P") continue;
+    ASSERT_EQ(t.values.size(), 16u);
+    for (int i = 0; i < 8; ++i) EXPECT_DOUBLE_EQ(t.values[8 + i], pinned[i]) << i;
+    ++found;
+  }
+  EXPECT_EQ(found, 1);
+}
+
 }  // namespace
 }  // namespace ssm
