@@ -1,5 +1,6 @@
 #include "ssm/dplr.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -147,6 +148,35 @@ TEST(DplrTest, InitDrawsArePinned) {
       EXPECT_DOUBLE_EQ(s.C(i, j).real(), pinned[i][j].real()) << i << "," << j;
       EXPECT_DOUBLE_EQ(s.C(i, j).imag(), pinned[i][j].imag()) << i << "," << j;
     }
+}
+
+// The reference clips Im B~ to +-2 (hippo.nplr's B_clip) in S4 and S4D-LegS
+// inits; +infinity keeps V^* B as it is.
+TEST(DplrTest, InitClipsTheImaginaryPartOfBAsTheReference) {
+  const Nplr nplr = *MakeNplr(Measure::kLegS, 64);
+  const DplrSystem s4 = *MakeS4Init(Measure::kLegS, 64, 2, 1e-3, 1e-1, 1);
+  const DplrSystem s4d = *MakeS4dInit(S4dInit::kLegS, 64, 2, 1e-3, 1e-1, 1);
+  int clipped = 0;
+  for (int j = 0; j < 32; ++j) {
+    const cdouble b = nplr.B(j);
+    const cdouble want(b.real(), std::clamp(b.imag(), -kS4BClip, kS4BClip));
+    clipped += want != b;
+    for (int h = 0; h < 2; ++h) {
+      EXPECT_EQ(s4.B(h, j), want) << j;
+      EXPECT_EQ(s4d.B(h, j), want) << j;
+    }
+  }
+  EXPECT_GT(clipped, 0);  // LegS at N = 64 has |Im B~| > 2
+  const double inf = std::numeric_limits<double>::infinity();
+  EXPECT_EQ(MakeS4Init(Measure::kLegS, 64, 1, 1e-3, 1e-1, 1, inf)->B, nplr.B.transpose());
+  EXPECT_EQ(MakeS4dInit(S4dInit::kLegS, 64, 1, 1e-3, 1e-1, 1, inf)->B, nplr.B.transpose());
+  for (double bad : {0.0, -1.0, std::nan("")}) {
+    const absl::Status st = MakeS4Init(Measure::kLegS, 8, 1, 1e-3, 1e-1, 1, bad).status();
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_THAT(std::string(st.message()), HasSubstr("b_clip")) << st;
+    EXPECT_EQ(MakeS4dInit(S4dInit::kLegS, 8, 1, 1e-3, 1e-1, 1, bad).status().code(),
+              absl::StatusCode::kInvalidArgument);
+  }
 }
 
 }  // namespace
