@@ -53,6 +53,10 @@ absl::StatusOr<ssm::Discretization> DiscretizationFromProto(const v1::Discretiza
       return ssm::Discretization::Bilinear();
     case v1::DISCRETIZATION_KIND_ZOH:
       return ssm::Discretization::Zoh();
+    case v1::DISCRETIZATION_KIND_DSS:
+      return absl::InvalidArgumentError(
+          "discretization.kind: DSS is a model kernel whose values depend on the sequence "
+          "length, not a discretization of (A, B); use BILINEAR or ZOH");
     default:
       return absl::InvalidArgumentError(
           absl::StrCat("discretization.kind: unknown value ", static_cast<int>(d.kind())));

@@ -777,8 +777,8 @@ grpc::ServerUnaryReactor* InferenceService::Infer(grpc::CallbackServerContext* c
   }
   if (status.ok() && request->return_state() && !model.streamable()) {
     status = absl::FailedPreconditionError(absl::StrCat(
-        "return_state: model '", served->name,
-        "' is bidirectional, so it has no state to continue from"));
+        "return_state: model '", served->name, "' has no state to continue from: ",
+        model.not_streamable_reason()));
   }
   if (!status.ok()) {
     call->Complete(status);
