@@ -544,6 +544,16 @@ def encoders_from_hparams(hp, enc_tensors):
     return kinds[0], next(iter(enc_tensors))
 
 
+# How the official decoder's output follows from the served per-step
+# outputs (the decoder is affine, so it commutes with averaging).
+REDUCTIONS = {
+    "last": "whose output is the served output at the last step(s)",
+    "first": "whose output is the served output at the first step(s)",
+    "pool": "whose output is the mean of the served per-step outputs",
+    "ragged": "whose output is the served per-step outputs",
+}
+
+
 def decoders_from_hparams(hp, dec_tensors):
     """-> (description of the reduction, index of the linear or None)."""
     decs = _as_list(hp.get("model", {}).get("decoder")) + _as_list(hp.get("decoder"))
@@ -560,11 +570,14 @@ def decoders_from_hparams(hp, dec_tensors):
                  f"decoder mode {mode!r}: not supported ('sum' adds the decoder's bias once, "
                  "which per-step outputs cannot give)")
             lo = None if isinstance(d, str) else d.get("l_output")
-            notes.append(f"sequence decoder mode {mode!r}" +
-                         (f" l_output {lo}" if lo is not None else ""))
+            notes.append(f"a sequence decoder in mode {mode}"
+                         + (f" with l_output {lo}" if lo is not None else "") + ", "
+                         + REDUCTIONS[mode])
         elif n == "nd":
             mode = "pool" if isinstance(d, str) else d.get("mode", "pool")
-            notes.append(f"nd decoder mode {mode!r}")
+            need(mode in ("pool", "full"), f"nd decoder mode {mode!r}: not supported")
+            notes.append(f"an nd decoder in mode {mode}, "
+                         + REDUCTIONS["pool" if mode == "pool" else "ragged"])
     need(len(dec_tensors) <= 1, f"{len(dec_tensors)} decoder modules with tensors; at most "
          "one linear is supported")
     return "; ".join(notes), (next(iter(dec_tensors)) if dec_tensors else None)
@@ -791,6 +804,11 @@ def infer_layer(i, L, orig):
     return info
 
 
+def _sentence(text):
+    text = text.strip()
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
 def build(sd, o, args, orig=None, hp_note=""):
     """Shapes against the options; returns (config dict, tensors, summary)."""
     orig = orig or {}
@@ -970,10 +988,11 @@ def build(sd, o, args, orig=None, hp_note=""):
     tr = o["transforms"]
     config = {
         "name": args.name,
-        "description": (args.description or
-                        f"{kind_text} model converted from {os.path.basename(args.checkpoint)} "
-                        "by tools/convert_s4_checkpoint.py.")
-        + (f" Trained with: {hp_note}." if hp_note else ""),
+        "description": _sentence(args.description or
+                                 f"{kind_text} model converted from "
+                                 f"{os.path.basename(args.checkpoint)} by "
+                                 "tools/convert_s4_checkpoint.py")
+        + (f" Import notes: {hp_note}." if hp_note else ""),
         "d_input": d_input, "d_output": d_output, "max_length": max_length,
         "s4": {
             "n_layers": n, "d_model": H, "d_state": 2 * N2,
