@@ -418,9 +418,10 @@ def options_from_hparams(hp):
     elif rname in ("R", "residual"):
         alpha = 1.0 if isinstance(res, str) else res.get("alpha", 1.0)
         beta = 1.0 if isinstance(res, str) else res.get("beta", 1.0)
-        if alpha == 0:
-            o["residual"] = beta == 1.0 or fail(
-                f"model.residual beta={beta}: a scaled block output is not supported")
+        if alpha == 0:   # Residual's "alpha x + y if alpha else y": no residual
+            need(beta == 1.0, f"model.residual beta={beta}: a scaled block output is not "
+                 "supported")
+            o["residual"] = False
         else:
             need(alpha == 1.0 and beta == 1.0,
                  f"model.residual alpha={alpha}, beta={beta}: only alpha = beta = 1 (a plain "

@@ -462,6 +462,18 @@ class ConvertCheckpointTest(unittest.TestCase):
             with self.subTest(case=case):
                 self.assert_as_shipped(case, "train-s4-default")
 
+    def test_residual_alpha_zero_is_no_residual(self):
+        """Residual(alpha=0) returns the block's output alone: no residual."""
+        base = torch.load(FIXTURE / "train-s4-default" / "train.ckpt", map_location="cpu")
+        hp = copy.deepcopy(base["hyper_parameters"])
+        hp["model"]["residual"] = {"_name_": "R", "alpha": 0.0, "beta": 1.0}
+        path = self.tmp / "alpha0.ckpt"
+        torch.save({**base, "hyper_parameters": hp}, path)
+        r = run_in_process(path, self.repo, "alpha0", [])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        cfg = s4io.parse_model_config((self.repo / "alpha0" / "config.pbtxt").read_text())
+        self.assertIs(cfg["s4"]["residual"], False)
+
     def assert_as_shipped(self, case_name, model):
         c = self.cases[case_name]
         self.assertEqual(c.result.returncode, 0, f"{case_name}: {c.result.stderr}")
@@ -589,6 +601,8 @@ class ConvertCheckpointTest(unittest.TestCase):
             ("real_kernel", lay(mode="real"), [], ["model.layer.mode", "real"]),
             ("conv_kernel", lay(mode="conv"), [], ["model.layer.mode", "conv"]),
             ("affine", mod(residual="A"), [], ["model.residual", "'A'"]),
+            ("alpha0_beta2", mod(residual={"_name_": "R", "alpha": 0.0, "beta": 2.0}), [],
+             ["model.residual", "beta=2.0"]),
             ("sqrelu", lay(activation="sqrelu"), [], ["model.layer.activation", "sqrelu"]),
             ("laplace", lay(final_act="laplace"), [], ["model.layer.final_act", "laplace"]),
             ("class_encoder", top(encoder="class"), [], ["encoder", "class"]),
