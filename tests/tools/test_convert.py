@@ -462,6 +462,31 @@ class ConvertCheckpointTest(unittest.TestCase):
             with self.subTest(case=case):
                 self.assert_as_shipped(case, "train-s4-default")
 
+    def test_training_state_dict_without_hyper_parameters(self):
+        """The training script's tensors alone: the flags say what the
+        hyper-parameters would; the weights come out as from the .ckpt."""
+        base = torch.load(FIXTURE / "train-s4-default" / "train.ckpt", map_location="cpu")
+        path = self.tmp / "sd_only.pt"
+        torch.save(base["state_dict"], path)
+        r = run_in_process(path, self.repo, "sd_only", [])
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("--dt-transform", r.stderr)
+        self.assertIn("softplus", r.stderr)
+        r = run_in_process(path, self.repo, "sd_only", [
+            "--dt-transform", "softplus", "--real-transform", "exp", "--imag-transform", "none",
+            "--dt-fast", "false", "--activation", "gelu", "--norm", "pre", "--residual", "true"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual((self.repo / "sd_only" / "1" / "weights.safetensors").read_bytes(),
+                         (FIXTURE / "train-s4-default" / "1" / "weights.safetensors")
+                         .read_bytes().replace(b"train.ckpt", b"sd_only.pt"))
+        cfg = s4io.parse_model_config((self.repo / "sd_only" / "config.pbtxt").read_text())
+        want = s4io.parse_model_config(
+            (FIXTURE / "train-s4-default" / "config.pbtxt").read_text())
+        for c in (cfg, want):
+            c.pop("name")
+            c.pop("description")
+        self.assertEqual(cfg, want)
+
     def test_residual_alpha_zero_is_no_residual(self):
         """Residual(alpha=0) returns the block's output alone: no residual."""
         base = torch.load(FIXTURE / "train-s4-default" / "train.ckpt", map_location="cpu")
