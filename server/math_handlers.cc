@@ -1,6 +1,7 @@
 #include "server/math_handlers.h"
 
 #include <cmath>
+#include <limits>
 #include <string>
 #include <utility>
 
@@ -52,6 +53,10 @@ absl::StatusOr<ssm::Discretization> DiscretizationFromProto(const v1::Discretiza
       return ssm::Discretization::Bilinear();
     case v1::DISCRETIZATION_KIND_ZOH:
       return ssm::Discretization::Zoh();
+    case v1::DISCRETIZATION_KIND_DSS:
+      return absl::InvalidArgumentError(
+          "discretization.kind: DSS is a model kernel whose values depend on the sequence "
+          "length, not a discretization of (A, B); use BILINEAR or ZOH");
     default:
       return absl::InvalidArgumentError(
           absl::StrCat("discretization.kind: unknown value ", static_cast<int>(d.kind())));
@@ -109,15 +114,20 @@ absl::StatusOr<ssm::DplrSystem> SystemFromInit(const v1::SsmInit& init,
   }
   const double dt_min = init.dt_min() == 0 ? 1e-3 : init.dt_min();
   const double dt_max = init.dt_max() == 0 ? 1e-1 : init.dt_max();
+  // 0 is the reference's None (no clip); the core refuses negatives by name.
+  const double b_clip = !init.has_b_clip() ? ssm::kS4BClip
+                        : init.b_clip() == 0 ? std::numeric_limits<double>::infinity()
+                                             : init.b_clip();
   switch (init.kind()) {
     case v1::SsmInit::KIND_S4: {
       absl::StatusOr<ssm::Measure> measure = MeasureFromProto(init.measure(), "init.measure");
       if (!measure.ok()) return measure.status();
-      return ssm::MakeS4Init(*measure, init.n(), init.channels(), dt_min, dt_max, init.seed());
+      return ssm::MakeS4Init(*measure, init.n(), init.channels(), dt_min, dt_max, init.seed(),
+                             b_clip);
     }
     case v1::SsmInit::KIND_S4D_LEGS:
       return ssm::MakeS4dInit(ssm::S4dInit::kLegS, init.n(), init.channels(), dt_min, dt_max,
-                              init.seed());
+                              init.seed(), b_clip);
     case v1::SsmInit::KIND_S4D_LIN:
       return ssm::MakeS4dInit(ssm::S4dInit::kLin, init.n(), init.channels(), dt_min, dt_max,
                               init.seed());
@@ -228,7 +238,12 @@ absl::StatusOr<v1::ComputeKernelResponse> ComputeKernel(const v1::ComputeKernelR
 
   v1::KernelMethod kernel_method = request.method();
   if (kernel_method == v1::KERNEL_METHOD_UNSPECIFIED) {
-    kernel_method = system->rank() > 0 ? v1::KERNEL_METHOD_DPLR : v1::KERNEL_METHOD_DIAGONAL;
+    // A mode at Lambda = 0 (even-N FouT) makes DPLR's generating function
+    // singular at omega = 1; the powers of NAIVE do not mind it.
+    const bool zero_mode = (system->lambda.array() == cdouble(0, 0)).any();
+    kernel_method = system->rank() == 0 ? v1::KERNEL_METHOD_DIAGONAL
+                    : zero_mode         ? v1::KERNEL_METHOD_NAIVE
+                                        : v1::KERNEL_METHOD_DPLR;
   }
   absl::StatusOr<RowMatrixXd> kernel;
   switch (kernel_method) {

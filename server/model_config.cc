@@ -30,6 +30,93 @@ absl::Status UnknownEnum(absl::string_view field, int value) {
       absl::StrCat(field, ": unknown value ", value, " (not in the schema)"));
 }
 
+// UNSPECIFIED is the field's documented default, which differs per field.
+absl::StatusOr<ssm::ActivationKind> ActivationFromConfig(v1::Activation a,
+                                                         ssm::ActivationKind unspecified,
+                                                         absl::string_view field) {
+  switch (a) {
+    case v1::ACTIVATION_UNSPECIFIED:
+      return unspecified;
+    case v1::ACTIVATION_GELU:
+      return ssm::ActivationKind::kGelu;
+    case v1::ACTIVATION_IDENTITY:
+      return ssm::ActivationKind::kIdentity;
+    case v1::ACTIVATION_TANH:
+      return ssm::ActivationKind::kTanh;
+    case v1::ACTIVATION_RELU:
+      return ssm::ActivationKind::kRelu;
+    case v1::ACTIVATION_SILU:
+      return ssm::ActivationKind::kSilu;
+    case v1::ACTIVATION_SIGMOID:
+      return ssm::ActivationKind::kSigmoid;
+    case v1::ACTIVATION_ELU:
+      return ssm::ActivationKind::kElu;
+    case v1::ACTIVATION_SOFTPLUS:
+      return ssm::ActivationKind::kSoftplus;
+    default:
+      return UnknownEnum(field, a);
+  }
+}
+
+v1::Activation ActivationToConfig(ssm::ActivationKind a) {
+  switch (a) {
+    case ssm::ActivationKind::kGelu:
+      return v1::ACTIVATION_GELU;
+    case ssm::ActivationKind::kIdentity:
+      return v1::ACTIVATION_IDENTITY;
+    case ssm::ActivationKind::kTanh:
+      return v1::ACTIVATION_TANH;
+    case ssm::ActivationKind::kRelu:
+      return v1::ACTIVATION_RELU;
+    case ssm::ActivationKind::kSilu:
+      return v1::ACTIVATION_SILU;
+    case ssm::ActivationKind::kSigmoid:
+      return v1::ACTIVATION_SIGMOID;
+    case ssm::ActivationKind::kElu:
+      return v1::ACTIVATION_ELU;
+    case ssm::ActivationKind::kSoftplus:
+      return v1::ACTIVATION_SOFTPLUS;
+  }
+  return v1::ACTIVATION_UNSPECIFIED;
+}
+
+absl::StatusOr<ssm::ParamTransform> TransformFromConfig(v1::ParamTransform t,
+                                                        ssm::ParamTransform unspecified,
+                                                        absl::string_view field) {
+  switch (t) {
+    case v1::PARAM_TRANSFORM_UNSPECIFIED:
+      return unspecified;
+    case v1::PARAM_TRANSFORM_NONE:
+      return ssm::ParamTransform::kNone;
+    case v1::PARAM_TRANSFORM_EXP:
+      return ssm::ParamTransform::kExp;
+    case v1::PARAM_TRANSFORM_RELU:
+      return ssm::ParamTransform::kRelu;
+    case v1::PARAM_TRANSFORM_SIGMOID:
+      return ssm::ParamTransform::kSigmoid;
+    case v1::PARAM_TRANSFORM_SOFTPLUS:
+      return ssm::ParamTransform::kSoftplus;
+    default:
+      return UnknownEnum(field, t);
+  }
+}
+
+v1::ParamTransform TransformToConfig(ssm::ParamTransform t) {
+  switch (t) {
+    case ssm::ParamTransform::kNone:
+      return v1::PARAM_TRANSFORM_NONE;
+    case ssm::ParamTransform::kExp:
+      return v1::PARAM_TRANSFORM_EXP;
+    case ssm::ParamTransform::kRelu:
+      return v1::PARAM_TRANSFORM_RELU;
+    case ssm::ParamTransform::kSigmoid:
+      return v1::PARAM_TRANSFORM_SIGMOID;
+    case ssm::ParamTransform::kSoftplus:
+      return v1::PARAM_TRANSFORM_SOFTPLUS;
+  }
+  return v1::PARAM_TRANSFORM_UNSPECIFIED;
+}
+
 absl::StatusOr<ssm::S4StackSpec> S4FromConfig(const v1::S4Stack& s4) {
   ssm::S4StackSpec spec;
   spec.n_layers = s4.n_layers();
@@ -70,20 +157,55 @@ absl::StatusOr<ssm::S4StackSpec> S4FromConfig(const v1::S4Stack& s4) {
     case v1::DISCRETIZATION_KIND_ZOH:
       spec.discretization = ssm::Discretization::Zoh();
       break;
+    case v1::DISCRETIZATION_KIND_DSS:
+      // The DSS kernel has no discretization of its own; ZOH's is the one
+      // a diagonal spec would otherwise carry.
+      spec.discretization = ssm::Discretization::Zoh();
+      spec.dss = true;
+      break;
     default:
       return UnknownEnum("s4.discretization", s4.discretization());
   }
 
-  switch (s4.activation()) {
-    case v1::ACTIVATION_UNSPECIFIED:
-    case v1::ACTIVATION_GELU:
-      spec.activation = ssm::ActivationKind::kGelu;
+  absl::StatusOr<ssm::ActivationKind> activation =
+      ActivationFromConfig(s4.activation(), ssm::ActivationKind::kGelu, "s4.activation");
+  if (!activation.ok()) return activation.status();
+  spec.activation = *activation;
+  absl::StatusOr<ssm::ActivationKind> output_activation = ActivationFromConfig(
+      s4.output_activation(), ssm::ActivationKind::kIdentity, "s4.output_activation");
+  if (!output_activation.ok()) return output_activation.status();
+  spec.output_activation = *output_activation;
+
+  struct TransformField {
+    v1::ParamTransform value;
+    ssm::ParamTransform unspecified;
+    const char* name;
+    ssm::ParamTransform* out;
+  };
+  for (const TransformField& f :
+       {TransformField{s4.dt_transform(), ssm::ParamTransform::kExp, "s4.dt_transform",
+                       &spec.dt_transform},
+        TransformField{s4.real_transform(), ssm::ParamTransform::kExp, "s4.real_transform",
+                       &spec.real_transform},
+        TransformField{s4.imag_transform(), ssm::ParamTransform::kNone, "s4.imag_transform",
+                       &spec.imag_transform}}) {
+    absl::StatusOr<ssm::ParamTransform> t = TransformFromConfig(f.value, f.unspecified, f.name);
+    if (!t.ok()) return t.status();
+    *f.out = *t;
+  }
+  spec.dt_fast = s4.dt_fast();
+  spec.final_norm = s4.final_norm();
+
+  switch (s4.norm_kind()) {
+    case v1::NORM_KIND_UNSPECIFIED:
+    case v1::NORM_KIND_LAYER:
+      spec.norm_kind = ssm::NormKind::kLayer;
       break;
-    case v1::ACTIVATION_IDENTITY:
-      spec.activation = ssm::ActivationKind::kIdentity;
+    case v1::NORM_KIND_BATCH:
+      spec.norm_kind = ssm::NormKind::kBatch;
       break;
     default:
-      return UnknownEnum("s4.activation", s4.activation());
+      return UnknownEnum("s4.norm_kind", s4.norm_kind());
   }
 
   switch (s4.output_linear()) {
@@ -274,7 +396,9 @@ ssm::v1::ModelConfig ModelConfigFromSpec(const ssm::ModelSpec& spec) {
     s4.set_kernel(s4_spec->kernel == ssm::KernelKind::kDplr ? v1::KERNEL_KIND_DPLR
                                                             : v1::KERNEL_KIND_DIAGONAL);
     const ssm::Discretization& d = s4_spec->discretization;
-    if (d.kind == ssm::Discretization::Kind::kZoh) {
+    if (s4_spec->dss) {
+      s4.set_discretization(v1::DISCRETIZATION_KIND_DSS);
+    } else if (d.kind == ssm::Discretization::Kind::kZoh) {
       s4.set_discretization(v1::DISCRETIZATION_KIND_ZOH);
     } else if (d.alpha == 0.5) {
       s4.set_discretization(v1::DISCRETIZATION_KIND_BILINEAR);
@@ -282,14 +406,15 @@ ssm::v1::ModelConfig ModelConfigFromSpec(const ssm::ModelSpec& spec) {
       s4.set_discretization(v1::DISCRETIZATION_KIND_UNSPECIFIED);
     }
     s4.set_rank(s4_spec->rank);
-    switch (s4_spec->activation) {
-      case ssm::ActivationKind::kGelu:
-        s4.set_activation(v1::ACTIVATION_GELU);
-        break;
-      case ssm::ActivationKind::kIdentity:
-        s4.set_activation(v1::ACTIVATION_IDENTITY);
-        break;
-    }
+    s4.set_activation(ActivationToConfig(s4_spec->activation));
+    s4.set_output_activation(ActivationToConfig(s4_spec->output_activation));
+    s4.set_dt_transform(TransformToConfig(s4_spec->dt_transform));
+    s4.set_real_transform(TransformToConfig(s4_spec->real_transform));
+    s4.set_imag_transform(TransformToConfig(s4_spec->imag_transform));
+    s4.set_dt_fast(s4_spec->dt_fast);
+    s4.set_norm_kind(s4_spec->norm_kind == ssm::NormKind::kBatch ? v1::NORM_KIND_BATCH
+                                                                 : v1::NORM_KIND_LAYER);
+    s4.set_final_norm(s4_spec->final_norm);
     switch (s4_spec->output_linear) {
       case ssm::OutputLinearKind::kGlu:
         s4.set_output_linear(v1::OUTPUT_LINEAR_GLU);

@@ -64,7 +64,7 @@ absl::StatusOr<SequenceShape> CheckInfer(const v1::InferRequest& request, const 
   if (request.return_state() && !model.streamable()) {
     return absl::FailedPreconditionError(
         absl::StrCat("return_state: model '", served.name,
-                     "' is bidirectional, so it has no state to continue from"));
+                     "' has no state to continue from: ", model.not_streamable_reason()));
   }
   return shape;
 }

@@ -65,6 +65,23 @@ absl::Status CheckInitArgs(int h, double dt_min, double dt_max) {
   return absl::OkStatus();
 }
 
+absl::Status CheckBClip(double b_clip) {
+  if (!(b_clip > 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("b_clip must be > 0 (+infinity: no clip), got ", b_clip));
+  }
+  return absl::OkStatus();
+}
+
+// The reference's B_clip: B.real + 1j * clamp(B.imag, -b_clip, b_clip).
+Eigen::VectorXcd ClipImag(const Eigen::VectorXcd& b, double b_clip) {
+  Eigen::VectorXcd out = b;
+  for (Eigen::Index i = 0; i < out.size(); ++i) {
+    out(i) = cdouble(out(i).real(), std::clamp(out(i).imag(), -b_clip, b_clip));
+  }
+  return out;
+}
+
 // Shared tail of the initializers: C, dt.
 void FillCAndDt(DplrSystem& s, int h, int m, double dt_min, double dt_max,
                 uint64_t seed) {
@@ -72,7 +89,14 @@ void FillCAndDt(DplrSystem& s, int h, int m, double dt_min, double dt_max,
   s.C.resize(h, m);
   const double sd = std::sqrt(0.5);
   for (int i = 0; i < h; ++i)
-    for (int j = 0; j < m; ++j) s.C(i, j) = cdouble(sd * normal(), sd * normal());
+    for (int j = 0; j < m; ++j) {
+      // Two statements, not two arguments of one call (whose order C++
+      // leaves open): imaginary part first, as GCC evaluated the old
+      // cdouble(sd * normal(), sd * normal()), so seeds keep their weights.
+      const double imag = sd * normal();
+      const double real = sd * normal();
+      s.C(i, j) = cdouble(real, imag);
+    }
   s.dt.resize(h);
   const double lo = std::log(dt_min), hi = std::log(dt_max);
   for (int i = 0; i < h; ++i) {
@@ -173,14 +197,15 @@ absl::StatusOr<Nplr> MakeNplr(Measure measure, int n, const HippoOptions& option
 
 absl::StatusOr<DplrSystem> MakeS4Init(Measure measure, int n, int h,
                                       double dt_min, double dt_max,
-                                      uint64_t seed) {
+                                      uint64_t seed, double b_clip) {
   if (auto st = CheckInitArgs(h, dt_min, dt_max); !st.ok()) return st;
+  if (auto st = CheckBClip(b_clip); !st.ok()) return st;
   absl::StatusOr<Nplr> nplr = MakeNplr(measure, n);
   if (!nplr.ok()) return nplr.status();
   const int m = n / 2;
   DplrSystem s;
   s.lambda = nplr->lambda.transpose().replicate(h, 1);
-  s.B = nplr->B.transpose().replicate(h, 1);
+  s.B = ClipImag(nplr->B, b_clip).transpose().replicate(h, 1);
   for (Eigen::Index a = 0; a < nplr->P.cols(); ++a) {
     s.P.push_back(nplr->P.col(a).transpose().replicate(h, 1));
   }
@@ -189,8 +214,9 @@ absl::StatusOr<DplrSystem> MakeS4Init(Measure measure, int n, int h,
 }
 
 absl::StatusOr<DplrSystem> MakeS4dInit(S4dInit init, int n, int h, double dt_min,
-                                       double dt_max, uint64_t seed) {
+                                       double dt_max, uint64_t seed, double b_clip) {
   if (auto st = CheckInitArgs(h, dt_min, dt_max); !st.ok()) return st;
+  if (auto st = CheckBClip(b_clip); !st.ok()) return st;
   if (n < 2 || n % 2 != 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("N must be even and >= 2 (conjugate pairs), got ", n));
@@ -201,7 +227,7 @@ absl::StatusOr<DplrSystem> MakeS4dInit(S4dInit init, int n, int h, double dt_min
     absl::StatusOr<Nplr> nplr = MakeNplr(Measure::kLegS, n);
     if (!nplr.ok()) return nplr.status();
     s.lambda = nplr->lambda.transpose().replicate(h, 1);
-    s.B = nplr->B.transpose().replicate(h, 1);
+    s.B = ClipImag(nplr->B, b_clip).transpose().replicate(h, 1);
   } else {
     s.lambda.resize(h, m);
     for (int j = 0; j < m; ++j) {

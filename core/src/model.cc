@@ -56,6 +56,20 @@ uint64_t FingerprintOf(const ModelSpec& spec, const SafeTensors* file) {
                     static_cast<int>(s4->output_linear), "/", static_cast<int>(s4->norm), "/",
                     s4->residual, s4->bidirectional, s4->encoder, s4->decoder, "/",
                     s4->layer_norm_eps);
+    // Later fields only when they differ from their defaults, so models that
+    // do not use them keep the fingerprints (and snapshots) they had.
+    const S4StackSpec defaults;
+    if (s4->dss || s4->dt_transform != defaults.dt_transform ||
+        s4->real_transform != defaults.real_transform ||
+        s4->imag_transform != defaults.imag_transform || s4->dt_fast ||
+        s4->output_activation != defaults.output_activation ||
+        s4->norm_kind != defaults.norm_kind || s4->final_norm) {
+      absl::StrAppend(&arch, "/x/", s4->dss, "/", static_cast<int>(s4->dt_transform), "/",
+                      static_cast<int>(s4->real_transform), "/",
+                      static_cast<int>(s4->imag_transform), "/", s4->dt_fast, "/",
+                      static_cast<int>(s4->output_activation), "/",
+                      static_cast<int>(s4->norm_kind), "/", s4->final_norm);
+    }
   } else {
     const auto& h = std::get<HippoMemorySpec>(spec.architecture);
     absl::StrAppend(&arch, "/hippo/", static_cast<int>(h.measure), "/", h.n, "/", h.window,

@@ -50,6 +50,32 @@ void AddLinear(std::vector<TensorToWrite>& out, const std::string& prefix, int r
   out.push_back(std::move(b));
 }
 
+// The reference's inv_transform: the stored value that `t` maps to p > 0.
+double InverseTransform(ParamTransform t, double p) {
+  switch (t) {
+    case ParamTransform::kNone:
+    case ParamTransform::kRelu:  // p - 1e-4 would be exact; the reference stores p
+      return p;
+    case ParamTransform::kExp:
+      return std::log(p);
+    case ParamTransform::kSigmoid:
+      return std::log(p / (1 - p));
+    case ParamTransform::kSoftplus:
+      return std::log(std::expm1(p));
+  }
+  return p;
+}
+
+void AddNorm(std::vector<TensorToWrite>& out, const std::string& prefix, int h, NormKind kind,
+             DType dtype) {
+  out.push_back({prefix + ".weight", dtype, {h}, std::vector<double>(h, 1.0)});
+  out.push_back({prefix + ".bias", dtype, {h}, std::vector<double>(h, 0.0)});
+  if (kind == NormKind::kBatch) {  // PyTorch's initial running statistics
+    out.push_back({prefix + ".running_mean", dtype, {h}, std::vector<double>(h, 0.0)});
+    out.push_back({prefix + ".running_var", dtype, {h}, std::vector<double>(h, 1.0)});
+  }
+}
+
 }  // namespace
 
 absl::StatusOr<std::vector<TensorToWrite>> InitS4StackWeights(const ModelSpec& spec,
@@ -70,13 +96,17 @@ absl::StatusOr<std::vector<TensorToWrite>> InitS4StackWeights(const ModelSpec& s
              : MakeS4dInit(S4dInit::kLegS, n, h, 1e-3, 1e-1, seed + 101 * i);
     if (!sys.ok()) return sys.status();
     TensorToWrite inv_dt{k + "inv_dt", dtype, {h, 1}, {}};
-    for (int r = 0; r < h; ++r) inv_dt.values.push_back(std::log(sys->dt(r)));
+    for (int r = 0; r < h; ++r) {
+      // dt_fast stores asinh of the transform's argument.
+      const double stored = InverseTransform(s4->dt_transform, sys->dt(r));
+      inv_dt.values.push_back(s4->dt_fast ? std::asinh(stored) : stored);
+    }
     TensorToWrite a_real{k + "A_real", dtype, {h, m}, {}}, a_imag{k + "A_imag", dtype, {h, m}, {}};
     for (int r = 0; r < h; ++r)
       for (int j = 0; j < m; ++j) {
-        // Lambda = -exp(A_real) - i A_imag.
-        a_real.values.push_back(std::log(-sys->lambda(r, j).real()));
-        a_imag.values.push_back(-sys->lambda(r, j).imag());
+        // Lambda = -T_re(A_real) - i T_im(A_imag).
+        a_real.values.push_back(InverseTransform(s4->real_transform, -sys->lambda(r, j).real()));
+        a_imag.values.push_back(InverseTransform(s4->imag_transform, -sys->lambda(r, j).imag()));
       }
     out.push_back(std::move(inv_dt));
     out.push_back(std::move(a_real));
@@ -95,9 +125,18 @@ absl::StatusOr<std::vector<TensorToWrite>> InitS4StackWeights(const ModelSpec& s
       for (int a = 0; a < s4->rank; ++a) {
         // MakeS4Init builds rank 1; further ranks get small random P.
         for (int r = 0; r < h; ++r)
-          for (int j = 0; j < m; ++j)
-            p(a * h + r, j) = a < sys->rank() ? sys->P[a](r, j)
-                                              : cdouble(0.1 * rng.Normal(), 0.1 * rng.Normal());
+          for (int j = 0; j < m; ++j) {
+            if (a < sys->rank()) {
+              p(a * h + r, j) = sys->P[a](r, j);
+              continue;
+            }
+            // Imaginary part drawn first, in its own statement (see
+            // FillCAndDt in dplr.cc): the same seed, the same weights on
+            // every compiler.
+            const double imag = 0.1 * rng.Normal();
+            const double real = 0.1 * rng.Normal();
+            p(a * h + r, j) = cdouble(real, imag);
+          }
       }
       AddComplex(out, k + "P", {s4->rank, h, m, 2}, p, dtype);
       out.push_back({k + "l_kernel", DType::kI64, {}, {0.0}});
@@ -110,11 +149,10 @@ absl::StatusOr<std::vector<TensorToWrite>> InitS4StackWeights(const ModelSpec& s
       AddLinear(out, absl::StrCat("s4_layers.", i, ".output_linear.0"), rows, h, rng, dtype);
     }
     if (s4->norm != NormPlacement::kNone) {
-      out.push_back({absl::StrCat("norms.", i, ".weight"), dtype, {h},
-                     std::vector<double>(h, 1.0)});
-      out.push_back({absl::StrCat("norms.", i, ".bias"), dtype, {h}, std::vector<double>(h, 0.0)});
+      AddNorm(out, absl::StrCat("norms.", i), h, s4->norm_kind, dtype);
     }
   }
+  if (s4->final_norm) AddNorm(out, "final_norm", h, s4->norm_kind, dtype);
   return out;
 }
 

@@ -26,7 +26,7 @@ absl::Status ValidateS4(const ModelSpec& spec, const S4StackSpec& s4) {
                                              "], got ", s4.rank));
     }
     const Discretization& d = s4.discretization;
-    if (d.kind != Discretization::Kind::kGbt || d.alpha != 0.5) {
+    if (d.kind != Discretization::Kind::kGbt || d.alpha != 0.5 || s4.dss) {
       return Invalid("s4.discretization", "a DPLR kernel supports bilinear only");
     }
   } else {
@@ -39,6 +39,13 @@ absl::Status ValidateS4(const ModelSpec& spec, const S4StackSpec& s4) {
     if (!zoh && !bilinear) {
       return Invalid("s4.discretization", "a diagonal kernel supports ZOH or bilinear");
     }
+  }
+  if (s4.output_activation != ActivationKind::kIdentity &&
+      s4.output_linear != OutputLinearKind::kLinear) {
+    return Invalid("s4.output_activation", "applies to OUTPUT_LINEAR_LINEAR only");
+  }
+  if (s4.final_norm && s4.norm == NormPlacement::kNone) {
+    return Invalid("s4.final_norm", "needs a norm (norm is NORM_PLACEMENT_NONE)");
   }
   if (!(s4.layer_norm_eps > 0) || !std::isfinite(s4.layer_norm_eps)) {
     return Invalid("s4.layer_norm_eps",

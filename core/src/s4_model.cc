@@ -61,14 +61,144 @@ void LayerNorm(const VectorXd& gamma, const VectorXd& beta, double eps, const do
 
 inline double Gelu(double x) { return 0.5 * x * (1.0 + std::erf(x * M_SQRT1_2)); }
 
+// torch.nn's Softplus (beta 1): the identity above its threshold of 20.
+inline double Softplus(double x) { return x > 20 ? x : std::log1p(std::exp(x)); }
+
+void Activate(ActivationKind kind, double* z, size_t n) {
+  switch (kind) {
+    case ActivationKind::kGelu:
+      for (size_t i = 0; i < n; ++i) z[i] = Gelu(z[i]);
+      break;
+    case ActivationKind::kIdentity:
+      break;
+    case ActivationKind::kTanh:
+      for (size_t i = 0; i < n; ++i) z[i] = std::tanh(z[i]);
+      break;
+    case ActivationKind::kRelu:
+      for (size_t i = 0; i < n; ++i) z[i] = z[i] > 0 ? z[i] : 0.0;
+      break;
+    case ActivationKind::kSilu:
+      for (size_t i = 0; i < n; ++i) z[i] = z[i] / (1.0 + std::exp(-z[i]));
+      break;
+    case ActivationKind::kSigmoid:
+      for (size_t i = 0; i < n; ++i) z[i] = 1.0 / (1.0 + std::exp(-z[i]));
+      break;
+    case ActivationKind::kElu:
+      for (size_t i = 0; i < n; ++i) z[i] = z[i] > 0 ? z[i] : std::expm1(z[i]);
+      break;
+    case ActivationKind::kSoftplus:
+      for (size_t i = 0; i < n; ++i) z[i] = Softplus(z[i]);
+      break;
+  }
+}
+
+// The S4 reference's param_transform.
+double Transform(ParamTransform t, double x) {
+  switch (t) {
+    case ParamTransform::kNone:
+      return x;
+    case ParamTransform::kExp:
+      return std::exp(x);
+    case ParamTransform::kRelu:
+      return (x > 0 ? x : 0.0) + 1e-4;
+    case ParamTransform::kSigmoid:
+      return 1.0 / (1.0 + std::exp(-x));
+    case ParamTransform::kSoftplus:
+      return Softplus(x);
+  }
+  return x;
+}
+
+const char* TransformName(ParamTransform t) {
+  switch (t) {
+    case ParamTransform::kNone:
+      return "none";
+    case ParamTransform::kExp:
+      return "exp";
+    case ParamTransform::kRelu:
+      return "relu";
+    case ParamTransform::kSigmoid:
+      return "sigmoid";
+    case ParamTransform::kSoftplus:
+      return "softplus";
+  }
+  return "?";
+}
+
+// LayerNorm over each row's H features, or BatchNorm with its running
+// statistics (a fixed affine map per feature). x and y may be the same.
+struct Norm {
+  NormKind kind = NormKind::kLayer;
+  double eps = 1e-5;
+  VectorXd w, b;  // weight and bias
+  VectorXd mean, scale;  // BatchNorm: running_mean, weight / sqrt(running_var + eps)
+  void Apply(const double* x, int rows, double* y) const {
+    if (kind == NormKind::kLayer) {
+      LayerNorm(w, b, eps, x, rows, y);
+      return;
+    }
+    const int h = static_cast<int>(b.size());
+    for (int r = 0; r < rows; ++r) {
+      const double* in = x + static_cast<size_t>(r) * h;
+      double* out = y + static_cast<size_t>(r) * h;
+      for (int j = 0; j < h; ++j) out[j] = (in[j] - mean(j)) * scale(j) + b(j);
+    }
+  }
+};
+
+// The DSS kernel (SSMKernelDiag with disc='dss'), which depends on the
+// sequence length T: with a = dt Lambda, for modes with Re Lambda <= 0
+//   K[l] = Re sum_n BC (e^a - 1) r e^(a l),  r = 1 / ((e^(a T) - 1) Lambda)
+// and for modes with Re Lambda > 0 the same with a -> -a and
+// e^(a l) -> e^(-a (T - 1 - l)), so nothing overflows. The reference
+// regularizes r as conj(x) / (|x|^2 + 1e-7), x = (e^(a T) - 1) Lambda; so
+// do we, to compute what it computes.
+struct DssKernel {
+  RowMatrixXcd dta;              // H x M: dt Lambda
+  RowMatrixXcd lambda;           // H x M
+  std::vector<RowMatrixXcd> bc;  // per kernel channel, H x M: B C
+
+  RowMatrixXd Kernel(int channel, int length) const {
+    constexpr int kBlock = 64;
+    const Eigen::Index h = dta.rows(), m = dta.cols();
+    RowMatrixXd k = RowMatrixXd::Zero(h, length);
+    std::vector<cdouble> small(kBlock), big(length / kBlock + 1);
+    for (Eigen::Index r = 0; r < h; ++r) {
+      for (Eigen::Index n = 0; n < m; ++n) {
+        const bool growing = lambda(r, n).real() > 0;
+        const cdouble a = growing ? -dta(r, n) : dta(r, n);
+        const cdouble num = std::exp(a) - 1.0;
+        const cdouble x = (std::exp(a * static_cast<double>(length)) - 1.0) * lambda(r, n);
+        const cdouble inv = std::conj(x) / (x.real() * x.real() + x.imag() * x.imag() + 1e-7);
+        const cdouble coef = bc[channel](r, n) * num * inv;
+        // e^(a e) as e^(a kBlock j) (one exponential per block) times
+        // e^(a i) (products within a block): ~kBlock roundings at most.
+        const cdouble z = std::exp(a);
+        small[0] = 1.0;
+        for (int i = 1; i < kBlock; ++i) small[i] = small[i - 1] * z;
+        for (size_t j = 0; j < big.size(); ++j) {
+          big[j] = std::exp(a * static_cast<double>(j * kBlock));
+        }
+        double* row = k.row(r).data();
+        for (int l = 0; l < length; ++l) {
+          const int e = growing ? length - 1 - l : l;
+          row[l] += (coef * big[e / kBlock] * small[e % kBlock]).real();
+        }
+      }
+    }
+    return k;
+  }
+};
+
 struct Block {
   DplrSystem system;  // C is the true C (channel 0 of a bidirectional kernel)
   VectorXd d;
   std::optional<ConvMode> conv;
   std::optional<ConvMode> backward;  // bidirectional: the anti-causal kernel
   std::optional<SsmStepper> stepper;
+  std::optional<DssKernel> dss;  // instead of conv, backward and stepper
   Linear out;  // empty when OutputLinearKind::kNone
-  VectorXd norm_w, norm_b;
+  Norm norm;
 };
 
 class S4Model final : public Model {
@@ -82,10 +212,19 @@ class S4Model final : public Model {
 
   S4StackSpec s4_;
   std::optional<Linear> encoder_, decoder_;
+  std::optional<Norm> final_norm_;
   std::vector<Block> blocks_;
   size_t bytes_ = 0;
 
-  bool streamable() const override { return !s4_.bidirectional; }
+  bool streamable() const override { return !s4_.bidirectional && !s4_.dss; }
+  std::string not_streamable_reason() const override {
+    if (s4_.bidirectional) return "it is bidirectional: its outputs depend on future inputs";
+    if (s4_.dss) {
+      return "its DSS kernel depends on the length of the whole sequence, which a stream "
+             "does not know";
+    }
+    return "";
+  }
   size_t memory_bytes() const override { return bytes_; }
   ConvMode::CacheStats kernel_cache_stats() const override {
     ConvMode::CacheStats total;
@@ -103,7 +242,8 @@ class S4Model final : public Model {
 
   size_t state_size() const override {
     size_t n = 0;
-    for (const Block& b : blocks_) n += b.stepper->state_size();
+    for (const Block& b : blocks_)
+      if (b.stepper) n += b.stepper->state_size();
     return n;
   }
 
@@ -200,8 +340,7 @@ class S4Model final : public Model {
       ParallelFor(rows, min_rows, [&](int64_t begin, int64_t end) {
         const double* in = stream;
         if (s4_.norm == NormPlacement::kPre) {
-          LayerNorm(blk.norm_w, blk.norm_b, s4_.layer_norm_eps, stream + begin * h,
-                    static_cast<int>(end - begin), z_all + begin * h);
+          blk.norm.Apply(stream + begin * h, static_cast<int>(end - begin), z_all + begin * h);
           in = z_all;
         }
         to_ssm(begin, end, in, ssm_in);
@@ -215,9 +354,7 @@ class S4Model final : public Model {
         double* z = z_all + begin * h;
         double* wide = wide_all + begin * 2 * h;
         from_ssm(begin, end, ssm_out, z_all);
-        if (s4_.activation == ActivationKind::kGelu) {
-          for (size_t i = 0; i < static_cast<size_t>(n) * h; ++i) z[i] = Gelu(z[i]);
-        }
+        Activate(s4_.activation, z, static_cast<size_t>(n) * h);
         switch (s4_.output_linear) {
           case OutputLinearKind::kGlu:
             blk.out.Apply(z, n, wide);
@@ -229,6 +366,7 @@ class S4Model final : public Model {
           case OutputLinearKind::kLinear:
             blk.out.Apply(z, n, wide);
             std::copy(wide, wide + static_cast<size_t>(n) * h, z);
+            Activate(s4_.output_activation, z, static_cast<size_t>(n) * h);
             break;
           case OutputLinearKind::kNone:
             break;
@@ -239,9 +377,12 @@ class S4Model final : public Model {
         } else {
           std::copy(z, z + static_cast<size_t>(n) * h, out);
         }
-        if (s4_.norm == NormPlacement::kPost) {
-          LayerNorm(blk.norm_w, blk.norm_b, s4_.layer_norm_eps, out, n, out);
-        }
+        if (s4_.norm == NormPlacement::kPost) blk.norm.Apply(out, n, out);
+      });
+    }
+    if (final_norm_) {
+      ParallelFor(rows, min_rows, [&](int64_t begin, int64_t end) {
+        final_norm_->Apply(stream + begin * h, static_cast<int>(end - begin), stream + begin * h);
       });
     }
     if (decoder_) {
@@ -261,9 +402,27 @@ class S4Model final : public Model {
     const size_t io = static_cast<size_t>(batch) * s4_.d_model * steps;
     absl::Span<const double> in(u, io);
     absl::Span<double> out(y, io);
+    if (blk.dss) {  // Forward only (not streamable): kernels for this length
+      const RowMatrixXd k = blk.dss->Kernel(0, steps);
+      if (auto st = CausalConv(k, blk.d, in, batch, steps, out); !st.ok()) return st;
+      if (s4_.bidirectional) {
+        const RowMatrixXd k1 = blk.dss->Kernel(1, steps);
+        const VectorXd no_d = VectorXd::Zero(s4_.d_model);
+        AddAntiCausal(u, batch, steps, y, back, [&](absl::Span<const double> rev,
+                                                    absl::Span<double> w) {
+          return CausalConv(k1, no_d, rev, batch, steps, w);
+        });
+      }
+      return absl::OkStatus();
+    }
     if (state.empty()) {  // Forward: from zero, both directions
       if (auto st = blk.conv->Forward(in, batch, steps, {}, out, {}); !st.ok()) return st;
-      if (blk.backward) AddAntiCausal(blk, u, batch, steps, y, back);
+      if (blk.backward) {
+        AddAntiCausal(u, batch, steps, y, back,
+                      [&](absl::Span<const double> rev, absl::Span<double> w) {
+                        return blk.backward->Forward(rev, batch, steps, {}, w, {});
+                      });
+      }
       return absl::OkStatus();
     }
     const size_t n = static_cast<size_t>(batch) * blk.stepper->state_size();
@@ -293,16 +452,19 @@ class S4Model final : public Model {
 
   // The second kernel k1 looks ahead: y[t] += sum_s k1[s] u[t + 1 + s].
   // With v = u reversed in time, that is the causal convolution w = k1 * v
-  // read backwards and shifted by one: y[t] += w[L - 2 - t].
-  void AddAntiCausal(const Block& blk, const double* u, int batch, int steps, double* y,
-                     double* back) const {
+  // (by `conv`, without D) read backwards and shifted by one:
+  // y[t] += w[L - 2 - t].
+  template <typename Conv>
+  void AddAntiCausal(const double* u, int batch, int steps, double* y, double* back,
+                     Conv conv) const {
     const size_t rows = static_cast<size_t>(batch) * s4_.d_model;
     std::vector<double> rev(rows * steps);
     for (size_t r = 0; r < rows; ++r)
       for (int t = 0; t < steps; ++t) rev[r * steps + t] = u[r * steps + steps - 1 - t];
     absl::Span<double> w(back, rows * steps);
-    // Zero state, zero D: cannot fail once the forward kernel has run.
-    (void)blk.backward->Forward(rev, batch, steps, {}, w, {});
+    // Zero state, zero D, finite input: cannot fail once the forward kernel
+    // has run on the same input.
+    (void)conv(rev, w);
     for (size_t r = 0; r < rows; ++r)
       for (int t = 0; t + 1 < steps; ++t) y[r * steps + t] += back[r * steps + steps - 2 - t];
   }
@@ -338,6 +500,38 @@ RowMatrixXcd Complex(const std::vector<double>& v, int rows_src, int m, int rows
   return out;
 }
 
+// `prefix`.{weight,bias} (LayerNorm) or also .{running_mean,running_var}
+// (BatchNorm, folded into a scale per feature).
+absl::StatusOr<Norm> ReadNorm(WeightReader& w, const S4StackSpec& s4, const std::string& prefix) {
+  const int h = s4.d_model;
+  Norm norm;
+  norm.kind = s4.norm_kind;
+  norm.eps = s4.layer_norm_eps;
+  auto nw = w.Take(prefix + ".weight", {{h}});
+  if (!nw.ok()) return nw.status();
+  auto nb = w.Take(prefix + ".bias", {{h}});
+  if (!nb.ok()) return nb.status();
+  norm.w = Map<const VectorXd>(nw->data(), h);
+  norm.b = Map<const VectorXd>(nb->data(), h);
+  if (norm.kind == NormKind::kBatch) {
+    auto mean = w.Take(prefix + ".running_mean", {{h}});
+    if (!mean.ok()) return mean.status();
+    auto var = w.Take(prefix + ".running_var", {{h}});
+    if (!var.ok()) return var.status();
+    norm.mean = Map<const VectorXd>(mean->data(), h);
+    norm.scale.resize(h);
+    for (int j = 0; j < h; ++j) {
+      if (!((*var)[j] + norm.eps > 0)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            w.source(), ": '", prefix, ".running_var'[", j, "] = ", (*var)[j],
+            ": the variance plus eps must be positive"));
+      }
+      norm.scale(j) = norm.w(j) / std::sqrt((*var)[j] + norm.eps);
+    }
+  }
+  return norm;
+}
+
 absl::Status LoadBlock(WeightReader& w, const S4StackSpec& s4, int max_length, int i,
                        Block& blk) {
   const std::string pre = absl::StrCat("s4_layers.", i, ".");
@@ -352,6 +546,15 @@ absl::Status LoadBlock(WeightReader& w, const S4StackSpec& s4, int max_length, i
       return absl::InvalidArgumentError(absl::StrCat(
           w.source(), ": '", k, "log_dt' is a minimal S4D block, but the config says ",
           s4.kernel == KernelKind::kDplr ? "DPLR" : "bidirectional"));
+    }
+    const S4StackSpec defaults;
+    if (s4.dss || s4.dt_transform != defaults.dt_transform ||
+        s4.real_transform != defaults.real_transform ||
+        s4.imag_transform != defaults.imag_transform || s4.dt_fast) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          w.source(), ": '", k, "log_dt' is a minimal S4D block, whose parameterization is "
+          "fixed (dt = exp(log_dt), Lambda = -exp(log_A_real) + i A_imag, ZOH), but the config "
+          "sets DSS, dt_transform, real_transform, imag_transform or dt_fast"));
     }
     auto log_dt = w.Take(k + "log_dt", {{h}});
     auto log_a_real = w.Take(k + "log_A_real", {{h, m}});
@@ -390,12 +593,26 @@ absl::Status LoadBlock(WeightReader& w, const S4StackSpec& s4, int max_length, i
     auto c = w.Take(k + "C", {{c_channels, h, m, 2}});
     for (const auto* t : {&inv_dt, &a_real, &a_imag, &b, &c})
       if (!t->ok()) return t->status();
-    sys.dt = Map<const VectorXd>(inv_dt->data(), h).array().exp();
+    // The reference's _get_params: dt = T_dt(inv_dt) (under sinh first if
+    // dt_fast), Lambda = -T_re(A_real) - i T_im(A_imag); once, at load.
+    sys.dt.resize(h);
+    for (int r = 0; r < h; ++r) {
+      const double stored = (*inv_dt)[r];
+      const double dt = Transform(s4.dt_transform, s4.dt_fast ? std::sinh(stored) : stored);
+      if (!(dt > 0) || !std::isfinite(dt)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            w.source(), ": layer ", i, ": '", k, "inv_dt'[", r, "] = ", stored, " gives dt = ",
+            dt, " under dt_transform ", TransformName(s4.dt_transform),
+            s4.dt_fast ? " (after sinh, dt_fast)" : "", "; a step must be positive"));
+      }
+      sys.dt(r) = dt;
+    }
     sys.lambda.resize(h, m);
     for (int r = 0; r < h; ++r)
       for (int j = 0; j < m; ++j) {
         const size_t idx = static_cast<size_t>(r % n_ssm) * m + j;
-        sys.lambda(r, j) = cdouble(-std::exp((*a_real)[idx]), -(*a_imag)[idx]);
+        sys.lambda(r, j) = cdouble(-Transform(s4.real_transform, (*a_real)[idx]),
+                                   -Transform(s4.imag_transform, (*a_imag)[idx]));
       }
     sys.B = Complex(*b, n_ssm, m, h);
     c_values = *std::move(c);
@@ -446,13 +663,23 @@ absl::Status LoadBlock(WeightReader& w, const S4StackSpec& s4, int max_length, i
     return absl::InvalidArgumentError(
         absl::StrCat(w.source(), ": layer ", i, ": ", st.message()));
   };
-  absl::StatusOr<ConvMode> conv = ConvMode::Create(sys, blk.d, s4.discretization, max_length);
-  if (!conv.ok()) return wrap(conv.status());
-  blk.conv.emplace(*std::move(conv));
-  absl::StatusOr<SsmStepper> stepper = SsmStepper::Create(sys, blk.d, s4.discretization);
-  if (!stepper.ok()) return wrap(stepper.status());
-  blk.stepper.emplace(*std::move(stepper));
-  if (c_channels == 2) {
+  if (s4.dss) {
+    if (auto st = ValidateDplr(sys); !st.ok()) return wrap(st);
+    DssKernel dss;
+    dss.lambda = sys.lambda;
+    dss.dta = sys.lambda;
+    for (int r = 0; r < h; ++r) dss.dta.row(r) *= sys.dt(r);
+    for (const RowMatrixXcd& c : cs) dss.bc.push_back(sys.B.cwiseProduct(c));
+    blk.dss.emplace(std::move(dss));
+  } else {
+    absl::StatusOr<ConvMode> conv = ConvMode::Create(sys, blk.d, s4.discretization, max_length);
+    if (!conv.ok()) return wrap(conv.status());
+    blk.conv.emplace(*std::move(conv));
+    absl::StatusOr<SsmStepper> stepper = SsmStepper::Create(sys, blk.d, s4.discretization);
+    if (!stepper.ok()) return wrap(stepper.status());
+    blk.stepper.emplace(*std::move(stepper));
+  }
+  if (c_channels == 2 && !s4.dss) {
     DplrSystem back = sys;
     back.C = cs[1];
     absl::StatusOr<ConvMode> bconv =
@@ -469,12 +696,9 @@ absl::Status LoadBlock(WeightReader& w, const S4StackSpec& s4, int max_length, i
     blk.out = *std::move(lin);
   }
   if (s4.norm != NormPlacement::kNone) {
-    auto nw = w.Take(absl::StrCat("norms.", i, ".weight"), {{h}});
-    auto nb = w.Take(absl::StrCat("norms.", i, ".bias"), {{h}});
-    if (!nw.ok()) return nw.status();
-    if (!nb.ok()) return nb.status();
-    blk.norm_w = Map<const VectorXd>(nw->data(), h);
-    blk.norm_b = Map<const VectorXd>(nb->data(), h);
+    absl::StatusOr<Norm> norm = ReadNorm(w, s4, absl::StrCat("norms.", i));
+    if (!norm.ok()) return norm.status();
+    blk.norm = *std::move(norm);
   }
   return absl::OkStatus();
 }
@@ -500,6 +724,11 @@ absl::StatusOr<std::shared_ptr<const Model>> LoadS4Stack(const ModelSpec& spec,
   model->blocks_.resize(s4.n_layers);
   for (int i = 0; i < s4.n_layers; ++i) {
     if (auto st = LoadBlock(w, s4, spec.max_length, i, model->blocks_[i]); !st.ok()) return st;
+  }
+  if (s4.final_norm) {
+    absl::StatusOr<Norm> norm = ReadNorm(w, s4, "final_norm");
+    if (!norm.ok()) return norm.status();
+    model->final_norm_ = *std::move(norm);
   }
   if (auto st = w.CheckAllUsed(); !st.ok()) return st;
   size_t bytes = 0;

@@ -78,9 +78,8 @@ absl::StatusOr<Session> Session::Create(std::shared_ptr<const Model> model, int 
   if (model == nullptr) return absl::InvalidArgumentError("model must not be null");
   if (!model->streamable()) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "model '", model->spec().name,
-        "' is bidirectional: its outputs depend on future inputs, so it cannot stream; "
-        "use a unary (convolutional) call"));
+        "model '", model->spec().name, "' cannot stream: ", model->not_streamable_reason(),
+        "; use a unary (convolutional) call"));
   }
   if (batch < 1) return absl::InvalidArgumentError(absl::StrCat("batch must be >= 1, got ", batch));
   return Session(std::move(model), batch);

@@ -1,5 +1,6 @@
 #include "ssm/dplr.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -129,6 +130,53 @@ TEST(DplrTest, RejectsBadArguments) {
   bad = s;
   bad.C(0, 0) = cdouble(0, std::numeric_limits<double>::infinity());
   invalid(ValidateDplr(bad), "C has a non-finite");
+}
+
+// A seed names the same C on every compiler: each complex entry takes two
+// draws of the seeded normal stream in a fixed order (imaginary part first,
+// the order GCC happened to use when both draws sat in one call's arguments,
+// so the shipped models/ stayed as they were). Pinned values: a change of
+// order, generator or formula shows up here, not as a silently different
+// model. (Up to 4 ulps: libm's log/cos may round differently elsewhere.)
+TEST(DplrTest, InitDrawsArePinned) {
+  const DplrSystem s = *MakeS4Init(Measure::kLegS, 4, 2, 1e-3, 1e-1, 7);
+  const cdouble pinned[2][2] = {
+      {{-0.16627163325382077, 0.50418823073022601}, {-0.919293704009426, 1.1388352912113813}},
+      {{0.47464900474433719, 1.3159709658850032}, {-0.25009923222637082, 0.34748356408085124}}};
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 2; ++j) {
+      EXPECT_DOUBLE_EQ(s.C(i, j).real(), pinned[i][j].real()) << i << "," << j;
+      EXPECT_DOUBLE_EQ(s.C(i, j).imag(), pinned[i][j].imag()) << i << "," << j;
+    }
+}
+
+// The reference clips Im B~ to +-2 (hippo.nplr's B_clip) in S4 and S4D-LegS
+// inits; +infinity keeps V^* B as it is.
+TEST(DplrTest, InitClipsTheImaginaryPartOfBAsTheReference) {
+  const Nplr nplr = *MakeNplr(Measure::kLegS, 64);
+  const DplrSystem s4 = *MakeS4Init(Measure::kLegS, 64, 2, 1e-3, 1e-1, 1);
+  const DplrSystem s4d = *MakeS4dInit(S4dInit::kLegS, 64, 2, 1e-3, 1e-1, 1);
+  int clipped = 0;
+  for (int j = 0; j < 32; ++j) {
+    const cdouble b = nplr.B(j);
+    const cdouble want(b.real(), std::clamp(b.imag(), -kS4BClip, kS4BClip));
+    clipped += want != b;
+    for (int h = 0; h < 2; ++h) {
+      EXPECT_EQ(s4.B(h, j), want) << j;
+      EXPECT_EQ(s4d.B(h, j), want) << j;
+    }
+  }
+  EXPECT_GT(clipped, 0);  // LegS at N = 64 has |Im B~| > 2
+  const double inf = std::numeric_limits<double>::infinity();
+  EXPECT_EQ(MakeS4Init(Measure::kLegS, 64, 1, 1e-3, 1e-1, 1, inf)->B, nplr.B.transpose());
+  EXPECT_EQ(MakeS4dInit(S4dInit::kLegS, 64, 1, 1e-3, 1e-1, 1, inf)->B, nplr.B.transpose());
+  for (double bad : {0.0, -1.0, std::nan("")}) {
+    const absl::Status st = MakeS4Init(Measure::kLegS, 8, 1, 1e-3, 1e-1, 1, bad).status();
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_THAT(std::string(st.message()), HasSubstr("b_clip")) << st;
+    EXPECT_EQ(MakeS4dInit(S4dInit::kLegS, 8, 1, 1e-3, 1e-1, 1, bad).status().code(),
+              absl::StatusCode::kInvalidArgument);
+  }
 }
 
 }  // namespace

@@ -12,7 +12,9 @@
 
 #include "core/ssm_systems.h"
 #include "core/test_models.h"
+#include "ssm/dplr.h"
 #include "ssm/hippo_memory.h"
+#include "ssm/kernel.h"
 #include "ssm/session.h"
 
 namespace ssm {
@@ -201,6 +203,98 @@ TEST(ModelTest, BidirectionalModelsRefuseToStream) {
   EXPECT_THAT(std::string(s.status().message()), HasSubstr("bidirectional"));
 }
 
+// The DSS kernel depends on the sequence length: Forward only, and a stream
+// is refused with that reason. Its kernel at each length is the ZOH kernel
+// of the same modes with C rescaled (Lambda (1 + reg) / (2 (e^(dt Lambda T)
+// - 1)) with reg tiny here), which DiagonalKernel computes independently.
+TEST(ModelTest, DssModelsAreUnaryOnly) {
+  S4StackSpec s4 = Variants()[2].second;  // diagonal, ZOH
+  s4.dss = true;
+  s4.encoder = s4.decoder = false;
+  s4.n_layers = 1;
+  s4.norm = NormPlacement::kNone;
+  s4.residual = false;
+  s4.output_linear = OutputLinearKind::kNone;
+  s4.activation = ActivationKind::kIdentity;
+  const std::shared_ptr<const Model> m = Load(S4Spec(s4));
+  ASSERT_NE(m, nullptr);
+  EXPECT_FALSE(m->streamable());
+  EXPECT_THAT(m->not_streamable_reason(), HasSubstr("DSS"));
+  absl::StatusOr<Session> s = Session::Create(m, 1);
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(s.status().message()), HasSubstr("DSS kernel depends on the length"));
+
+  // An impulse on every channel reads the kernel (plus D at t = 0).
+  DplrSystem sys = *MakeS4dInit(S4dInit::kLegS, 8, 5, 1e-3, 1e-1, 7);
+  for (int length : {1, 7, 200}) {
+    std::vector<double> x(length * 5, 0.0), y(length * 5);
+    for (int c = 0; c < 5; ++c) x[c] = 1.0;
+    ASSERT_TRUE(m->Forward(x, 1, length, absl::MakeSpan(y)).ok());
+    DplrSystem scaled = sys;
+    for (int h = 0; h < 5; ++h)
+      for (int n = 0; n < 4; ++n) {
+        const cdouble lam = sys.lambda(h, n);
+        const cdouble e = std::exp(sys.dt(h) * lam * static_cast<double>(length)) - 1.0;
+        const cdouble xx = e * lam;
+        const cdouble r = std::conj(xx) / (std::norm(xx) + 1e-7);
+        scaled.C(h, n) = sys.C(h, n) * lam * r / 2.0;
+      }
+    const RowMatrixXd k = *DiagonalKernel(scaled, length, Discretization::Zoh());
+    double err = 0, scale = 0;
+    for (int t = 1; t < length; ++t)
+      for (int c = 0; c < 5; ++c) {
+        err = std::max(err, std::abs(y[t * 5 + c] - k(c, t)));
+        scale = std::max(scale, std::abs(k(c, t)));
+      }
+    EXPECT_LE(err, 1e-12 * scale) << length;
+    if (length > 1) EXPECT_GT(scale, 0.0);
+  }
+}
+
+// Transforms turn stored values into dt and Lambda; one that gives no valid
+// step is refused by name, and the minimal S4D block takes none of them.
+TEST(ModelTest, TransformsThatGiveNoStepAreRefused) {
+  S4StackSpec s4 = Variants()[2].second;
+  s4.dt_transform = ParamTransform::kNone;
+  ModelSpec spec = S4Spec(s4);
+  // Weights made for exp: inv_dt = log dt < 0, a negative step under none.
+  S4StackSpec as_exp = s4;
+  as_exp.dt_transform = ParamTransform::kExp;
+  const SafeTensors file = ToFile(*InitS4StackWeights(S4Spec(as_exp), 3, DType::kF64), "t.st");
+  absl::StatusOr<std::shared_ptr<const Model>> m = LoadModel(spec, &file);
+  EXPECT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(m.status().message()), HasSubstr("inv_dt'[0]"));
+  EXPECT_THAT(std::string(m.status().message()), HasSubstr("dt_transform none"));
+
+  // A minimal S4D block (kernel.log_dt, ...) with a transform in the config.
+  const int h = 2, n2 = 2;
+  std::vector<TensorToWrite> minimal = {
+      {"s4_layers.0.D", DType::kF64, {h}, {0.5, -0.5}},
+      {"s4_layers.0.kernel.log_dt", DType::kF64, {h}, {-3, -2}},
+      {"s4_layers.0.kernel.log_A_real", DType::kF64, {h, n2}, {-0.7, -0.7, -0.7, -0.7}},
+      {"s4_layers.0.kernel.A_imag", DType::kF64, {h, n2}, {0, 3.1, 0, 3.1}},
+      {"s4_layers.0.kernel.C", DType::kF64, {h, n2, 2}, std::vector<double>(8, 0.3)}};
+  S4StackSpec plain = Variants()[2].second;
+  plain.n_layers = 1;
+  plain.d_model = h;
+  plain.d_state = 2 * n2;
+  plain.encoder = plain.decoder = plain.residual = false;
+  plain.norm = NormPlacement::kNone;
+  plain.output_linear = OutputLinearKind::kNone;
+  const SafeTensors mfile = ToFile(minimal, "minimal.st");
+  EXPECT_TRUE(LoadModel(S4Spec(plain), &mfile).ok());
+  for (auto set : {+[](S4StackSpec& x) { x.dt_transform = ParamTransform::kSoftplus; },
+                   +[](S4StackSpec& x) { x.imag_transform = ParamTransform::kExp; },
+                   +[](S4StackSpec& x) { x.dt_fast = true; },
+                   +[](S4StackSpec& x) { x.dss = true; }}) {
+    S4StackSpec bad = plain;
+    set(bad);
+    absl::StatusOr<std::shared_ptr<const Model>> r = LoadModel(S4Spec(bad), &mfile);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr("minimal S4D block"));
+  }
+}
+
 // Each bad weights file is refused with the tensor named.
 TEST(ModelTest, BadWeightsAreRefusedByName) {
   const ModelSpec spec = S4Spec(Variants()[0].second);
@@ -309,6 +403,31 @@ TEST(ModelTest, LegsMemoryExposesItsCoefficients) {
   for (int j = 0; j < 16; ++j) EXPECT_DOUBLE_EQ(y[299 * 16 + j], mem.coefficients()(j));
   Session s = *Session::Create(m, 1);
   EXPECT_EQ(RunChunks(s, x, 300, {1, 150, 149}), y);
+}
+
+// Ranks beyond the measure's own get small random P: drawn imaginary part
+// first, in statements of their own, so a seed names the same weights on
+// every compiler (DplrTest.InitDrawsArePinned pins C's draws the same way).
+TEST(ModelTest, InitDrawsOfExtraRanksArePinned) {
+  S4StackSpec s4;
+  s4.d_model = 2;
+  s4.d_state = 4;
+  s4.rank = 2;
+  s4.encoder = s4.decoder = false;
+  const std::vector<TensorToWrite> w = *InitS4StackWeights(S4Spec(s4), 11, DType::kF64);
+  // P is rank x H x M x 2: the second rank's 2 x 2 complex values.
+  const double pinned[8] = {-0.030912476969355181, 0.0088282319329643921,
+                            -0.10163729623385853,  -0.0073716320883890256,
+                            0.064822037715283706,  0.08520858923678383,
+                            -0.031057732652829614, -0.16378013567241145};
+  int found = 0;
+  for (const TensorToWrite& t : w) {
+    if (t.name != "s4_layers.0.layer.kernel.P") continue;
+    ASSERT_EQ(t.values.size(), 16u);
+    for (int i = 0; i < 8; ++i) EXPECT_DOUBLE_EQ(t.values[8 + i], pinned[i]) << i;
+    ++found;
+  }
+  EXPECT_EQ(found, 1);
 }
 
 }  // namespace

@@ -92,6 +92,28 @@ inline std::vector<std::pair<std::string, S4StackSpec>> Variants() {
   plain.output_linear = OutputLinearKind::kNone;
   plain.activation = ActivationKind::kIdentity;
   v.push_back({"plain-ssm", plain});
+  // The training script's layouts: BatchNorm (prenorm) with a final norm,
+  // SiLU, a plain linear then tanh, other parameterizations of dt and A.
+  S4StackSpec training = base;
+  training.rank = 2;
+  training.norm = NormPlacement::kPre;
+  training.norm_kind = NormKind::kBatch;
+  training.final_norm = true;
+  training.activation = ActivationKind::kSilu;
+  training.output_linear = OutputLinearKind::kLinear;
+  training.output_activation = ActivationKind::kTanh;
+  training.dt_transform = ParamTransform::kSoftplus;
+  training.real_transform = ParamTransform::kRelu;
+  training.dt_fast = true;
+  v.push_back({"dplr-batchnorm-final-softplus", training});
+  S4StackSpec diag_t = diag;
+  diag_t.norm = NormPlacement::kPost;
+  diag_t.activation = ActivationKind::kElu;
+  diag_t.dt_transform = ParamTransform::kSigmoid;
+  diag_t.real_transform = ParamTransform::kSoftplus;
+  diag_t.imag_transform = ParamTransform::kExp;
+  diag_t.output_activation = ActivationKind::kSoftplus;
+  v.push_back({"diag-transforms-elu", diag_t});
   return v;
 }
 

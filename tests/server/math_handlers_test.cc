@@ -2,6 +2,7 @@
 // exactly what the core computes, and bad requests get exact codes.
 
 #include <cmath>
+#include <limits>
 #include <string>
 
 #include <gmock/gmock.h>
@@ -170,6 +171,53 @@ TEST(ComputeKernelTest, ThreeMethodsAgreeOnAnS4Init) {
   system.C = *CTilde(system, length);
   const RowMatrixXd want = *DplrKernel(system, length);
   for (int i = 0; i < want.size(); ++i) ASSERT_EQ(dplr->kernel().values(i), want.data()[i]);
+}
+
+// Even-N FouT has a mode at Lambda = 0: DPLR refuses it by name, and an
+// unspecified method falls back to NAIVE instead of failing.
+TEST(ComputeKernelTest, EvenFouTFallsBackToNaive) {
+  v1::ComputeKernelRequest request = S4InitRequest(v1::KERNEL_METHOD_DPLR, 40);
+  request.mutable_init()->set_measure(v1::HIPPO_MEASURE_FOUT);
+  request.mutable_init()->set_n(8);
+  const absl::Status dplr = ComputeKernel(request, {}).status();
+  EXPECT_EQ(dplr.code(), absl::StatusCode::kInvalidArgument) << dplr;
+  request.set_method(v1::KERNEL_METHOD_UNSPECIFIED);
+  absl::StatusOr<v1::ComputeKernelResponse> unspecified = ComputeKernel(request, {});
+  request.set_method(v1::KERNEL_METHOD_NAIVE);
+  absl::StatusOr<v1::ComputeKernelResponse> naive = ComputeKernel(request, {});
+  ASSERT_TRUE(unspecified.ok()) << unspecified.status();
+  ASSERT_TRUE(naive.ok()) << naive.status();
+  EXPECT_EQ(MaxAbsDiff(unspecified->kernel(), naive->kernel()), 0.0);
+  EXPECT_GT(MaxAbs(naive->kernel()), 0.0);
+}
+
+// b_clip reaches the init: unset is the reference's 2, 0 switches it off,
+// a negative bound is refused by name.
+TEST(ComputeKernelTest, InitBClipOption) {
+  v1::ComputeKernelRequest request = S4InitRequest(v1::KERNEL_METHOD_NAIVE, 20);
+  request.mutable_init()->set_n(32);  // LegS B~ has |Im| > 2 at N = 32
+  request.mutable_init()->set_channels(1);
+  auto kernel_with = [&](const DplrSystem& s) {
+    return *NaiveKernel(s, 20, Discretization::Bilinear());
+  };
+  auto equals = [](const v1::ComputeKernelResponse& r, const RowMatrixXd& want) {
+    for (int i = 0; i < want.size(); ++i)
+      if (r.kernel().values(i) != want.data()[i]) return false;
+    return true;
+  };
+  absl::StatusOr<v1::ComputeKernelResponse> unset = ComputeKernel(request, {});
+  ASSERT_TRUE(unset.ok()) << unset.status();
+  EXPECT_TRUE(equals(*unset, kernel_with(*MakeS4Init(Measure::kLegS, 32, 1, 1e-3, 1e-1, 7))));
+  request.mutable_init()->set_b_clip(0);
+  absl::StatusOr<v1::ComputeKernelResponse> off = ComputeKernel(request, {});
+  ASSERT_TRUE(off.ok()) << off.status();
+  EXPECT_TRUE(equals(*off, kernel_with(*MakeS4Init(Measure::kLegS, 32, 1, 1e-3, 1e-1, 7,
+                                                   std::numeric_limits<double>::infinity()))));
+  EXPECT_FALSE(equals(*off, kernel_with(*MakeS4Init(Measure::kLegS, 32, 1, 1e-3, 1e-1, 7))));
+  request.mutable_init()->set_b_clip(-1);
+  const absl::Status bad = ComputeKernel(request, {}).status();
+  EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(bad.message(), HasSubstr("b_clip"));
 }
 
 TEST(ComputeKernelTest, DiagonalInitAgreesWithNaive) {

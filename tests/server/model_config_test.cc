@@ -118,6 +118,14 @@ void ExpectSpecEq(const ModelSpec& a, const ModelSpec& b) {
     EXPECT_EQ(sa->encoder, sb.encoder);
     EXPECT_EQ(sa->decoder, sb.decoder);
     EXPECT_EQ(sa->layer_norm_eps, sb.layer_norm_eps);
+    EXPECT_EQ(sa->dss, sb.dss);
+    EXPECT_EQ(sa->dt_transform, sb.dt_transform);
+    EXPECT_EQ(sa->real_transform, sb.real_transform);
+    EXPECT_EQ(sa->imag_transform, sb.imag_transform);
+    EXPECT_EQ(sa->dt_fast, sb.dt_fast);
+    EXPECT_EQ(sa->output_activation, sb.output_activation);
+    EXPECT_EQ(sa->norm_kind, sb.norm_kind);
+    EXPECT_EQ(sa->final_norm, sb.final_norm);
   } else {
     const auto& ha = std::get<HippoMemorySpec>(a.architecture);
     const auto& hb = std::get<HippoMemorySpec>(b.architecture);
@@ -237,6 +245,75 @@ TEST(ModelConfigTest, RemainingEnumValues) {
   EXPECT_EQ(s4b.norm, NormPlacement::kPost);
 }
 
+// The training script's parameterizations and layouts.
+constexpr char kTrainingScriptS4[] = R"pb(
+  name: "s4_training"
+  d_input: 3
+  d_output: 2
+  max_length: 64
+  s4 {
+    n_layers: 2
+    d_model: 8
+    d_state: 4
+    kernel: KERNEL_KIND_DIAGONAL
+    discretization: DISCRETIZATION_KIND_DSS
+    activation: ACTIVATION_SILU
+    output_linear: OUTPUT_LINEAR_LINEAR
+    output_activation: ACTIVATION_TANH
+    norm: NORM_PLACEMENT_PRE
+    norm_kind: NORM_KIND_BATCH
+    final_norm: true
+    dt_transform: PARAM_TRANSFORM_SOFTPLUS
+    real_transform: PARAM_TRANSFORM_RELU
+    imag_transform: PARAM_TRANSFORM_SIGMOID
+    dt_fast: true
+  }
+)pb";
+
+TEST(ModelConfigTest, TrainingScriptFieldsMap) {
+  const ModelSpec spec = ParseOrDie(kTrainingScriptS4);
+  const auto& s4 = std::get<S4StackSpec>(spec.architecture);
+  EXPECT_TRUE(s4.dss);
+  EXPECT_EQ(s4.activation, ActivationKind::kSilu);
+  EXPECT_EQ(s4.output_activation, ActivationKind::kTanh);
+  EXPECT_EQ(s4.norm_kind, NormKind::kBatch);
+  EXPECT_TRUE(s4.final_norm);
+  EXPECT_EQ(s4.dt_transform, ParamTransform::kSoftplus);
+  EXPECT_EQ(s4.real_transform, ParamTransform::kRelu);
+  EXPECT_EQ(s4.imag_transform, ParamTransform::kSigmoid);
+  EXPECT_TRUE(s4.dt_fast);
+  // The defaults: exp, exp, none; identity after a plain linear; LayerNorm.
+  const auto& d = std::get<S4StackSpec>(ParseOrDie(kMinimalDplr).architecture);
+  EXPECT_FALSE(d.dss);
+  EXPECT_EQ(d.dt_transform, ParamTransform::kExp);
+  EXPECT_EQ(d.real_transform, ParamTransform::kExp);
+  EXPECT_EQ(d.imag_transform, ParamTransform::kNone);
+  EXPECT_FALSE(d.dt_fast);
+  EXPECT_EQ(d.output_activation, ActivationKind::kIdentity);
+  EXPECT_EQ(d.norm_kind, NormKind::kLayer);
+  EXPECT_FALSE(d.final_norm);
+
+  for (const char* bad : {"discretization: DISCRETIZATION_KIND_DSS",  // DPLR
+                          "output_activation: ACTIVATION_TANH",       // GLU
+                          "norm: NORM_PLACEMENT_NONE final_norm: true"}) {
+    const std::string text =
+        absl::StrCat("name: \"x\" d_input: 8 d_output: 8 max_length: 8 s4 { n_layers: 1 "
+                     "d_model: 8 d_state: 4 kernel: KERNEL_KIND_DPLR rank: 1 ",
+                     bad, " }");
+    const absl::Status st = ParseModelConfigText(text, "t.pbtxt").status();
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << bad;
+  }
+  for (const char* unknown : {"dt_transform: 9", "norm_kind: 7", "output_activation: 40"}) {
+    const std::string text = absl::StrCat(
+        "name: \"x\" d_input: 8 d_output: 8 max_length: 8 s4 { n_layers: 1 d_model: 8 "
+        "d_state: 4 kernel: KERNEL_KIND_DIAGONAL rank: 0 ",
+        unknown, " }");
+    const absl::Status st = ParseModelConfigText(text, "t.pbtxt").status();
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << unknown;
+    EXPECT_THAT(std::string(st.message()), HasSubstr("unknown value")) << st;
+  }
+}
+
 TEST(ModelConfigTest, HippoDelayedMapsEveryField) {
   const ModelSpec spec = ParseOrDie(kHippoDelayed);
   EXPECT_EQ(spec.name, "legt_delays");
@@ -265,7 +342,8 @@ TEST(ModelConfigTest, HippoLegSCoefficients) {
 }
 
 TEST(ModelConfigTest, RoundTripsThroughText) {
-  for (const char* text : {kFullS4, kMinimalDplr, kHippoDelayed, kHippoLegS}) {
+  for (const char* text :
+       {kFullS4, kMinimalDplr, kTrainingScriptS4, kHippoDelayed, kHippoLegS}) {
     SCOPED_TRACE(text);
     const ModelSpec spec = ParseOrDie(text);
     const ssm::v1::ModelConfig config = ModelConfigFromSpec(spec);
@@ -289,6 +367,10 @@ TEST(ModelConfigTest, WrittenConfigSpellsOutDefaults) {
   EXPECT_THAT(text, HasSubstr("output_linear: OUTPUT_LINEAR_GLU\n"));
   EXPECT_THAT(text, HasSubstr("norm: NORM_PLACEMENT_POST\n"));
   EXPECT_THAT(text, HasSubstr("layer_norm_eps: 1e-05\n"));
+  EXPECT_THAT(text, HasSubstr("dt_transform: PARAM_TRANSFORM_EXP\n"));
+  EXPECT_THAT(text, HasSubstr("real_transform: PARAM_TRANSFORM_EXP\n"));
+  EXPECT_THAT(text, HasSubstr("imag_transform: PARAM_TRANSFORM_NONE\n"));
+  EXPECT_THAT(text, HasSubstr("norm_kind: NORM_KIND_LAYER\n"));
   EXPECT_THAT(text, HasSubstr("weight_naming: WEIGHT_NAMING_S4_REFERENCE\n"));
   EXPECT_THAT(text, StartsWith("name: \"s4_min\"\n"));
 }

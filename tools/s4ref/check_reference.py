@@ -47,6 +47,7 @@ except ImportError:
     sys.exit(1)
 
 import make_fixture  # noqa: E402
+import train_fixtures  # noqa: E402
 import s4_numpy as ref  # noqa: E402
 import s4io  # noqa: E402
 
@@ -135,18 +136,6 @@ def recurrent_ssm(spec):
     return run
 
 
-def protoc_check(cfg_path):
-    protoc = shutil.which("protoc")
-    if not protoc:
-        return None
-    proto_dir = ROOT / "proto"
-    with open(cfg_path, "rb") as f:
-        r = subprocess.run([protoc, f"-I{proto_dir}", "--encode=ssm.v1.ModelConfig",
-                            str(proto_dir / "ssm/v1/model_config.proto")],
-                           stdin=f, capture_output=True)
-    return r.returncode == 0, r.stderr.decode(errors="replace").strip()
-
-
 def check_model(fixture, m, torch_check):
     name = m["name"]
     d = fixture / name
@@ -158,14 +147,12 @@ def check_model(fixture, m, torch_check):
     sizes = {p.name: p.stat().st_size for p in paths}
     report(all(s < 100_000 for s in sizes.values()), f"{name}: file sizes {sizes} (< 100 KB)")
 
+    # protobuf's own text_format with the generated ModelConfig: the
+    # file parses as the server parses it (unknown fields are errors).
     cfg = s4io.parse_model_config(paths[0].read_text())
-    pc = protoc_check(paths[0])
-    if pc is None:
-        print(f"note  {name}: protoc not found, config.pbtxt checked by the local parser only")
-    else:
-        report(pc[0], f"{name}: config.pbtxt encodes as ssm.v1.ModelConfig {pc[1]}")
     report(cfg.get("name") == name and cfg["s4"].get("weight_naming") == "WEIGHT_NAMING_S4_REFERENCE",
-           f"{name}: config name and weight_naming")
+           f"{name}: config.pbtxt parses as ssm.v1.ModelConfig (protobuf text_format); "
+           "name and weight_naming")
 
     weights, meta = s4io.read_safetensors(paths[1])
     io, _ = s4io.read_safetensors(paths[2])
@@ -183,12 +170,59 @@ def check_model(fixture, m, torch_check):
            and y_stored.shape == (m["B"], m["L"], spec.d_output),
            f"{name}: io input {u.shape} output {y_stored.shape} F64")
 
+    want_spec = make_fixture.spec_of(m)
+    report(spec == want_spec, f"{name}: the config says what the reference computed"
+           + ("" if spec == want_spec else f" ({spec} vs {want_spec})"))
     y = ref.model_forward(weights, spec, u)
     report(rel(y, y_stored) <= STORED_TOL,
            f"{name}: s4_numpy reproduces the stored output (rel {rel(y, y_stored):.1e})")
+    check_kernels_and_recurrence(name, weights, spec, u, y_stored, m["L"])
 
+    # 3. torch
+    if torch_check is not None:
+        y_t = torch_check.forward(weights, spec, u)
+        e = rel(y_t, y_stored)
+        report(e <= FORWARD_TOL, f"{name}: forward vs torch float64 (Cauchy/Woodbury, FFT conv): rel {e:.1e}")
+
+
+def dss_kernel_direct(par, L):
+    """The DSS kernel term by term (scalar loops, no broadcasting), from the
+    formula: a = dt Lambda; modes with Re Lambda > 0 run from the end."""
+    ch, H, N2 = par.C.shape
+    K = np.zeros((ch, H, L))
+    for c in range(ch):
+        for h in range(H):
+            for n in range(N2):
+                lam = par.lam[h, n]
+                a = par.dt[h, 0] * lam
+                pos = lam.real > 0
+                an = -a if pos else a
+                x = (np.exp(an * L) - 1) * lam
+                inv = np.conj(x) / (abs(x) ** 2 + 1e-7)
+                coef = par.B[h, n] * par.C[c, h, n] * (np.exp(an) - 1) * inv
+                for t in range(L):
+                    K[c, h, t] += (coef * np.exp(a * (t - (L - 1 if pos else 0)))).real
+    return K
+
+
+def check_kernels_and_recurrence(name, weights, spec, u, y_stored, L):
+    """1. kernels against naive powers (DSS: against the term-by-term
+    formula); 2. the forward pass against a recurrent run (not for DSS,
+    whose kernel is no recurrence's)."""
+    if spec.discretization == "dss":
+        worst = 0.0
+        for i in range(spec.n_layers):
+            par = ref.ssm_params(weights, spec, i)
+            for Lt in (1, 2, L, 2 * L + 3):
+                K1 = ref.layer_kernel(par, spec, Lt)
+                K2 = dss_kernel_direct(par, Lt)
+                scale = np.max(np.abs(K2), axis=-1, keepdims=True)
+                worst = max(worst, float(np.max(np.abs(K1 - K2) / scale)))
+        report(worst <= KERNEL_TOL, f"{name}: DSS kernels vs the term-by-term formula at "
+               f"L in {[1, 2, L, 2 * L + 3]}: max rel {worst:.1e}")
+        return
     # 1. kernels
-    L = m["L"]
+
     worst = 0.0
     lengths = {L, 1}
     lk_values = set()
@@ -223,11 +257,58 @@ def check_model(fixture, m, torch_check):
     report(e <= FORWARD_TOL, f"{name}: forward vs recurrent run"
            f"{' (forward + backward recurrences)' if spec.bidirectional else ''}: rel {e:.1e}")
 
-    # 3. torch
-    if torch_check is not None:
-        y_t = torch_check.forward(weights, spec, u)
-        e = rel(y_t, y_stored)
-        report(e <= FORWARD_TOL, f"{name}: forward vs torch float64 (Cauchy/Woodbury, FFT conv): rel {e:.1e}")
+
+def check_train_model(fixture, m):
+    """A training-script fixture: train.ckpt's own tensors and
+    hyper-parameters give the stored output (the reference's training
+    path); the converter's config and weights give it too (the reference's
+    example.py path on them, then kernels and a recurrent run)."""
+    import torch
+    name = m["name"]
+    d = fixture / name
+    paths = [d / "train.ckpt", d / "config.pbtxt", d / "1" / "weights.safetensors",
+             d / "io.safetensors"]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        report(False, f"{name}: missing {', '.join(missing)}")
+        return
+    sizes = {p.name: p.stat().st_size for p in paths}
+    report(all(s < 100_000 for s in sizes.values()), f"{name}: file sizes {sizes} (< 100 KB)")
+    ckpt = torch.load(paths[0], map_location="cpu")
+    sd = {k: v.numpy() for k, v in ckpt["state_dict"].items()}
+    hp = ckpt["hyper_parameters"]
+    report(any(k.startswith("model.layers.0.layer.") for k in sd) and "model" in hp,
+           f"{name}: train.ckpt has the training script's names ({len(sd)} tensors) and "
+           "hyper-parameters")
+    io, _ = s4io.read_safetensors(paths[3])
+    u, y_stored = io["input"], io["output"]
+    u_model = io["tokens"] if "tokens" in io else u
+    y = ref.training_forward(sd, hp, u_model)
+    report(rel(y, y_stored) <= STORED_TOL,
+           f"{name}: s4_numpy's training-script path reproduces the stored output "
+           f"(rel {rel(y, y_stored):.1e})")
+
+    cfg = s4io.parse_model_config(paths[1].read_text())
+    weights, _ = s4io.read_safetensors(paths[2])
+    spec = ref.spec_from_config(cfg, weights)
+    report(cfg.get("name") == name, f"{name}: config.pbtxt parses as ssm.v1.ModelConfig "
+           "(protobuf text_format)")
+    y_conv = ref.model_forward(weights, spec, u)
+    e = rel(y_conv, y_stored)
+    report(e <= STORED_TOL, f"{name}: the converted model (config.pbtxt + weights, the "
+           f"reference's example.py path) gives the same output: rel {e:.1e}")
+    check_kernels_and_recurrence(name, weights, spec, u, y_stored, m["L"])
+
+    # The served outputs are per step; a pooling decoder's output is their
+    # mean over the steps (the decoder is affine).
+    dec = hp.get("decoder")
+    if isinstance(dec, dict) and dec.get("mode") == "pool":
+        x = ref.training_forward(sd, {**hp, "decoder": None}, u_model)
+        pre = "decoder.0.output_transform."
+        official = ref.linear(x.mean(axis=1), sd[pre + "weight"], sd[pre + "bias"])
+        e = rel(y_stored.mean(axis=1), official)
+        report(e <= STORED_TOL, f"{name}: the pooled decoder's output is the mean of the "
+               f"per-step outputs: rel {e:.1e}")
 
 
 def check_regeneration(fixture):
@@ -289,6 +370,11 @@ def main():
     for m in make_fixture.MODELS:
         try:
             check_model(fixture, m, torch_check)
+        except Exception as e:  # noqa: BLE001 - a broken file is a failed check
+            report(False, f"{m['name']}: {type(e).__name__}: {e}")
+    for m in train_fixtures.TRAIN_MODELS:
+        try:
+            check_train_model(fixture, m)
         except Exception as e:  # noqa: BLE001 - a broken file is a failed check
             report(False, f"{m['name']}: {type(e).__name__}: {e}")
     if not args.no_regen:

@@ -215,8 +215,24 @@ def config_of(m):
             "residual": True, "bidirectional": m["bidirectional"],
             "encoder": True, "decoder": True, "layer_norm_eps": 1e-5,
             "weight_naming": "S4_REFERENCE",
+            "dt_transform": "EXP", "real_transform": "EXP", "imag_transform": "NONE",
+            "dt_fast": False, "output_activation": "IDENTITY", "norm_kind": "LAYER",
+            "final_norm": False,
         },
     }
+
+
+def spec_of(m):
+    """The reference's description of an example.py fixture model (what its
+    config.pbtxt says; check_reference.py parses the file to confirm)."""
+    return ref.ModelSpec(
+        kind=m["kind"], n_layers=m["n_layers"], d_model=m["H"], d_state=m["N"],
+        d_input=m["d_input"], d_output=m["d_output"],
+        rank=m["rank"] if m["kind"] == "dplr" else 0,
+        discretization="bilinear" if m["kind"] == "dplr" else "zoh",
+        activation=m["activation"], output_linear="glu", norm=m["norm"],
+        residual=True, bidirectional=m["bidirectional"], encoder=True, decoder=True,
+        layer_norm_eps=1e-5)
 
 
 def generate(out_dir, names=None):
@@ -227,8 +243,7 @@ def generate(out_dir, names=None):
         weights, u = make_weights(m)
         cfg = config_of(m)
         wd = dict(weights)
-        spec = ref.spec_from_config(s4io.parse_model_config(s4io.format_model_config(cfg)), wd)
-        y = ref.model_forward(wd, spec, u)
+        y = ref.model_forward(wd, spec_of(m), u)
         d = out_dir / m["name"]
         (d / "1").mkdir(parents=True, exist_ok=True)
         (d / "config.pbtxt").write_text(s4io.format_model_config(
@@ -244,6 +259,12 @@ def generate(out_dir, names=None):
               f"d_output={m['d_output']} max|y|={np.abs(y).max():.3g}")
 
 
+def generate_all(out_dir, names=None):
+    generate(out_dir, names)
+    import train_fixtures
+    train_fixtures.generate_train(out_dir, names)
+
+
 def main():
     here = Path(__file__).resolve().parent
     default_out = here.parent.parent / "tests" / "data" / "s4_reference"
@@ -251,7 +272,7 @@ def main():
     ap.add_argument("--out", default=str(default_out), help="fixture folder (default: %(default)s)")
     ap.add_argument("--only", action="append", help="generate only this model (repeatable)")
     args = ap.parse_args()
-    generate(args.out, args.only)
+    generate_all(args.out, args.only)
 
 
 if __name__ == "__main__":

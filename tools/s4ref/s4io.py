@@ -1,6 +1,8 @@
-"""Small, dependency-free (NumPy only) readers and writers used by the S4
-reference tools: the safetensors weight format and the model repository's
-`config.pbtxt` (an `ssm.v1.ModelConfig` in protobuf text format).
+"""Small readers and writers used by the S4 reference tools: the safetensors
+weight format (NumPy only) and the model repository's `config.pbtxt` (an
+`ssm.v1.ModelConfig` in protobuf text format): a writer with no dependency,
+so the converter runs without a build, and a reader that is protobuf's own
+(text_format with the generated model_config_pb2), which the tests use.
 
 safetensors layout (as DESIGN.md section 2 states it):
   bytes 0..7   little-endian u64 n = length of the JSON header
@@ -14,7 +16,6 @@ pure function of the input (no timestamps, no dict-order surprises).
 """
 
 import json
-import re
 import struct
 
 import numpy as np
@@ -122,6 +123,10 @@ _S4_FIELDS = [
     ("residual", bool), ("bidirectional", bool), ("encoder", bool),
     ("decoder", bool), ("layer_norm_eps", float),
     ("weight_naming", "WEIGHT_NAMING_"),
+    ("dt_transform", "PARAM_TRANSFORM_"), ("real_transform", "PARAM_TRANSFORM_"),
+    ("imag_transform", "PARAM_TRANSFORM_"), ("dt_fast", bool),
+    ("output_activation", "ACTIVATION_"), ("norm_kind", "NORM_KIND_"),
+    ("final_norm", bool),
 ]
 
 
@@ -155,58 +160,32 @@ def format_model_config(cfg, comment_lines=()):
     return "\n".join(out) + "\n"
 
 
-_TOKEN = re.compile(r'\s*(?:(#[^\n]*)|("(?:[^"\\]|\\.)*")|([{}:])|([^\s{}:"#]+))')
+def model_config_module(gen_dir=None):
+    """The generated `ssm/v1/model_config_pb2` (Debian's python3-protobuf):
+    from `gen_dir`, else $SSM_PY_GEN, else <repo>/build/client/python/gen,
+    where cmake generates it (client/CMakeLists.txt, target ssm_python_stubs)."""
+    import importlib
+    import os
+    import sys
+    from pathlib import Path
+    gen = gen_dir or os.environ.get("SSM_PY_GEN") or str(
+        Path(__file__).resolve().parents[2] / "build" / "client" / "python" / "gen")
+    if not (Path(gen) / "ssm" / "v1" / "model_config_pb2.py").is_file():
+        raise ImportError(f"no ssm/v1/model_config_pb2.py under {gen}: build the target "
+                          "ssm_python_stubs (or set SSM_PY_GEN)")
+    if gen not in sys.path:
+        sys.path.insert(0, gen)
+    return importlib.import_module("ssm.v1.model_config_pb2")
 
 
-def parse_model_config(text):
-    """A small parser for the subset of text format the tools write: scalar
-    fields and the nested `s4 { ... }` message. Enum values keep their full
-    names (e.g. 'KERNEL_KIND_DPLR'); booleans become bool; numbers int/float."""
-    tokens = []
-    pos = 0
-    text = text.rstrip()
-    while pos < len(text):
-        m = _TOKEN.match(text, pos)
-        if not m or m.end() == pos:
-            raise ValueError(f"config.pbtxt: cannot parse near {text[pos:pos + 20]!r}")
-        pos = m.end()
-        if m.group(1):
-            continue
-        tokens.append(m.group(2) or m.group(3) or m.group(4))
-
-    def value(tok):
-        if tok.startswith('"'):
-            return json.loads(tok)
-        if tok in ("true", "false"):
-            return tok == "true"
-        try:
-            return int(tok)
-        except ValueError:
-            pass
-        try:
-            return float(tok)
-        except ValueError:
-            return tok
-
-    def block(i):
-        out = {}
-        while i < len(tokens) and tokens[i] != "}":
-            key = tokens[i]
-            if i + 1 < len(tokens) and tokens[i + 1] == "{":
-                out[key], i = block(i + 2)
-                i += 1  # the closing brace
-            elif i + 2 < len(tokens) and tokens[i + 1] == ":":
-                if tokens[i + 2] == "{":
-                    out[key], i = block(i + 3)
-                    i += 1
-                else:
-                    out[key] = value(tokens[i + 2])
-                    i += 3
-            else:
-                raise ValueError(f"config.pbtxt: unexpected token {key!r}")
-        return out, i
-
-    cfg, i = block(0)
-    if i != len(tokens):
-        raise ValueError("config.pbtxt: unbalanced braces")
-    return cfg
+def parse_model_config(text, gen_dir=None):
+    """Parses config.pbtxt with protobuf's own text_format into the
+    generated ModelConfig (unknown fields and bad enum names are errors, as
+    for the server) and returns it as json_format.MessageToDict gives it:
+    enum values by name, fields without presence at their defaults included
+    (optional ones, e.g. residual, only when set)."""
+    from google.protobuf import json_format, text_format
+    pb2 = model_config_module(gen_dir)
+    msg = text_format.Parse(text, pb2.ModelConfig())
+    return json_format.MessageToDict(msg, preserving_proto_field_name=True,
+                                     including_default_value_fields=True)

@@ -61,25 +61,38 @@ struct Nplr {
 absl::StatusOr<Nplr> MakeNplr(Measure measure, int n,
                               const HippoOptions& options = {});
 
+// The S4 reference clips the imaginary part of its B~ = V^* B to
+// [-b_clip, b_clip] (its nplr's B_clip, 2 by default; None switches it off).
+inline constexpr double kS4BClip = 2.0;
+
 // S4's initialization: every channel gets the NPLR of `measure` (rank r of
-// the measure), C with entries drawn from a complex normal of variance 1/2
-// per part (deterministic in `seed`), and steps spaced log-uniformly over
-// [dt_min, dt_max] across channels. Errors: as MakeNplr, plus h < 1 or a
-// bad dt range.
+// the measure) with Im B~ clipped to [-b_clip, b_clip] as the reference does
+// (b_clip = +infinity: no clip), C with entries drawn from a complex normal
+// of variance 1/2 per part (deterministic in `seed`), and steps spaced
+// log-uniformly over [dt_min, dt_max] across channels. Errors: as MakeNplr,
+// plus h < 1, a bad dt range, or b_clip not > 0 (NaN included).
+//
+// What differs from the reference (same formulas otherwise): its C and dt
+// are random draws of torch's generator (dt log-uniform at random, ours
+// evenly spaced), and its eigenvectors come from LAPACK's zheevd, whose
+// phases are not Eigen's; B~ = V^* B therefore differs by a phase per mode,
+// so which entries the clip touches differs too. The system the clip leaves
+// is the reference's only up to those phases.
 absl::StatusOr<DplrSystem> MakeS4Init(Measure measure, int n, int h,
                                       double dt_min, double dt_max,
-                                      uint64_t seed);
+                                      uint64_t seed, double b_clip = kS4BClip);
 
 // S4D initializations (rank 0, B = 1 except LegS), C and dt as MakeS4Init.
 // Like the S4 reference (and MakeNplr) we keep the half with Im lambda <= 0;
 // the conjugate half (-1/2 + i pi m, ...) describes the same system.
-//   kLegS: lambda and B from the LegS NPLR (P dropped)
+//   kLegS: lambda and B from the LegS NPLR (P dropped), Im B clipped to
+//          [-b_clip, b_clip] as in MakeS4Init (the reference's B_init 'legs')
 //   kLin:  lambda_m = -1/2 - i pi m
 //   kInv:  lambda_m = -1/2 - i (N/pi) (N/(2m+1) - 1)
 enum class S4dInit { kLegS, kLin, kInv };
 absl::StatusOr<DplrSystem> MakeS4dInit(S4dInit init, int n, int h,
                                        double dt_min, double dt_max,
-                                       uint64_t seed);
+                                       uint64_t seed, double b_clip = kS4BClip);
 
 }  // namespace ssm
 

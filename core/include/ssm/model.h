@@ -10,7 +10,8 @@
 //
 // Weights (LoadModel): an S4 stack reads the official S4 implementation's
 // state_dict names (README "Model repository"; DESIGN.md section 2):
-//   encoder.{weight,bias}, decoder.{weight,bias}, norms.<i>.{weight,bias},
+//   encoder.{weight,bias}, decoder.{weight,bias}, norms.<i>.{weight,bias}
+//   (BatchNorm also .{running_mean,running_var}), final_norm.* (if any),
 //   s4_layers.<i>.layer.kernel.{inv_dt,A_real,A_imag,B,C,P,l_kernel},
 //   s4_layers.<i>.layer.D, s4_layers.<i>.output_linear.0.{weight,bias}
 // (DPLR or its diagonal kernel) or, for the minimal S4D block,
@@ -53,11 +54,15 @@ class Model {
   // 64-bit hash of the spec's architecture and every weight value: a
   // session snapshot names the exact weights it belongs to.
   uint64_t fingerprint() const { return fingerprint_; }
-  // False for bidirectional stacks: their outputs depend on the future.
+  // False for bidirectional stacks (their outputs depend on the future) and
+  // for DSS kernels (theirs depend on the whole sequence's length).
   virtual bool streamable() const = 0;
   // Bytes of one stream's state (batch 1), what a Session holds per stream
   // between chunks and a snapshot carries; 0 for a model that cannot stream.
   size_t state_bytes() const { return streamable() ? state_size() * sizeof(double) : 0; }
+  // Why not, when streamable() is false: one clause for error messages
+  // ("it is bidirectional: ..."); empty otherwise.
+  virtual std::string not_streamable_reason() const { return ""; }
   // Bytes held by weights, kernels and FFT plans' spectra (approximate).
   virtual size_t memory_bytes() const = 0;
   // Summed over the model's layers (zero for models without kernels).
@@ -94,8 +99,11 @@ absl::StatusOr<std::shared_ptr<const Model>> LoadModel(const ModelSpec& spec,
 // Untrained weights for an S4 stack under the S4 reference's names and
 // shapes, deterministic in `seed`: the S4 init (HiPPO-LegS DPLR) or S4D-LegS,
 // dt log-uniform in [1e-3, 1e-1], C and D standard normal, linears uniform
-// in +-1/sqrt(fan_in) (PyTorch's default), LayerNorm 1 and 0; `l_kernel` 0
-// (C stored as C). For the shipped s4-demo model and for tests.
+// in +-1/sqrt(fan_in) (PyTorch's default), norms 1 and 0 (BatchNorm's
+// running mean 0 and variance 1); `l_kernel` 0 (C stored as C); inv_dt,
+// A_real and A_imag stored under the inverse of the spec's transforms (the
+// reference's inv_transform; a value a transform cannot reach is NaN and
+// the model then fails to load). For the shipped s4-demo model and tests.
 absl::StatusOr<std::vector<TensorToWrite>> InitS4StackWeights(const ModelSpec& spec,
                                                               uint64_t seed,
                                                               DType dtype = DType::kF32);
