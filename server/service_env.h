@@ -16,6 +16,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "server/auth.h"
 #include "server/limits.h"
 #include "server/metrics.h"
 #include "server/model_catalog.h"
@@ -51,10 +52,11 @@ struct ServiceEnv {
   // refused with UNAVAILABLE; running streams go on.
   const std::atomic<bool>* draining = nullptr;
   CallCounter* calls = nullptr;
+  // Who is calling and what they may do (auth.h); disabled without
+  // --auth_callers. Never null in a running server.
+  Authorizer* auth = nullptr;
 
-  bool Draining() const {
-    return draining != nullptr && draining->load(std::memory_order_acquire);
-  }
+  bool Draining() const { return draining != nullptr && draining->load(std::memory_order_acquire); }
 };
 
 // UNAVAILABLE: what new work gets while the server drains.

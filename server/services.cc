@@ -76,9 +76,10 @@ grpc::ServerUnaryReactor* InferenceService::Infer(grpc::CallbackServerContext* c
                                                   grpc::ByteBuffer* raw_response) {
   auto* call =
       new MessageCall<v1::InferRequest, v1::InferResponse>(context, env_, "Infer", raw_response);
-  if (call->RefuseIfDraining() || !call->Parse(raw_request)) return call;
+  if (call->RefuseIfDraining() || !call->Authenticate() || !call->Parse(raw_request)) return call;
   const v1::InferRequest* request = &call->request();
   v1::InferResponse* response = call->response();
+  if (!call->Authorize(Scope::kRun, request->model())) return call;
   absl::StatusOr<ServedModel> served = env_->catalog->Find(request->model(), request->version());
   if (!served.ok()) {
     call->Complete(served.status());
@@ -91,7 +92,7 @@ grpc::ServerUnaryReactor* InferenceService::Infer(grpc::CallbackServerContext* c
   }
   const SequenceShape out_shape{shape->batch, shape->steps, served->model->d_output()};
   call->CompleteOnPool([context, served = *std::move(served), shape = *shape, out_shape, request,
-                        response]() -> absl::Status {
+                        response, signer = env_->sessions->options().signer]() -> absl::Status {
     std::vector<double> x;
     if (absl::Status s = ReadFiniteValues(request->input(), "input", &x); !s.ok()) return s;
     std::vector<double> y(out_shape.size());
@@ -111,7 +112,7 @@ grpc::ServerUnaryReactor* InferenceService::Infer(grpc::CallbackServerContext* c
           !s.ok()) {
         return s;
       }
-      WriteStateSnapshot(SnapshotOf(*session, served.name, served.version),
+      WriteStateSnapshot(SnapshotOf(*session, served.name, served.version, signer),
                          response->mutable_state());
     } else {
       // Sequences are independent: pieces of whole sequences.
@@ -149,7 +150,9 @@ grpc::ServerUnaryReactor* InferenceService::ExportState(grpc::CallbackServerCont
                                                         grpc::ByteBuffer* raw_response) {
   auto* call = new MessageCall<v1::ExportStateRequest, v1::ExportStateResponse>(
       context, env_, "ExportState", raw_response);
-  if (!call->Parse(raw_request)) return call;
+  if (!call->Authenticate() || !call->Parse(raw_request) || !call->Authorize(Scope::kState)) {
+    return call;
+  }
   const v1::ExportStateRequest* request = &call->request();
   v1::ExportStateResponse* response = call->response();
   // Allowed while draining: that is exactly when a client moves its session
@@ -159,7 +162,7 @@ grpc::ServerUnaryReactor* InferenceService::ExportState(grpc::CallbackServerCont
     return call;
   }
   absl::StatusOr<std::shared_ptr<SessionManager::Entry>> entry =
-      env_->sessions->Find(request->session_id());
+      env_->sessions->Find(request->session_id(), call->caller().principal);
   if (!entry.ok()) {
     call->Complete(entry.status());
     return call;
@@ -177,20 +180,27 @@ grpc::ServerUnaryReactor* InferenceService::ImportState(grpc::CallbackServerCont
                                                         grpc::ByteBuffer* raw_response) {
   auto* call = new MessageCall<v1::ImportStateRequest, v1::ImportStateResponse>(
       context, env_, "ImportState", raw_response);
-  if (call->RefuseIfDraining() || !call->Parse(raw_request)) return call;
+  if (call->RefuseIfDraining() || !call->Authenticate() || !call->Parse(raw_request)) return call;
   const v1::ImportStateRequest* request = &call->request();
   v1::ImportStateResponse* response = call->response();
+  if (!call->Authorize(Scope::kState)) return call;
   // On a worker: parsing and checking a snapshot is proportional to its
   // size.
-  call->CompleteOnPool([env = env_, request, response]() -> absl::Status {
+  call->CompleteOnPool([env = env_, call, request, response]() -> absl::Status {
     OpenSessionRequest open;
     open.model = request->model();
     open.version = request->version();
     open.has_snapshot = true;
     open.snapshot = request->state().data();
     open.snapshot_model = request->state().model();
+    open.snapshot_signature = request->state().signature();
     open.attach = false;
     open.snapshot_field = "state";
+    const Caller& caller = call->caller();
+    open.owner = caller.principal;
+    open.may_run = [env, &caller](absl::string_view model) {
+      return env->auth->Check(caller, Scope::kRun, model);
+    };
     absl::StatusOr<std::shared_ptr<SessionManager::Entry>> entry =
         OpenSession(open, *env->catalog, *env->sessions, env->limits);
     if (!entry.ok()) return entry.status();
@@ -206,8 +216,9 @@ grpc::ServerUnaryReactor* InferenceService::ListModels(grpc::CallbackServerConte
                                                        grpc::ByteBuffer* raw_response) {
   auto* call = new MessageCall<v1::ListModelsRequest, v1::ListModelsResponse>(
       context, env_, "ListModels", raw_response);
-  if (call->RefuseIfDraining() || !call->Parse(raw_request)) return call;
+  if (call->RefuseIfDraining() || !call->Authenticate() || !call->Parse(raw_request)) return call;
   v1::ListModelsResponse* response = call->response();
+  if (!call->Authorize(Scope::kList)) return call;
   // A table lookup: cheaper than a hand-off to the pool.
   for (const ModelListing& listing : env_->catalog->List()) {
     v1::ModelStatus* status = response->add_models();
@@ -224,9 +235,10 @@ grpc::ServerUnaryReactor* InferenceService::GetModel(grpc::CallbackServerContext
                                                      grpc::ByteBuffer* raw_response) {
   auto* call = new MessageCall<v1::GetModelRequest, v1::GetModelResponse>(context, env_, "GetModel",
                                                                           raw_response);
-  if (call->RefuseIfDraining() || !call->Parse(raw_request)) return call;
+  if (call->RefuseIfDraining() || !call->Authenticate() || !call->Parse(raw_request)) return call;
   const v1::GetModelRequest* request = &call->request();
   v1::GetModelResponse* response = call->response();
+  if (!call->Authorize(Scope::kRun, request->model())) return call;
   absl::StatusOr<ServedModel> served = env_->catalog->Find(request->model(), request->version());
   if (served.ok()) {
     const ssm::Model& model = *served->model;
@@ -246,7 +258,8 @@ grpc::ServerUnaryReactor* MathService::BuildHippo(grpc::CallbackServerContext* c
                                                   grpc::ByteBuffer* raw_response) {
   auto* call = new MessageCall<v1::BuildHippoRequest, v1::BuildHippoResponse>(
       context, env_, "BuildHippo", raw_response);
-  if (call->RefuseIfDraining() || !call->Parse(raw_request)) return call;
+  if (call->RefuseIfDraining() || !call->Authenticate() || !call->Parse(raw_request)) return call;
+  if (!call->Authorize(Scope::kMath)) return call;
   const v1::BuildHippoRequest* request = &call->request();
   v1::BuildHippoResponse* response = call->response();
   call->CompleteOnPool(
@@ -266,7 +279,8 @@ grpc::ServerUnaryReactor* MathService::ComputeKernel(grpc::CallbackServerContext
                                                      grpc::ByteBuffer* raw_response) {
   auto* call = new MessageCall<v1::ComputeKernelRequest, v1::ComputeKernelResponse>(
       context, env_, "ComputeKernel", raw_response);
-  if (call->RefuseIfDraining() || !call->Parse(raw_request)) return call;
+  if (call->RefuseIfDraining() || !call->Authenticate() || !call->Parse(raw_request)) return call;
+  if (!call->Authorize(Scope::kMath)) return call;
   const v1::ComputeKernelRequest* request = &call->request();
   v1::ComputeKernelResponse* response = call->response();
   MathLimits limits;

@@ -7,6 +7,7 @@
 #include "absl/strings/str_format.h"
 #include "server/echo.h"
 #include "server/log.h"
+#include "server/snapshot_keys.h"
 
 namespace ssm::server {
 namespace {
@@ -35,9 +36,11 @@ std::string NewSessionId() {
   return absl::StrFormat("%08x%08x%08x%08x", words[0], words[1], words[2], words[3]);
 }
 
-SessionSnapshot SnapshotOf(const ssm::Session& session, std::string model_name, int64_t version) {
+SessionSnapshot SnapshotOf(const ssm::Session& session, std::string model_name, int64_t version,
+                           const SnapshotSigner* signer) {
   SessionSnapshot out;
   out.data = session.ExportState();
+  if (signer != nullptr) out.signature = signer->Sign(out.data);
   out.model = std::move(model_name);
   out.version = version;
   out.fingerprint = session.model().fingerprint();
@@ -46,15 +49,17 @@ SessionSnapshot SnapshotOf(const ssm::Session& session, std::string model_name, 
   return out;
 }
 
-SessionManager::Entry::Entry(std::string id, std::string model_name, int64_t version,
-                             ssm::Session session)
+SessionManager::Entry::Entry(std::string id, std::string owner, std::string model_name,
+                             int64_t version, ssm::Session session, const SnapshotSigner* signer)
     : id_(std::move(id)),
+      owner_(std::move(owner)),
       model_name_(std::move(model_name)),
       version_(version),
       batch_(session.batch()),
       d_input_(session.model().d_input()),
       d_output_(session.model().d_output()),
       state_bytes_(static_cast<int64_t>(session.state_bytes())),
+      signer_(signer),
       session_(std::move(session)) {}
 
 int64_t SessionManager::Entry::position() const {
@@ -77,13 +82,14 @@ SessionSnapshot SessionManager::Entry::Export() const {
 }
 
 SessionSnapshot SessionManager::Entry::ExportLocked() const {
-  return SnapshotOf(session_, model_name_, version_);
+  return SnapshotOf(session_, model_name_, version_, signer_);
 }
 
 SessionManager::SessionManager(Options options) : options_(std::move(options)) {}
 
 absl::StatusOr<std::shared_ptr<SessionManager::Entry>> SessionManager::Add(
-    std::string model_name, int64_t version, ssm::Session session, bool attached, Origin origin) {
+    std::string model_name, int64_t version, ssm::Session session, bool attached, Origin origin,
+    std::string owner) {
   const int batch = session.batch();
   const int64_t position = session.position();
   absl::MutexLock lock(&mu_);
@@ -102,10 +108,21 @@ absl::StatusOr<std::shared_ptr<SessionManager::Entry>> SessionManager::Add(
                      " (attached and detached); end or let detached ones expire (--session_ttl=",
                      absl::FormatDuration(options_.ttl), ")"));
   }
+  const int quota = options_.quota_sessions;
+  if (quota > 0) {
+    auto held = per_owner_.find(owner);
+    if (held != per_owner_.end() && held->second >= quota) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("caller '", owner, "' already holds --quota_sessions=", quota,
+                       " sessions (attached and detached); end some or let detached ones expire"));
+    }
+  }
   std::string id = NewSessionId();
   while (sessions_.contains(id)) id = NewSessionId();  // 2^-128: for form's sake
-  auto entry = std::make_shared<Entry>(id, std::move(model_name), version, std::move(session));
+  auto entry = std::make_shared<Entry>(id, std::move(owner), std::move(model_name), version,
+                                       std::move(session), options_.signer);
   sessions_.emplace(id, Slot{entry, attached, now});
+  ++per_owner_[entry->owner()];
   if (attached) ++attached_;
   state_bytes_ += entry->state_bytes();
   LogfLimited("session opened", "session %s %s: model '%s' version %d, batch %d, position %d",
@@ -114,9 +131,9 @@ absl::StatusOr<std::shared_ptr<SessionManager::Entry>> SessionManager::Add(
 }
 
 absl::StatusOr<std::shared_ptr<SessionManager::Entry>> SessionManager::Reattach(
-    absl::string_view id, absl::string_view model, int batch) {
+    absl::string_view id, absl::string_view model, int batch, absl::string_view owner) {
   absl::MutexLock lock(&mu_);
-  auto it = LookupLocked(id, options_.clock());
+  auto it = LookupLocked(id, owner, options_.clock());
   if (it == sessions_.end()) {
     return UnknownSession(id);
   }
@@ -141,14 +158,23 @@ absl::StatusOr<std::shared_ptr<SessionManager::Entry>> SessionManager::Reattach(
   return it->second.entry;
 }
 
-absl::StatusOr<std::shared_ptr<SessionManager::Entry>> SessionManager::Find(absl::string_view id) {
+absl::StatusOr<std::shared_ptr<SessionManager::Entry>> SessionManager::Find(
+    absl::string_view id, absl::string_view owner) {
   absl::MutexLock lock(&mu_);
   const absl::Time now = options_.clock();
-  auto it = LookupLocked(id, now);
+  auto it = LookupLocked(id, owner, now);
   if (it == sessions_.end()) {
     return UnknownSession(id);
   }
   it->second.last_activity = now;
+  return it->second.entry;
+}
+
+absl::StatusOr<std::shared_ptr<SessionManager::Entry>> SessionManager::Peek(
+    absl::string_view id, absl::string_view owner) {
+  absl::MutexLock lock(&mu_);
+  auto it = LookupLocked(id, owner, options_.clock());
+  if (it == sessions_.end()) return UnknownSession(id);
   return it->second.entry;
 }
 
@@ -210,6 +236,8 @@ bool SessionManager::ExpiredLocked(const Slot& slot, absl::Time now) const {
 
 void SessionManager::EraseLocked(Map::iterator it) {
   if (it->second.attached) --attached_;
+  auto held = per_owner_.find(it->second.entry->owner());
+  if (held != per_owner_.end() && --held->second <= 0) per_owner_.erase(held);
   state_bytes_ -= it->second.entry->state_bytes();
   // A stream or an ExportState still running on the entry keeps it alive
   // through its shared_ptr; the registry just forgets it.
@@ -223,12 +251,17 @@ void SessionManager::EvictLocked(Map::iterator it, absl::Time now) {
   EraseLocked(it);
 }
 
-SessionManager::Map::iterator SessionManager::LookupLocked(absl::string_view id, absl::Time now) {
+SessionManager::Map::iterator SessionManager::LookupLocked(absl::string_view id,
+                                                           absl::string_view owner,
+                                                           absl::Time now) {
   auto it = sessions_.find(id);
-  if (it != sessions_.end() && ExpiredLocked(it->second, now)) {
+  if (it == sessions_.end()) return it;
+  if (ExpiredLocked(it->second, now)) {
     EvictLocked(it, now);
     return sessions_.end();
   }
+  // Another caller's session is as good as absent to this one.
+  if (it->second.entry->owner() != owner) return sessions_.end();
   return it;
 }
 

@@ -43,9 +43,12 @@
 
 namespace ssm::server {
 
+class SnapshotSigner;
+
 // A session's state as a snapshot plus the facts StateSnapshot copies.
 struct SessionSnapshot {
-  std::string data;  // Session::ExportState bytes
+  std::string data;       // Session::ExportState bytes
+  std::string signature;  // HMAC of data when the server signs; else empty
   std::string model;
   int64_t version = 0;
   uint64_t fingerprint = 0;
@@ -56,7 +59,9 @@ struct SessionSnapshot {
 // The snapshot of `session`, a stream of model `model_name` version
 // `version`: the one place a snapshot's facts are gathered (a registered
 // session's Export and Infer's return_state both come here).
-SessionSnapshot SnapshotOf(const ssm::Session& session, std::string model_name, int64_t version);
+// `signer` null: unsigned.
+SessionSnapshot SnapshotOf(const ssm::Session& session, std::string model_name, int64_t version,
+                           const SnapshotSigner* signer);
 
 class SessionManager {
  public:
@@ -64,8 +69,12 @@ class SessionManager {
 
   struct Options {
     int max_sessions = 1024;
+    // Sessions one owner may hold (attached and detached); 0: no quota.
+    int quota_sessions = 0;
     absl::Duration ttl = absl::Minutes(5);
     Clock clock = [] { return absl::Now(); };  // injectable for tests
+    // Signs the snapshots sessions hand out (Export, Run's); null: unsigned.
+    const SnapshotSigner* signer = nullptr;
   };
 
   // How a session came to be, for the log.
@@ -75,9 +84,12 @@ class SessionManager {
   // behind it is reached only through Run and Export, under its lock.
   class Entry {
    public:
-    Entry(std::string id, std::string model_name, int64_t version, ssm::Session session);
+    Entry(std::string id, std::string owner, std::string model_name, int64_t version,
+          ssm::Session session, const SnapshotSigner* signer);
 
     const std::string& id() const { return id_; }
+    // The principal that opened or imported it ("" without authentication).
+    const std::string& owner() const { return owner_; }
     const std::string& model_name() const { return model_name_; }
     int64_t version() const { return version_; }
     int batch() const { return batch_; }
@@ -99,12 +111,14 @@ class SessionManager {
     SessionSnapshot ExportLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
     const std::string id_;
+    const std::string owner_;
     const std::string model_name_;
     const int64_t version_;
     const int batch_;
     const int d_input_;
     const int d_output_;
     const int64_t state_bytes_;
+    const SnapshotSigner* const signer_;
     mutable absl::Mutex mu_;
     ssm::Session session_ ABSL_GUARDED_BY(mu_);
   };
@@ -118,22 +132,31 @@ class SessionManager {
 
   explicit SessionManager(Options options);
 
-  // Registers `session` under a fresh id, attached (a stream's) or detached
-  // (ImportState's). ResourceExhausted at max_sessions (after evicting the
-  // expired ones).
+  // Registers `session` under a fresh id, owned by `owner`, attached (a
+  // stream's) or detached (ImportState's). ResourceExhausted at
+  // max_sessions (after evicting the expired ones) or past the owner's
+  // quota_sessions, naming the limit.
   absl::StatusOr<std::shared_ptr<Entry>> Add(std::string model_name, int64_t version,
-                                             ssm::Session session, bool attached, Origin origin);
+                                             ssm::Session session, bool attached, Origin origin,
+                                             std::string owner = "");
 
-  // Attaches a detached session to a new stream. When `model` is not empty
-  // it must be the session's model (else FailedPrecondition), and a `batch`
-  // other than 0 must be the session's batch (else InvalidArgument); a
-  // refused reattach leaves the session as it was.
+  // Attaches a detached session of `owner` to a new stream. When `model` is
+  // not empty it must be the session's model (else FailedPrecondition), and
+  // a `batch` other than 0 must be the session's batch (else
+  // InvalidArgument); a refused reattach leaves the session as it was.
+  // Another owner's session is NotFound, exactly as an unknown id (its
+  // existence is not revealed).
   absl::StatusOr<std::shared_ptr<Entry>> Reattach(absl::string_view id,
-                                                  absl::string_view model = "", int batch = 0);
+                                                  absl::string_view model = "", int batch = 0,
+                                                  absl::string_view owner = "");
 
-  // The session, attached or not, for ExportState; counts as activity for a
-  // detached one (its TTL restarts).
-  absl::StatusOr<std::shared_ptr<Entry>> Find(absl::string_view id);
+  // The session of `owner`, attached or not, for ExportState; counts as
+  // activity for a detached one (its TTL restarts). NotFound as Reattach.
+  absl::StatusOr<std::shared_ptr<Entry>> Find(absl::string_view id, absl::string_view owner = "");
+
+  // The session of `owner`, without counting as activity (to learn its
+  // model before deciding to reattach). NotFound as Reattach.
+  absl::StatusOr<std::shared_ptr<Entry>> Peek(absl::string_view id, absl::string_view owner = "");
 
   // The stream holding `id` broke or failed: keep the session, detached,
   // for the TTL. `why` goes to the log. No-op for an unknown id.
@@ -162,13 +185,15 @@ class SessionManager {
   bool ExpiredLocked(const Slot& slot, absl::Time now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void EraseLocked(Map::iterator it) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void EvictLocked(Map::iterator it, absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // The slot for `id`, evicting it first if expired; end() if none.
-  Map::iterator LookupLocked(absl::string_view id, absl::Time now)
+  // The slot for `id` if `owner` owns it, evicting it first if expired;
+  // end() if none.
+  Map::iterator LookupLocked(absl::string_view id, absl::string_view owner, absl::Time now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const Options options_;
   mutable absl::Mutex mu_;
   Map sessions_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, int> per_owner_ ABSL_GUARDED_BY(mu_);
   int attached_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t state_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t evicted_total_ ABSL_GUARDED_BY(mu_) = 0;

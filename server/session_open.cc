@@ -3,18 +3,20 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "server/snapshot_keys.h"
 #include "ssm/session.h"
 
 namespace ssm::server {
 
-absl::StatusOr<std::shared_ptr<SessionManager::Entry>> OpenSession(
-    const OpenSessionRequest& r, const ModelCatalog& catalog, SessionManager& sessions,
-    const RequestLimits& limits) {
+absl::StatusOr<std::shared_ptr<SessionManager::Entry>> OpenSession(const OpenSessionRequest& r,
+                                                                   const ModelCatalog& catalog,
+                                                                   SessionManager& sessions,
+                                                                   const RequestLimits& limits) {
   const absl::string_view p = r.field_prefix;
   const bool reattach = !r.session_id.empty();
   if (reattach && r.has_snapshot) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "set at most one of ", p, r.snapshot_field, " and ", p, "session_id"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("set at most one of ", p, r.snapshot_field, " and ", p, "session_id"));
   }
   if (r.batch < 0) {
     return absl::InvalidArgumentError(
@@ -25,13 +27,20 @@ absl::StatusOr<std::shared_ptr<SessionManager::Entry>> OpenSession(
       return absl::InvalidArgumentError(
           absl::StrCat(p, "session_id: only a stream can reattach a session"));
     }
-    return sessions.Reattach(r.session_id, r.model, r.batch);
+    if (r.may_run) {
+      // A session's model never changes: ask about it, then reattach.
+      absl::StatusOr<std::shared_ptr<SessionManager::Entry>> found =
+          sessions.Peek(r.session_id, r.owner);
+      if (!found.ok()) return found.status();
+      if (absl::Status s = r.may_run((*found)->model_name()); !s.ok()) return s;
+    }
+    return sessions.Reattach(r.session_id, r.model, r.batch, r.owner);
   }
 
   const SessionManager::Origin origin =
-      !r.has_snapshot ? SessionManager::Origin::kNew
-                      : (r.attach ? SessionManager::Origin::kResumed
-                                  : SessionManager::Origin::kImported);
+      !r.has_snapshot
+          ? SessionManager::Origin::kNew
+          : (r.attach ? SessionManager::Origin::kResumed : SessionManager::Origin::kImported);
   if (r.has_snapshot) {
     if (r.snapshot.empty()) {
       return absl::InvalidArgumentError(absl::StrCat(p, r.snapshot_field, ".data must be set"));
@@ -40,6 +49,17 @@ absl::StatusOr<std::shared_ptr<SessionManager::Entry>> OpenSession(
     if (name.empty()) {
       return absl::InvalidArgumentError(
           absl::StrCat(p, "model must be set (or ", p, r.snapshot_field, ".model)"));
+    }
+    if (r.may_run) {
+      if (absl::Status s = r.may_run(name); !s.ok()) return s;
+    }
+    // Authenticity before anything is parsed out of the bytes.
+    if (const SnapshotSigner* signer = sessions.options().signer) {
+      if (absl::Status s = signer->Verify(r.snapshot, r.snapshot_signature,
+                                          absl::StrCat(p, r.snapshot_field, ".signature"));
+          !s.ok()) {
+        return s;
+      }
     }
     absl::StatusOr<ModelCatalog::Resumed> resumed =
         catalog.ResumeSession(name, r.version, r.snapshot);
@@ -55,11 +75,14 @@ absl::StatusOr<std::shared_ptr<SessionManager::Entry>> OpenSession(
           absl::StrCat(p, "batch = ", r.batch, " but the snapshot has batch ", batch));
     }
     resumed->session.set_output_limit(kMaxWireValue);
-    return sessions.Add(resumed->served.name, resumed->served.version,
-                        std::move(resumed->session), r.attach, origin);
+    return sessions.Add(resumed->served.name, resumed->served.version, std::move(resumed->session),
+                        r.attach, origin, std::string(r.owner));
   }
 
   if (r.model.empty()) return absl::InvalidArgumentError(absl::StrCat(p, "model must be set"));
+  if (r.may_run) {
+    if (absl::Status s = r.may_run(r.model); !s.ok()) return s;
+  }
   absl::StatusOr<ServedModel> served = catalog.Find(r.model, r.version);
   if (!served.ok()) return served.status();
   const int batch = r.batch == 0 ? 1 : r.batch;
@@ -69,7 +92,8 @@ absl::StatusOr<std::shared_ptr<SessionManager::Entry>> OpenSession(
   absl::StatusOr<ssm::Session> session = ssm::Session::Create(served->model, batch);
   if (!session.ok()) return session.status();
   session->set_output_limit(kMaxWireValue);
-  return sessions.Add(served->name, served->version, *std::move(session), r.attach, origin);
+  return sessions.Add(served->name, served->version, *std::move(session), r.attach, origin,
+                      std::string(r.owner));
 }
 
 }  // namespace ssm::server

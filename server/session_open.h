@@ -19,10 +19,13 @@
 // `field_prefix`, e.g. "open.batch"): InvalidArgument for a malformed
 // request (both session_id and snapshot, negative batch, no model, a batch
 // that disagrees with the snapshot's), NotFound for an unknown model,
-// version or session, FailedPrecondition for a snapshot of other weights or
-// a session attached elsewhere, DataLoss for a corrupted snapshot,
-// ResourceExhausted past --max_batch or --max_sessions. A refused request
-// leaves no session behind.
+// version or session (or another owner's session), FailedPrecondition for
+// a snapshot of other weights or a session attached elsewhere, DataLoss
+// for a corrupted snapshot, PermissionDenied for a snapshot whose
+// signature does not verify when the server signs (SessionManager's
+// signer), ResourceExhausted past --max_batch, --max_sessions or the
+// owner's quota, and whatever `may_run` answers. A refused request leaves
+// no session behind.
 //
 // Thread safety: as SessionManager and ModelCatalog: call concurrently.
 
@@ -30,6 +33,7 @@
 #define SSM_SERVER_SESSION_OPEN_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -42,14 +46,22 @@
 namespace ssm::server {
 
 struct OpenSessionRequest {
-  absl::string_view model;       // empty: the snapshot's, or any when reattaching
-  int64_t version = 0;           // 0: the newest (that matches the snapshot)
-  int batch = 0;                 // 0: 1 for a new session, else the session's own
-  absl::string_view session_id;  // reattach
-  bool has_snapshot = false;     // resume from `snapshot`
-  absl::string_view snapshot;    // Session::ExportState bytes
-  absl::string_view snapshot_model;  // the model the snapshot message names
-  bool attach = true;            // false: registered detached (ImportState)
+  absl::string_view model;               // empty: the snapshot's, or any when reattaching
+  int64_t version = 0;                   // 0: the newest (that matches the snapshot)
+  int batch = 0;                         // 0: 1 for a new session, else the session's own
+  absl::string_view session_id;          // reattach
+  bool has_snapshot = false;             // resume from `snapshot`
+  absl::string_view snapshot;            // Session::ExportState bytes
+  absl::string_view snapshot_model;      // the model the snapshot message names
+  absl::string_view snapshot_signature;  // its HMAC, when the server signs
+  bool attach = true;                    // false: registered detached (ImportState)
+  // The caller (authentication's principal; "" without it): a new session
+  // is theirs, and only their own sessions can be reattached.
+  absl::string_view owner;
+  // Asked with the session's model before anything is created or attached
+  // (the caller's run scope); a non-OK answer is returned as is. Empty:
+  // every model may run.
+  std::function<absl::Status(absl::string_view model)> may_run;
   // How the request's fields are named in messages: "open." for
   // StreamInfer's open, "" for ImportState; `snapshot_field` is the
   // snapshot's own field ("resume_from", "state").

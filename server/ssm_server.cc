@@ -1,8 +1,12 @@
 #include "server/ssm_server.h"
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/impl/server_builder_option.h>
 #include <grpcpp/security/server_credentials.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_credentials_options.h>
 #include <grpcpp/server_builder.h>
 
 #include <algorithm>
@@ -11,10 +15,12 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "prometheus/exposer.h"
 #include "server/log.h"
+#include "ssm/file_io.h"
 #include "ssm/threads.h"
 
 namespace ssm::server {
@@ -68,8 +74,124 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
     return absl::InvalidArgumentError(
         absl::StrCat("--session_ttl must be > 0, got ", absl::FormatDuration(o.session_ttl)));
   }
+  const ServerOptions::Tls& tls = o.tls;
+  if (tls.cert_file.empty() != tls.key_file.empty()) {
+    return absl::InvalidArgumentError("--tls_cert and --tls_key go together: set both or neither");
+  }
+  if (tls.cert_file.empty() &&
+      (!tls.client_ca_file.empty() || tls.client_auth != ServerOptions::Tls::ClientAuth::kNone)) {
+    return absl::InvalidArgumentError(
+        "--tls_client_ca and --tls_client_auth need TLS: set --tls_cert and --tls_key");
+  }
+  if ((tls.client_auth != ServerOptions::Tls::ClientAuth::kNone) != !tls.client_ca_file.empty()) {
+    return absl::InvalidArgumentError(
+        "--tls_client_auth=request or require needs --tls_client_ca (the roots client "
+        "certificates must chain to), and --tls_client_ca needs one of them");
+  }
+  if (!tls.cert_file.empty() && (tls.refresh < absl::Seconds(1) || tls.refresh > absl::Hours(24))) {
+    return absl::InvalidArgumentError("--tls_refresh must be in [1s, 24h]");
+  }
+  if (o.auth_refresh <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--auth_refresh must be > 0");
+  }
+  for (absl::Status s : {at_least("quota_calls", o.quota_calls, 0),
+                         at_least("quota_sessions", o.quota_sessions, 0)}) {
+    if (!s.ok()) return s;
+  }
+  if ((o.quota_calls > 0 || o.quota_sessions > 0) && o.auth_callers.empty()) {
+    return absl::InvalidArgumentError(
+        "--quota_calls and --quota_sessions are per caller: they need --auth_callers");
+  }
   return absl::OkStatus();
 }
+
+bool IsLoopback(absl::string_view address) {
+  const absl::string_view host = address.substr(0, address.rfind(':'));
+  return host == "127.0.0.1" || host == "localhost" || host == "[::1]" ||
+         absl::StartsWith(host, "127.");
+}
+
+namespace {
+
+// Removes server reflection from a builder: the health-only server must
+// serve nothing else, and --reflection=false turns it off on the main one.
+// (Reflection is a process-wide builder plugin in gRPC 1.51; a builder
+// option is the way to drop it from one server.)
+class WithoutReflection final : public grpc::ServerBuilderOption {
+ public:
+  void UpdateArguments(grpc::ChannelArguments* /*args*/) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins) override {
+    plugins->erase(
+        std::remove_if(plugins->begin(), plugins->end(),
+                       [](const std::unique_ptr<grpc::ServerBuilderPlugin>& p) {
+                         return dynamic_cast<grpc::reflection::ProtoServerReflectionPlugin*>(
+                                    p.get()) != nullptr;
+                       }),
+        plugins->end());
+  }
+};
+
+// What the health-only server answers for every method but Health's: gRPC
+// needs a service on a server with no completion queue, and the answer
+// should say where the rest is.
+class HealthOnly final : public grpc::CallbackGenericService {
+ public:
+  grpc::ServerGenericBidiReactor* CreateReactor(
+      grpc::GenericCallbackServerContext* /*context*/) override {
+    class Refuse final : public grpc::ServerGenericBidiReactor {
+     public:
+      Refuse() {
+        Finish(grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
+                            "this port serves grpc.health.v1.Health only; call the main port"));
+      }
+      void OnDone() override { delete this; }
+    };
+    return new Refuse;
+  }
+};
+
+// The main port's credentials: TLS from files (re-read on change) or
+// plaintext.
+std::shared_ptr<grpc::ServerCredentials> Credentials(const ServerOptions::Tls& tls) {
+  if (tls.cert_file.empty()) return grpc::InsecureServerCredentials();
+  const unsigned refresh = static_cast<unsigned>(absl::ToInt64Seconds(tls.refresh));
+  auto provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+      tls.key_file, tls.cert_file, tls.client_ca_file, refresh);
+  grpc::experimental::TlsServerCredentialsOptions options(provider);
+  options.watch_identity_key_cert_pairs();
+  if (!tls.client_ca_file.empty()) options.watch_root_certs();
+  switch (tls.client_auth) {
+    case ServerOptions::Tls::ClientAuth::kNone:
+      options.set_cert_request_type(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+      break;
+    case ServerOptions::Tls::ClientAuth::kRequest:
+      options.set_cert_request_type(GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY);
+      break;
+    case ServerOptions::Tls::ClientAuth::kRequire:
+      options.set_cert_request_type(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+      break;
+  }
+  return grpc::experimental::TlsServerCredentials(options);
+}
+
+// The certificate files must be readable now: the provider would only log
+// its failures and serve no handshake at all.
+absl::Status CheckTlsFiles(const ServerOptions::Tls& tls) {
+  for (const auto& [flag, path] : {std::pair{"--tls_cert", tls.cert_file},
+                                   {"--tls_key", tls.key_file},
+                                   {"--tls_client_ca", tls.client_ca_file}}) {
+    if (path.empty()) continue;
+    absl::StatusOr<std::string> text = ssm::ReadFileToString(path);
+    if (!text.ok())
+      return absl::Status(text.status().code(), absl::StrCat(flag, ": ", text.status().message()));
+    if (text->find("-----BEGIN ") == std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat(flag, ": ", path, " holds no PEM block"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 SsmServer::SsmServer(ServerOptions options) : options_(std::move(options)) {}
 
@@ -79,10 +201,28 @@ absl::StatusOr<std::unique_ptr<SsmServer>> SsmServer::Start(ServerOptions option
   std::unique_ptr<SsmServer> self(new SsmServer(std::move(options)));
   const ServerOptions& o = self->options_;
 
+  if (absl::Status s = CheckTlsFiles(o.tls); !s.ok()) return s;
+  Authorizer::Options auth_options;
+  auth_options.callers_path = o.auth_callers;
+  auth_options.refresh = o.auth_refresh;
+  auth_options.quota_calls = o.quota_calls;
+  auth_options.quota_sessions = o.quota_sessions;
+  absl::StatusOr<std::unique_ptr<Authorizer>> auth = Authorizer::Create(std::move(auth_options));
+  if (!auth.ok()) return auth.status();
+  self->auth_ = *std::move(auth);
+  if (!o.snapshot_keys.empty()) {
+    absl::StatusOr<std::unique_ptr<SnapshotSigner>> signer =
+        SnapshotSigner::Create(o.snapshot_keys, o.auth_refresh);
+    if (!signer.ok()) return signer.status();
+    self->signer_ = *std::move(signer);
+  }
+
   self->metrics_ = std::make_unique<Metrics>();
   self->catalog_ = std::make_unique<ModelCatalog>(std::move(repository));
   SessionManager::Options session_options;
   session_options.max_sessions = o.max_sessions;
+  session_options.quota_sessions = o.quota_sessions;
+  session_options.signer = self->signer_.get();
   session_options.ttl = o.session_ttl;
   if (o.clock) session_options.clock = o.clock;
   self->sessions_ = std::make_unique<SessionManager>(std::move(session_options));
@@ -124,6 +264,7 @@ absl::StatusOr<std::unique_ptr<SsmServer>> SsmServer::Start(ServerOptions option
   self->env_.limits = o.limits;
   self->env_.draining = &self->draining_;
   self->env_.calls = &self->calls_;
+  self->env_.auth = self->auth_.get();
   self->inference_ = std::make_unique<InferenceService>(&self->env_);
   self->math_ = std::make_unique<MathService>(&self->env_);
 
@@ -134,7 +275,8 @@ absl::StatusOr<std::unique_ptr<SsmServer>> SsmServer::Start(ServerOptions option
   // gRPC sets SO_REUSEPORT by default, which lets a second server bind the
   // same port and silently take half the connections: make it an error.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  builder.AddListeningPort(o.address, grpc::InsecureServerCredentials(), &self->port_);
+  builder.AddListeningPort(o.address, Credentials(o.tls), &self->port_);
+  if (!o.reflection) builder.SetOption(std::make_unique<WithoutReflection>());
   if (o.max_connection_age > absl::ZeroDuration()) {
     builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS,
                                static_cast<int>(absl::ToInt64Milliseconds(o.max_connection_age)));
@@ -165,15 +307,28 @@ absl::StatusOr<std::unique_ptr<SsmServer>> SsmServer::Start(ServerOptions option
         absl::StrCat("cannot listen on ", o.address, " (in use, or not a local address?)"));
   }
 
-  grpc::HealthCheckServiceInterface* health = self->server_->GetHealthCheckService();
-  if (health != nullptr) {
-    health->SetServingStatus("", true);
-    health->SetServingStatus("ssm.v1.Inference", true);
-    health->SetServingStatus("ssm.v1.Math", true);
-    for (const ModelListing& model : self->catalog_->List()) {
-      health->SetServingStatus(absl::StrCat("ssm.v1.Inference/", model.name),
-                               !model.versions.empty());
+  if (!o.health_address.empty()) {
+    // Plaintext, and nothing but grpc.health.v1.Health: no service of ours
+    // is registered and reflection is dropped.
+    grpc::ServerBuilder health_builder;
+    health_builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+    health_builder.AddListeningPort(o.health_address, grpc::InsecureServerCredentials(),
+                                    &self->health_port_);
+    health_builder.SetOption(std::make_unique<WithoutReflection>());
+    self->health_only_ = std::make_unique<HealthOnly>();
+    health_builder.RegisterCallbackGenericService(self->health_only_.get());
+    self->health_server_ = health_builder.BuildAndStart();
+    if (self->health_server_ == nullptr || self->health_port_ == 0) {
+      self->Shutdown(absl::ZeroDuration());
+      return absl::UnavailableError(
+          absl::StrCat("cannot listen on --health_address=", o.health_address));
     }
+  }
+  self->SetHealth("", true);
+  self->SetHealth("ssm.v1.Inference", true);
+  self->SetHealth("ssm.v1.Math", true);
+  for (const ModelListing& model : self->catalog_->List()) {
+    self->SetHealth(absl::StrCat("ssm.v1.Inference/", model.name), !model.versions.empty());
   }
 
   ConnectionGuard::Options guard;
@@ -200,10 +355,20 @@ absl::StatusOr<std::unique_ptr<SsmServer>> SsmServer::Start(ServerOptions option
 
 SsmServer::~SsmServer() { Shutdown(absl::ZeroDuration()); }
 
+void SsmServer::SetHealth(const std::string& name, bool serving) {
+  for (grpc::Server* server : {server_.get(), health_server_.get()}) {
+    if (server == nullptr) continue;
+    if (grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService()) {
+      health->SetServingStatus(name, serving);
+    }
+  }
+}
+
 void SsmServer::BeginDrain() {
   if (draining_.exchange(true)) return;
-  if (server_ != nullptr) {
-    if (grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService()) {
+  for (grpc::Server* server : {server_.get(), health_server_.get()}) {
+    if (server == nullptr) continue;
+    if (grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService()) {
       health->SetServingStatus(false);  // every name, "" included
     }
   }
@@ -232,6 +397,7 @@ void SsmServer::Shutdown(absl::Duration grace) {
   // (none when idle) at once. The workers must keep running meanwhile:
   // they finish the calls whose jobs they hold.
   server_->Shutdown(absl::ToChronoTime(absl::Now()));
+  if (health_server_ != nullptr) health_server_->Shutdown(absl::ToChronoTime(absl::Now()));
   stop_eviction_.Notify();
   if (eviction_thread_.joinable()) eviction_thread_.join();
   pool_->Shutdown();

@@ -27,22 +27,25 @@
 #ifndef SSM_SERVER_SSM_SERVER_H_
 #define SSM_SERVER_SSM_SERVER_H_
 
+#include <grpcpp/generic/async_generic_service.h>
+#include <grpcpp/server.h>
+
 #include <atomic>
 #include <memory>
 #include <string>
 #include <thread>
 
-#include <grpcpp/server.h>
-
 #include "absl/status/statusor.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "server/auth.h"
 #include "server/connection_guard.h"
 #include "server/metrics.h"
 #include "server/model_catalog.h"
 #include "server/model_repository.h"
 #include "server/services.h"
 #include "server/session_manager.h"
+#include "server/snapshot_keys.h"
 #include "server/worker_pool.h"
 
 namespace prometheus {
@@ -56,7 +59,7 @@ struct ServerOptions {
   // Workers, and the core's parallel loops (ssm::SetThreads, process-wide);
   // 0: ssm::DefaultThreads(), the CPUs this process may use.
   int threads = 0;
-  int max_queue = 256;                      // jobs waiting for a worker
+  int max_queue = 256;  // jobs waiting for a worker
   // Math's share: workers that may run Math jobs at once (0: half of
   // `threads`, at least 1) and Math jobs that may wait.
   int math_threads = 0;
@@ -80,6 +83,30 @@ struct ServerOptions {
   absl::Duration keepalive_time = absl::ZeroDuration();
   absl::Duration keepalive_timeout = absl::Seconds(20);
   RequestLimits limits;
+
+  // Transport security. cert_file empty: plaintext (the default, for
+  // loopback). Certificates and keys are re-read when their files change
+  // (`refresh`): rotation needs no restart.
+  struct Tls {
+    enum class ClientAuth { kNone, kRequest, kRequire };
+    std::string cert_file;       // the server's certificate chain (PEM)
+    std::string key_file;        // its private key (PEM)
+    std::string client_ca_file;  // roots that client certificates must chain to
+    ClientAuth client_auth = ClientAuth::kNone;
+    absl::Duration refresh = absl::Seconds(10);
+  } tls;
+  // "host:port" of a plaintext server that serves grpc.health.v1.Health
+  // only (Kubernetes' gRPC probes cannot speak TLS); empty: none.
+  std::string health_address;
+  bool reflection = true;
+  // Callers and their scopes (auth.h); empty: no authentication.
+  std::string auth_callers;
+  absl::Duration auth_refresh = absl::Seconds(5);
+  int quota_calls = 0;     // per principal, with auth_callers; 0: none
+  int quota_sessions = 0;  // per principal, with auth_callers; 0: none
+  // Snapshot signing keys (snapshot_keys.h); empty: unsigned snapshots.
+  std::string snapshot_keys;
+
   // "host:port" for the Prometheus exposer; empty: no metrics endpoint
   // (the metrics are still kept, see metrics()).
   std::string metrics_address;
@@ -91,6 +118,10 @@ struct ServerOptions {
 // checks this too; main calls it before loading any model).
 absl::Status ValidateServerOptions(const ServerOptions& options);
 
+// Whether "host:port" listens on loopback only (127.0.0.0/8, ::1,
+// localhost): plaintext elsewhere is worth a warning.
+bool IsLoopback(absl::string_view address);
+
 class SsmServer {
  public:
   // Starts serving `repository` (whatever loaded; failed models are listed
@@ -98,7 +129,7 @@ class SsmServer {
   // bound (gRPC's or the exposer's); InvalidArgument for options out of
   // range.
   static absl::StatusOr<std::unique_ptr<SsmServer>> Start(ServerOptions options,
-                                                           LoadedRepository repository);
+                                                          LoadedRepository repository);
 
   // Shuts down at once (no grace) if Shutdown has not run.
   ~SsmServer();
@@ -110,6 +141,8 @@ class SsmServer {
   int port() const { return port_; }
   // The metrics port bound, 0 without an exposer.
   int metrics_port() const { return metrics_port_; }
+  // The health-only port bound, 0 without one.
+  int health_port() const { return health_port_; }
   const ServerOptions& options() const { return options_; }
   const ModelCatalog& catalog() const { return *catalog_; }
   SessionManager& sessions() { return *sessions_; }
@@ -117,6 +150,9 @@ class SsmServer {
   const WorkerPool& pool() const { return *pool_; }
   const ConnectionGuard& connections() const { return *connections_; }
   bool draining() const { return draining_.load(); }
+
+  // Sets a health name on the main server and the health-only one.
+  void SetHealth(const std::string& name, bool serving);
 
   // The drain's first half: health NOT_SERVING, new calls UNAVAILABLE.
   // Running calls are untouched. Idempotent.
@@ -136,10 +172,13 @@ class SsmServer {
   bool shut_down_ = false;
   int port_ = 0;
   int metrics_port_ = 0;
+  int health_port_ = 0;
 
   // Declared in dependency order: destroyed in reverse, so nothing outlives
   // what it borrows.
   std::unique_ptr<Metrics> metrics_;
+  std::unique_ptr<Authorizer> auth_;
+  std::unique_ptr<SnapshotSigner> signer_;
   std::unique_ptr<ModelCatalog> catalog_;
   std::unique_ptr<SessionManager> sessions_;
   std::unique_ptr<WorkerPool> pool_;
@@ -148,6 +187,8 @@ class SsmServer {
   std::unique_ptr<InferenceService> inference_;
   std::unique_ptr<MathService> math_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<grpc::CallbackGenericService> health_only_;
+  std::unique_ptr<grpc::Server> health_server_;
   std::unique_ptr<ConnectionGuard> connections_;  // read by the exposer's scrapes
   std::unique_ptr<prometheus::Exposer> exposer_;
   absl::Notification stop_eviction_;

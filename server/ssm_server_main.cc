@@ -66,6 +66,34 @@ ABSL_FLAG(absl::Duration, keepalive_time, absl::Minutes(1),
           "default, 2h)");
 ABSL_FLAG(absl::Duration, keepalive_timeout, absl::Seconds(20),
           "close a pinged connection whose peer does not answer within this");
+ABSL_FLAG(std::string, tls_cert, "",
+          "server certificate chain (PEM): serve TLS instead of plaintext (with --tls_key); "
+          "re-read when the file changes");
+ABSL_FLAG(std::string, tls_key, "", "the server certificate's private key (PEM)");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "roots (PEM) that client certificates must chain to, for --tls_client_auth");
+ABSL_FLAG(std::string, tls_client_auth, "none",
+          "client certificates: none, request (verified when sent) or require (mTLS)");
+ABSL_FLAG(absl::Duration, tls_refresh, absl::Seconds(10),
+          "how often certificate and key files are checked for changes");
+ABSL_FLAG(std::string, health_address, "",
+          "host:port of a plaintext server that serves grpc.health.v1.Health only (for "
+          "probes that cannot speak TLS); empty: none");
+ABSL_FLAG(bool, reflection, true, "serve gRPC server reflection on the main port");
+ABSL_FLAG(std::string, auth_callers, "",
+          "callers file (JSON: principals, SHA-256 token hashes, certificate SANs, scopes); "
+          "empty: no authentication. Re-read when it changes");
+ABSL_FLAG(absl::Duration, auth_refresh, absl::Seconds(5),
+          "how often --auth_callers and --snapshot_keys are checked for changes");
+ABSL_FLAG(int, quota_calls, 0,
+          "calls (and open streams) one caller may have in flight; 0: no quota (needs "
+          "--auth_callers)");
+ABSL_FLAG(int, quota_sessions, 0,
+          "sessions one caller may hold, attached and detached; 0: no quota (needs "
+          "--auth_callers)");
+ABSL_FLAG(std::string, snapshot_keys, "",
+          "snapshot signing keys (hex, one per line; the first signs, all verify): snapshots "
+          "carry an HMAC-SHA256 and imports must; empty: unsigned snapshots");
 ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(20),
           "on SIGTERM/SIGINT, how long running calls may take before they are cancelled");
 
@@ -73,10 +101,28 @@ namespace {
 
 using ssm::server::Logf;
 
+std::string PlaintextWarning(const std::string& address) {
+  return absl::StrCat("WARNING: plaintext gRPC on ", address,
+                      ", which is not loopback: anyone on the network can read and send "
+                      "requests; serve TLS (--tls_cert, --tls_key) or listen on 127.0.0.1");
+}
+
 void PrintBanner(const ssm::server::SsmServer& server, const std::string& address,
                  const std::string& repository) {
   const ssm::server::ModelCatalog& catalog = server.catalog();
-  std::string text = absl::StrFormat("ssm_server listening on %s (gRPC, plaintext)\n", address);
+  const ssm::server::ServerOptions& o = server.options();
+  const bool tls = !o.tls.cert_file.empty();
+  std::string text =
+      absl::StrFormat("ssm_server listening on %s (gRPC, %s)\n", address,
+                      !tls ? "plaintext"
+                      : o.tls.client_auth == ssm::server::ServerOptions::Tls::ClientAuth::kRequire
+                          ? "TLS, client certificates required"
+                      : o.tls.client_auth == ssm::server::ServerOptions::Tls::ClientAuth::kRequest
+                          ? "TLS, client certificates verified when sent"
+                          : "TLS");
+  if (!tls && !ssm::server::IsLoopback(address)) {
+    absl::StrAppend(&text, PlaintextWarning(address), "\n");
+  }
   absl::StrAppendFormat(&text, "model repository: %s\n", repository);
   absl::StrAppend(&text, "models served:\n");
   int served = 0;
@@ -85,10 +131,10 @@ void PrintBanner(const ssm::server::SsmServer& server, const std::string& addres
     ++served;
     absl::StatusOr<ssm::server::ServedModel> newest = catalog.Find(model.name, 0);
     const ssm::Model& m = *newest->model;
-    absl::StrAppendFormat(&text, "  %-14s versions %s  d_input %d -> d_output %d, max_length %d%s\n",
-                          model.name, absl::StrJoin(model.versions, ","), m.d_input(),
-                          m.d_output(), m.max_length(),
-                          m.streamable() ? ", streamable" : ", unary only");
+    absl::StrAppendFormat(&text,
+                          "  %-14s versions %s  d_input %d -> d_output %d, max_length %d%s\n",
+                          model.name, absl::StrJoin(model.versions, ","), m.d_input(), m.d_output(),
+                          m.max_length(), m.streamable() ? ", streamable" : ", unary only");
   }
   if (served == 0) absl::StrAppend(&text, "  (none)\n");
   if (!catalog.errors().empty()) {
@@ -103,9 +149,20 @@ void PrintBanner(const ssm::server::SsmServer& server, const std::string& addres
   } else {
     absl::StrAppend(&text, "metrics: disabled (--metrics_port=0)\n");
   }
-  absl::StrAppend(&text,
-                  "health: grpc.health.v1.Health (\"\", \"ssm.v1.Inference/<model>\"); "
-                  "server reflection on\n");
+  absl::StrAppendFormat(&text,
+                        "health: grpc.health.v1.Health (\"\", \"ssm.v1.Inference/<model>\"); "
+                        "server reflection %s\n",
+                        o.reflection ? "on" : "off");
+  if (server.health_port() != 0) {
+    absl::StrAppendFormat(&text, "health only, plaintext: %s:%d\n",
+                          o.health_address.substr(0, o.health_address.rfind(':')),
+                          server.health_port());
+  }
+  absl::StrAppendFormat(&text, "callers: %s; snapshots %s\n",
+                        o.auth_callers.empty()
+                            ? std::string("anyone (no --auth_callers)")
+                            : absl::StrCat("as --auth_callers=", o.auth_callers, " says"),
+                        o.snapshot_keys.empty() ? "unsigned" : "signed (HMAC-SHA256)");
   absl::StrAppendFormat(&text, "try:  build/client/ssm_client --address=%s models\n", address);
   absl::StrAppend(&text, "stop: Ctrl-C or SIGTERM (drains for up to ",
                   absl::FormatDuration(absl::GetFlag(FLAGS_drain_timeout)), ")\n");
@@ -148,6 +205,29 @@ int main(int argc, char** argv) {
   options.max_connection_idle = absl::GetFlag(FLAGS_max_connection_idle);
   options.keepalive_time = absl::GetFlag(FLAGS_keepalive_time);
   options.keepalive_timeout = absl::GetFlag(FLAGS_keepalive_timeout);
+  options.tls.cert_file = absl::GetFlag(FLAGS_tls_cert);
+  options.tls.key_file = absl::GetFlag(FLAGS_tls_key);
+  options.tls.client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
+  options.tls.refresh = absl::GetFlag(FLAGS_tls_refresh);
+  const std::string client_auth = absl::GetFlag(FLAGS_tls_client_auth);
+  if (client_auth == "none") {
+    options.tls.client_auth = ssm::server::ServerOptions::Tls::ClientAuth::kNone;
+  } else if (client_auth == "request") {
+    options.tls.client_auth = ssm::server::ServerOptions::Tls::ClientAuth::kRequest;
+  } else if (client_auth == "require") {
+    options.tls.client_auth = ssm::server::ServerOptions::Tls::ClientAuth::kRequire;
+  } else {
+    std::fprintf(stderr, "ssm_server: --tls_client_auth must be none, request or require, got %s\n",
+                 client_auth.c_str());
+    return 1;
+  }
+  options.health_address = absl::GetFlag(FLAGS_health_address);
+  options.reflection = absl::GetFlag(FLAGS_reflection);
+  options.auth_callers = absl::GetFlag(FLAGS_auth_callers);
+  options.auth_refresh = absl::GetFlag(FLAGS_auth_refresh);
+  options.quota_calls = absl::GetFlag(FLAGS_quota_calls);
+  options.quota_sessions = absl::GetFlag(FLAGS_quota_sessions);
+  options.snapshot_keys = absl::GetFlag(FLAGS_snapshot_keys);
   options.limits.max_batch = absl::GetFlag(FLAGS_max_batch);
   options.limits.max_chunk_steps = absl::GetFlag(FLAGS_max_chunk_steps);
   options.limits.max_unary_length = absl::GetFlag(FLAGS_max_unary_length);
@@ -159,8 +239,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   if (metrics_port != 0) {
-    options.metrics_address =
-        absl::StrCat(absl::GetFlag(FLAGS_metrics_address), ":", metrics_port);
+    options.metrics_address = absl::StrCat(absl::GetFlag(FLAGS_metrics_address), ":", metrics_port);
   }
   const absl::Duration drain_timeout = absl::GetFlag(FLAGS_drain_timeout);
   if (drain_timeout < absl::ZeroDuration()) {
@@ -201,14 +280,18 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "ssm_server: %s\n", std::string(server.status().message()).c_str());
     return 1;
   }
-  Logf("ssm_server started on port %d: %d model versions loaded, %d models failed, %d workers, "
-       "metrics %s",
-       (*server)->port(), (*server)->catalog().loaded_versions(),
-       (*server)->catalog().failed_models(), (*server)->pool().threads(),
-       options.metrics_address.empty() ? std::string("off") : options.metrics_address);
+  Logf(
+      "ssm_server started on port %d: %d model versions loaded, %d models failed, %d workers, "
+      "metrics %s",
+      (*server)->port(), (*server)->catalog().loaded_versions(),
+      (*server)->catalog().failed_models(), (*server)->pool().threads(),
+      options.metrics_address.empty() ? std::string("off") : options.metrics_address);
   // With port 0 in --address the system chose one: show the real one.
-  const std::string bound = absl::StrCat(
-      options.address.substr(0, options.address.rfind(':')), ":", (*server)->port());
+  const std::string bound =
+      absl::StrCat(options.address.substr(0, options.address.rfind(':')), ":", (*server)->port());
+  if (options.tls.cert_file.empty() && !ssm::server::IsLoopback(bound)) {
+    Logf("%s", PlaintextWarning(bound));
+  }
   PrintBanner(**server, bound, repository_path);
 
   int signal_number = 0;

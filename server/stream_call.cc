@@ -13,6 +13,7 @@
 #include "server/session_open.h"
 #include "server/stream_transport.h"
 #include "server/tensor_codec.h"
+#include "server/unary_call.h"
 #include "ssm/session.h"
 
 namespace ssm::server {
@@ -38,13 +39,14 @@ class StreamInferProtocol {
   using Response = v1::StreamResponse;
   static constexpr const char* kRpc = "StreamInfer";
 
-  StreamInferProtocol(grpc::CallbackServerContext* /*context*/, const ServiceEnv* env)
-      : env_(env) {}
+  StreamInferProtocol(grpc::CallbackServerContext* context, const ServiceEnv* env)
+      : context_(context), env_(env) {}
 
   // The transport calls End on every path; this only guards the invariant
-  // that a finished stream never holds a session.
+  // that a finished stream never holds a session or a place in a quota.
   ~StreamInferProtocol() {
     if (session_ != nullptr) env_->sessions->Detach(session_->id(), "stream ended");
+    if (caller_ != nullptr) env_->auth->LeaveCall(*caller_);
   }
 
   // Whether `request` is cheap enough to run on a gRPC thread: protocol
@@ -66,9 +68,8 @@ class StreamInferProtocol {
     if (session_ == nullptr || chunk.shape_size() != 3) return true;  // an error
     const int64_t steps = chunk.shape(1);
     if (steps >= ssm::Session::kConvChunkThreshold || step_cost_ns_ <= 0) return false;
-    const int64_t cost =
-        std::max<int64_t>(steps, 1) * step_cost_ns_ +
-        (request.want_state() ? session_->state_bytes() : 0);
+    const int64_t cost = std::max<int64_t>(steps, 1) * step_cost_ns_ +
+                         (request.want_state() ? session_->state_bytes() : 0);
     return cost <= kInlineBudgetNs;
   }
 
@@ -87,6 +88,10 @@ class StreamInferProtocol {
   }
 
   std::string End(const absl::Status& status, bool clean) {
+    if (caller_ != nullptr) {
+      env_->auth->LeaveCall(*caller_);
+      caller_ = nullptr;
+    }
     if (session_ == nullptr) return "no session";
     const std::string& id = session_->id();
     std::string tag = absl::StrCat("session ", SessionTag(id));
@@ -110,6 +115,14 @@ class StreamInferProtocol {
           "session");
     }
     if (env_->Draining()) return DrainingError();
+    // The stream's caller: known from its metadata, counted against its
+    // quota of calls in flight for as long as the stream is open.
+    if (caller_ == nullptr) {
+      absl::StatusOr<CallerRef> caller = AuthenticateCall(*env_->auth, *context_);
+      if (!caller.ok()) return caller.status();
+      if (absl::Status s = env_->auth->EnterCall(**caller); !s.ok()) return s;
+      caller_ = *std::move(caller);
+    }
     OpenSessionRequest request;
     request.model = open.model();
     request.version = open.version();
@@ -118,6 +131,11 @@ class StreamInferProtocol {
     request.has_snapshot = open.has_resume_from();
     request.snapshot = open.resume_from().data();
     request.snapshot_model = open.resume_from().model();
+    request.snapshot_signature = open.resume_from().signature();
+    request.owner = caller_->principal;
+    request.may_run = [this](absl::string_view model) {
+      return env_->auth->Check(*caller_, Scope::kRun, model);
+    };
     // The version of a resumed stream is the snapshot's: the newest whose
     // weights it matches.
     if (request.has_snapshot) request.version = 0;
@@ -157,14 +175,14 @@ class StreamInferProtocol {
     }
     const RequestLimits& limits = env_->limits;
     if (shape->steps > limits.max_chunk_steps) {
-      return absl::ResourceExhaustedError(absl::StrCat("chunk.shape[1] = ", shape->steps,
-                                                       " steps exceeds --max_chunk_steps=",
-                                                       limits.max_chunk_steps));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("chunk.shape[1] = ", shape->steps,
+                       " steps exceeds --max_chunk_steps=", limits.max_chunk_steps));
     }
     const SequenceShape out_shape{shape->batch, shape->steps, entry.d_output()};
-    if (absl::Status s = CheckResponseBytes(
-            out_shape.size() * 4 + (want_state ? entry.state_bytes() : 0), "the chunk's output",
-            limits);
+    if (absl::Status s =
+            CheckResponseBytes(out_shape.size() * 4 + (want_state ? entry.state_bytes() : 0),
+                               "the chunk's output", limits);
         !s.ok()) {
       return s;
     }
@@ -172,9 +190,8 @@ class StreamInferProtocol {
     y_.resize(out_shape.size());
     SessionSnapshot snapshot;
     const absl::Time run_start = absl::Now();
-    absl::StatusOr<int64_t> position = session_->Run(x_, static_cast<int>(shape->steps),
-                                                     absl::MakeSpan(y_),
-                                                     want_state ? &snapshot : nullptr);
+    absl::StatusOr<int64_t> position = session_->Run(
+        x_, static_cast<int>(shape->steps), absl::MakeSpan(y_), want_state ? &snapshot : nullptr);
     if (!position.ok()) return position.status();
     if (shape->steps < ssm::Session::kConvChunkThreshold && !want_state) {
       NoteStepCost(absl::ToInt64Nanoseconds(absl::Now() - run_start) / shape->steps);
@@ -193,7 +210,6 @@ class StreamInferProtocol {
     return absl::OkStatus();
   }
 
- 
   // A chunk estimated to take longer than this goes to the worker pool.
   static constexpr int64_t kInlineBudgetNs = 250'000;
 
@@ -208,7 +224,9 @@ class StreamInferProtocol {
     }
   }
 
+  grpc::CallbackServerContext* const context_;
   const ServiceEnv* const env_;
+  CallerRef caller_;  // set by `open`; holds a place in the caller's quota
   std::shared_ptr<SessionManager::Entry> session_;
   Metrics::StreamHandles handles_;
   int64_t step_cost_ns_ = 0;  // 0: not measured yet

@@ -108,6 +108,7 @@ void WriteStateSnapshot(const SessionSnapshot& snapshot, ssm::v1::StateSnapshot*
   out->set_fingerprint(snapshot.fingerprint);
   out->set_position(snapshot.position);
   out->set_batch(snapshot.batch);
+  out->set_signature(snapshot.signature);
 }
 
 }  // namespace ssm::server

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -12,6 +13,25 @@
 #include "server/status.h"
 
 namespace ssm::server {
+
+absl::StatusOr<CallerRef> AuthenticateCall(const Authorizer& auth,
+                                           const grpc::ServerContextBase& context) {
+  if (!auth.enabled()) return auth.Authenticate("", {});
+  std::string authorization;
+  const auto& metadata = context.client_metadata();
+  if (auto it = metadata.find("authorization"); it != metadata.end()) {
+    authorization.assign(it->second.data(), it->second.size());
+  }
+  std::vector<std::string> sans;
+  // Only a certificate the TLS handshake verified names a caller.
+  const std::shared_ptr<const grpc::AuthContext> tls = context.auth_context();
+  if (tls != nullptr && tls->IsPeerAuthenticated()) {
+    for (const grpc::string_ref& san : tls->FindPropertyValues("x509_subject_alternative_name")) {
+      sans.emplace_back(san.data(), san.size());
+    }
+  }
+  return auth.Authenticate(authorization, sans);
+}
 
 absl::Status CallStillWanted(grpc::CallbackServerContext* context) {
   if (!context->IsCancelled()) return absl::OkStatus();
@@ -46,6 +66,29 @@ void UnaryCall::Complete(const absl::Status& result) {
   }
   env_->metrics->RecordRpc(rpc_, status.code(), absl::Now() - start_);
   Finish(ToGrpcStatus(status));
+}
+
+bool UnaryCall::Authenticate() {
+  if (caller_ != nullptr) return true;
+  Authorizer& auth = *env_->auth;
+  absl::StatusOr<CallerRef> caller = AuthenticateCall(auth, *context_);
+  absl::Status status = caller.status();
+  if (status.ok()) status = auth.EnterCall(**caller);
+  if (!status.ok()) {
+    Complete(status);
+    return false;
+  }
+  caller_ = *std::move(caller);
+  return true;
+}
+
+bool UnaryCall::Authorize(Scope scope, absl::string_view model) {
+  if (!Authenticate()) return false;
+  if (absl::Status status = env_->auth->Check(*caller_, scope, model); !status.ok()) {
+    Complete(status);
+    return false;
+  }
+  return true;
 }
 
 bool UnaryCall::RefuseIfDraining() {
@@ -90,6 +133,7 @@ absl::Status UnparsableRequest(absl::string_view type, size_t size) {
 }
 
 void UnaryCall::OnDone() {
+  if (caller_ != nullptr) env_->auth->LeaveCall(*caller_);
   CallCounter* calls = env_->calls;
   delete this;
   calls->Exit();

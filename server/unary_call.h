@@ -17,12 +17,12 @@
 #ifndef SSM_SERVER_UNARY_CALL_H_
 #define SSM_SERVER_UNARY_CALL_H_
 
-#include <cstdint>
-
 #include <google/protobuf/message_lite.h>
 #include <grpcpp/server_context.h>
 #include <grpcpp/support/byte_buffer.h>
 #include <grpcpp/support/server_callback.h>
+
+#include <cstdint>
 
 #include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
@@ -31,6 +31,12 @@
 #include "server/service_env.h"
 
 namespace ssm::server {
+
+// The caller of the call `context` belongs to: its `authorization`
+// metadata and its verified client certificate's subject alternative
+// names, through the authorizer (auth.h).
+absl::StatusOr<CallerRef> AuthenticateCall(const Authorizer& auth,
+                                           const grpc::ServerContextBase& context);
 
 // Why a call that is still queued should not run: its client cancelled or
 // its deadline passed. OK when it should run.
@@ -50,6 +56,18 @@ class UnaryCall : public grpc::ServerUnaryReactor {
   // Finishes the call. Exactly once per call; the reactor may be deleted
   // (OnDone) as soon as this returns, so it is the caller's last use.
   void Complete(const absl::Status& status);
+
+  // Authenticates the caller (once per call; it then counts against the
+  // caller's --quota_calls until the call is done). On failure completes
+  // the call (UNAUTHENTICATED, RESOURCE_EXHAUSTED) and returns false: the
+  // handler's only move left is to return the call. Handlers call it before
+  // parsing, so an unknown caller learns nothing from the request's fate.
+  bool Authenticate();
+  // Authenticate, then checks that the caller has `scope` (on `model` for
+  // Scope::kRun); PERMISSION_DENIED naming the scope otherwise, as above.
+  bool Authorize(Scope scope, absl::string_view model = "");
+  // The authenticated caller; valid after an Authorize that returned true.
+  const Caller& caller() const { return *caller_; }
 
   // While the server drains, completes the call with UNAVAILABLE and returns
   // true (the call is finished: the handler's only move left is to return
@@ -77,14 +95,14 @@ class UnaryCall : public grpc::ServerUnaryReactor {
   const ServiceEnv* const env_;
   const char* const rpc_;
   const absl::Time start_;
+  CallerRef caller_;  // set by the first Authorize that authenticated
 };
 
 // The bytes of `*bytes` (consumed) parsed into *message; InvalidArgument
 // when they are not one.
 absl::Status ParseMessage(grpc::ByteBuffer* bytes, google::protobuf::MessageLite* message);
 // *message serialized into *out; Internal if it cannot be.
-absl::Status SerializeMessage(const google::protobuf::MessageLite& message,
-                              grpc::ByteBuffer* out);
+absl::Status SerializeMessage(const google::protobuf::MessageLite& message, grpc::ByteBuffer* out);
 // INVALID_ARGUMENT: `size` bytes that are not a `type` (the full message
 // type name, e.g. "ssm.v1.InferRequest").
 absl::Status UnparsableRequest(absl::string_view type, size_t size);

@@ -49,7 +49,7 @@ absl::StatusOr<int> PickFreePort() {
 
 absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
     const std::vector<std::string>& extra_flags, int port,
-    absl::Duration ready_timeout) {
+    absl::Duration ready_timeout, int health_port) {
   std::unique_ptr<ServerProcess> server(new ServerProcess());
   if (port == 0) {
     absl::StatusOr<int> free_port = PickFreePort();
@@ -97,7 +97,10 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
   }
   close(log_fd);
   server->pid_ = pid;
-  if (absl::Status s = server->WaitServing(ready_timeout); !s.ok()) return s;
+  if (absl::Status s = server->WaitServing(ready_timeout, health_port == 0 ? port : health_port);
+      !s.ok()) {
+    return s;
+  }
   return server;
 }
 
@@ -169,7 +172,7 @@ bool PortAccepts(int port) {
 
 }  // namespace
 
-absl::Status ServerProcess::WaitServing(absl::Duration timeout) {
+absl::Status ServerProcess::WaitServing(absl::Duration timeout, int health_port) {
   const absl::Time deadline = absl::Now() + timeout;
   auto exited = [this] {
     return absl::InternalError(absl::StrCat(
@@ -178,17 +181,17 @@ absl::Status ServerProcess::WaitServing(absl::Duration timeout) {
   // The listener first, by plain TCP: a gRPC channel whose first attempts
   // were refused reconnects only seconds later (gRPC 1.51's pick_first
   // waits for re-resolution once its subchannel went back to IDLE).
-  while (!PortAccepts(port_)) {
+  while (!PortAccepts(health_port)) {
     if (!Running()) return exited();
     if (absl::Now() >= deadline) {
       return absl::DeadlineExceededError(absl::StrCat(
-          "ssm_server not listening on port ", port_, " after ",
+          "ssm_server not listening on port ", health_port, " after ",
           absl::FormatDuration(timeout), "; log:\n", Log()));
     }
     absl::SleepFor(absl::Milliseconds(20));
   }
   client::ClientOptions options;
-  options.address = address();
+  options.address = absl::StrCat("127.0.0.1:", health_port);
   options.deadline = absl::Seconds(2);
   options.wait_for_ready = true;
   client::Client client(options);

@@ -29,9 +29,11 @@ class ServerProcess {
   // repository, no metrics port and `extra_flags` (which may override any
   // of those), then waits up to `ready_timeout` for health SERVING.
   // port 0: pick a free one. On failure the log is in the message.
+  // health_port: where to ask health instead of the main port (a server
+  // serving TLS there, whose --health_address is plaintext).
   static absl::StatusOr<std::unique_ptr<ServerProcess>> Start(
       const std::vector<std::string>& extra_flags = {}, int port = 0,
-      absl::Duration ready_timeout = absl::Seconds(30));
+      absl::Duration ready_timeout = absl::Seconds(30), int health_port = 0);
 
   // Kills the process (SIGKILL) if it still runs and reaps it.
   ~ServerProcess();
@@ -58,7 +60,7 @@ class ServerProcess {
 
  private:
   ServerProcess() = default;
-  absl::Status WaitServing(absl::Duration timeout);
+  absl::Status WaitServing(absl::Duration timeout, int health_port);
 
   pid_t pid_ = -1;
   int port_ = 0;

@@ -215,5 +215,85 @@ TEST_F(SessionOpenTest, ReattachRules) {
   ASSERT_TRUE(Open(again).ok());
 }
 
+TEST_F(SessionOpenTest, SessionsBelongToTheirOwner) {
+  OpenSessionRequest r;
+  r.model = "mem";
+  r.owner = "alice";
+  absl::StatusOr<std::shared_ptr<SessionManager::Entry>> entry = Open(r);
+  ASSERT_TRUE(entry.ok());
+  EXPECT_EQ((*entry)->owner(), "alice");
+  const std::string id = (*entry)->id();
+  sessions_.Detach(id, "test");
+  // Bob gets exactly what an unknown id gets.
+  OpenSessionRequest bob;
+  bob.session_id = id;
+  bob.owner = "bob";
+  const absl::Status as_bob = Open(bob).status();
+  OpenSessionRequest unknown = bob;
+  unknown.session_id = "ffffffffffffffffffffffffffffffff";
+  EXPECT_EQ(as_bob.code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(sessions_.Find(id, "bob").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(sessions_.Peek(id, "bob").status().code(), absl::StatusCode::kNotFound);
+  // Alice's own calls find it.
+  EXPECT_TRUE(sessions_.Find(id, "alice").ok());
+  OpenSessionRequest alice;
+  alice.session_id = id;
+  alice.owner = "alice";
+  EXPECT_TRUE(Open(alice).ok());
+}
+
+TEST_F(SessionOpenTest, MayRunIsAskedWithTheModelBeforeAnythingIsMade) {
+  std::vector<std::string> asked;
+  auto refuse = [&](absl::string_view model) {
+    asked.emplace_back(model);
+    return absl::PermissionDeniedError("no");
+  };
+  OpenSessionRequest fresh;
+  fresh.model = "mem";
+  fresh.may_run = refuse;
+  EXPECT_EQ(Open(fresh).status().code(), absl::StatusCode::kPermissionDenied);
+  OpenSessionRequest resume;
+  const std::string snapshot = Snapshot(1, 2);
+  resume.has_snapshot = true;
+  resume.snapshot = snapshot;
+  resume.snapshot_model = "mem";
+  resume.may_run = refuse;
+  EXPECT_EQ(Open(resume).status().code(), absl::StatusCode::kPermissionDenied);
+  OpenSessionRequest made;
+  made.model = "other";
+  absl::StatusOr<std::shared_ptr<SessionManager::Entry>> other = Open(made);
+  ASSERT_TRUE(other.ok());
+  sessions_.Detach((*other)->id(), "test");
+  OpenSessionRequest reattach;
+  reattach.session_id = (*other)->id();
+  reattach.may_run = refuse;
+  EXPECT_EQ(Open(reattach).status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(asked, (std::vector<std::string>{"mem", "mem", "other"}));
+  // Nothing was made or attached.
+  EXPECT_EQ(sessions_.GetStats().attached, 0);
+  EXPECT_EQ(sessions_.GetStats().detached, 1);
+}
+
+TEST_F(SessionOpenTest, QuotaOfSessionsIsPerOwner) {
+  SessionManager::Options options;
+  options.quota_sessions = 2;
+  SessionManager sessions(options);
+  OpenSessionRequest r;
+  r.model = "mem";
+  r.owner = "alice";
+  EXPECT_TRUE(OpenSession(r, catalog_, sessions, limits_).ok());
+  absl::StatusOr<std::shared_ptr<SessionManager::Entry>> second =
+      OpenSession(r, catalog_, sessions, limits_);
+  ASSERT_TRUE(second.ok());
+  const absl::Status third = OpenSession(r, catalog_, sessions, limits_).status();
+  EXPECT_EQ(third.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(third.message(), HasSubstr("--quota_sessions=2"));
+  r.owner = "bob";
+  EXPECT_TRUE(OpenSession(r, catalog_, sessions, limits_).ok());
+  sessions.Close((*second)->id());
+  r.owner = "alice";
+  EXPECT_TRUE(OpenSession(r, catalog_, sessions, limits_).ok());
+}
+
 }  // namespace
 }  // namespace ssm::server
