@@ -11,12 +11,10 @@ others must not have noticed. The same for the asyncio client, on fewer
 sessions. (tests/e2e/replicas_test.cc does this with the C++ client.)"""
 
 import asyncio
-import signal
 import threading
 import time
 
 import numpy as np
-import pytest
 
 import ssmserve
 import ssmserve.aio
@@ -219,3 +217,39 @@ def test_asyncio_sessions_move_too():
 
     with Replicas() as replicas:
         assert asyncio.run(main(replicas)) > 0
+
+
+def test_a_restarted_server_takes_the_session_back_without_a_snapshot():
+    # checkpoint_steps beyond the run: no snapshot is ever taken, so the
+    # session comes back as a new one of the same version with every chunk
+    # replayed. Then the server goes for good: the error comes, bounded.
+    policy = ssmserve.Resume(checkpoint_steps=10_000, max_attempts=2, backoff=0.05,
+                             connect_timeout=1.0)
+    x = sequence(300, seed=9)
+    first = local_server().start()
+    try:
+        with ssmserve.Client(first.address, timeout=10.0, reconnect_backoff=0.05,
+                             max_reconnect_backoff=0.2, token="") as client:
+            want = client.infer("s4-demo", x)
+            s = client.session("s4-demo", resume=policy)
+            head = s.run(x[:120], chunk=9)
+            before = s.session_id
+            first.kill()
+            second = local_server(port=first.port).start()
+            try:
+                tail = s.run(x[120:200], chunk=16)
+                assert s.resumes == 1 and s.session_id != before and s.position == 200
+                got = np.concatenate([head, tail])
+                assert max_relative_diff(got, want[:200]) <= WIRE_TOLERANCE
+            finally:
+                second.kill()
+            started = time.monotonic()
+            try:
+                s.step(x[200])
+                raise AssertionError("a step without any server succeeded")
+            except ssmserve.Unavailable:
+                pass
+            # Two attempts: backoffs 0.05 + 0.1 s, each waiting up to 1 s.
+            assert time.monotonic() - started < 5
+    finally:
+        first.kill()
