@@ -2,12 +2,14 @@
 snapshots, the Math service, and every error as its own exception class
 with the server's code and message."""
 
+import socket
+
 import grpc
 import numpy as np
 import pytest
 
 import ssmserve
-from conftest import WIRE_TOLERANCE, max_relative_diff, sequence
+from conftest import WIRE_TOLERANCE, local_server, max_relative_diff, sequence
 
 
 def test_models_and_model(client):
@@ -237,12 +239,37 @@ def test_every_code_has_its_class():
 
 
 def test_unreachable_and_late(server):
-    port = ssmserve.free_port()
-    with ssmserve.Client(f"127.0.0.1:{port}", timeout=2.0, token="") as nobody:
-        with pytest.raises(ssmserve.Unavailable):
-            nobody.models()
-        with pytest.raises(ssmserve.Unavailable, match="within 0.2 s"):
-            nobody.wait_ready(0.2)
+    # A port bound and not listening: connections are refused, and no
+    # server started by a test running alongside can take it meanwhile.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        with ssmserve.Client(f"127.0.0.1:{port}", timeout=2.0, token="") as nobody:
+            with pytest.raises(ssmserve.Unavailable):
+                nobody.models()
+            with pytest.raises(ssmserve.Unavailable, match="within 0.2 s"):
+                nobody.wait_ready(0.2)
     with ssmserve.Client(server.address, token="") as c:
         with pytest.raises(ssmserve.DeadlineExceeded):
             c.infer("s4-demo", np.zeros((8, 4096, 1)), timeout=0.001)
+
+
+def test_local_server_moves_off_a_taken_port(monkeypatch):
+    # The port it picked is taken before the server binds it: it picks
+    # another. A server that cannot start says why, with its log.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        picks = iter([busy])
+        real = ssmserve.local.free_port
+        monkeypatch.setattr(ssmserve.local, "free_port", lambda: next(picks, None) or real())
+        with local_server() as s:
+            assert s.port != busy
+            with ssmserve.Client(s.address, token="") as c:
+                assert "s4-demo" in [m.name for m in c.models()]
+        monkeypatch.undo()
+        with pytest.raises(ssmserve.Unavailable, match="cannot listen"):
+            local_server(port=busy).start()
+    with pytest.raises(ssmserve.Unavailable, match="exited with"):
+        local_server(flags=["--no_such_flag"]).start()

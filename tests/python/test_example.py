@@ -1,6 +1,7 @@
 """client/python/ssm_example.py against the real server: it runs, prints
 what it promises and exits 0."""
 
+import socket
 import subprocess
 import sys
 
@@ -17,9 +18,10 @@ def test_example_runs(server):
 
 
 def test_example_reports_an_unreachable_server():
-    from ssmserve import free_port
-    run = subprocess.run([sys.executable, str(PACKAGE_DIR / "ssm_example.py"),
-                          f"--address=127.0.0.1:{free_port()}", "--timeout=1"],
-                         capture_output=True, text=True, timeout=60)
+    with socket.socket() as held:  # bound, not listening: refused
+        held.bind(("127.0.0.1", 0))
+        run = subprocess.run([sys.executable, str(PACKAGE_DIR / "ssm_example.py"),
+                              f"--address=127.0.0.1:{held.getsockname()[1]}", "--timeout=1"],
+                             capture_output=True, text=True, timeout=60)
     assert run.returncode == 1
     assert "UNAVAILABLE" in run.stderr

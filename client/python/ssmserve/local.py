@@ -38,6 +38,7 @@ class LocalServer:
         self.binary = shutil.which(binary) or binary
         self.model_repository = model_repository
         self.flags = list(flags)
+        self._pick_port = not port  # a port of its own choice may be retaken
         self.port = port or free_port()
         self.ready_timeout = ready_timeout
         self.stop_timeout = stop_timeout
@@ -55,6 +56,10 @@ class LocalServer:
     def start(self, wait=True):
         """Starts the process and (with wait) waits until it serves;
         Unavailable if it exits first or is not serving in ready_timeout."""
+        self._attempts = 3 if self._pick_port else 1
+        return self._spawn(wait)
+
+    def _spawn(self, wait):
         args = [self.binary, f"--address={self.address}", "--metrics_port=0"]
         if self.model_repository is not None:
             args.append(f"--model_repository={self.model_repository}")
@@ -77,6 +82,13 @@ class LocalServer:
                     reconnect_backoff=0.05, max_reconnect_backoff=0.2) as probe:
             while True:
                 if self.process.poll() is not None:
+                    self._attempts -= 1
+                    if self._attempts > 0 and "cannot listen" in self.log():
+                        # The free port was taken (e.g. as another socket's
+                        # ephemeral port) before the server bound it.
+                        self.port = free_port()
+                        self._spawn(wait=False)
+                        return self.wait_serving()
                     raise errors.Unavailable(
                         f"ssm_server exited with {self.process.returncode} before serving; "
                         f"log:\n{self.log()}")
