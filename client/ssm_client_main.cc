@@ -5,6 +5,8 @@
 // Exit status: 0 on success, 1 when the call failed (the gRPC code and the
 // server's message go to stderr) or, for `health`, when the server is not
 // SERVING; 2 for a usage error.
+#include <bit>
+#include <cstdint>
 #include <cstdio>
 #include <iostream>
 #include <optional>
@@ -18,8 +20,10 @@
 #include "absl/flags/usage.h"
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
 #include "client/bench.h"
@@ -71,6 +75,10 @@ ABSL_FLAG(std::string, method, "",
 ABSL_FLAG(double, dt_min, 1e-3, "kernel: smallest initial step");
 ABSL_FLAG(double, dt_max, 1e-1, "kernel: largest initial step");
 ABSL_FLAG(uint64_t, seed, 0, "kernel: initialization seed");
+ABSL_FLAG(std::string, out, "",
+          "hippo, kernel: write the result to this file instead of printing it: "
+          ".npy (float64; hippo [2, N, N+1] = [A | B], [A_bar | B_bar]; kernel "
+          "[H, L]) or anything else as CSV");
 // Health.
 ABSL_FLAG(std::string, service, "", "health: service name ('' = server)");
 // Bench.
@@ -105,9 +113,9 @@ subcommands:
                              a session fed chunk by chunk; prints outputs as
                              CSV rows as they arrive
   hippo --measure legs --n 8 --dt 0.1 [--discretization bilinear|zoh]
-                             a HiPPO system and its discretization
+        [--out F.npy|F.csv]  a HiPPO system and its discretization
   kernel --init s4|s4d-legs|s4d-lin|s4d-inv --n N --channels H --length L
-         [--method dplr|diagonal|naive]
+         [--method dplr|diagonal|naive] [--out F.npy|F.csv]
                              an SSM convolution kernel, one CSV row per channel
   health [--service NAME]    exit 0 iff the server is SERVING
   bench --mode stream|unary|idle [--concurrency C] [--steps S] [--chunk T]
@@ -365,6 +373,56 @@ bool ParseDiscretization(ssm::v1::Discretization* d) {
   return true;
 }
 
+// A float64 array as NumPy's .npy (format 1.0, C order, little-endian,
+// data 64-byte aligned as numpy.save writes it): the Math service's results
+// are double, and stay so in the file.
+std::string NpyFloat64(const std::vector<int64_t>& shape,
+                       const std::vector<double>& values) {
+  std::string dims;
+  for (size_t i = 0; i < shape.size(); ++i) {
+    absl::StrAppend(&dims, i ? ", " : "", shape[i]);
+  }
+  if (shape.size() == 1) dims += ",";
+  std::string header = absl::StrCat(
+      "{'descr': '<f8', 'fortran_order': False, 'shape': (", dims, "), }");
+  const size_t prefix = 10;  // magic, version, header length
+  const size_t total = (prefix + header.size() + 1 + 63) / 64 * 64;
+  header.append(total - prefix - header.size() - 1, ' ');
+  header.push_back('\n');
+  std::string out("\x93NUMPY\x01\x00", 8);
+  out.push_back(static_cast<char>(header.size() & 0xff));
+  out.push_back(static_cast<char>(header.size() >> 8));
+  out += header;
+  for (double v : values) {
+    const uint64_t bits = std::bit_cast<uint64_t>(v);
+    for (int b = 0; b < 8; ++b) out.push_back(static_cast<char>((bits >> (8 * b)) & 0xff));
+  }
+  return out;
+}
+
+// Rows of a row-major matrix as CSV, every double round-tripping.
+std::string CsvRows(const std::vector<double>& values, int64_t rows, int64_t cols) {
+  std::string text;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) {
+      absl::StrAppend(&text, c ? "," : "", absl::StrFormat("%.17g", values[r * cols + c]));
+    }
+    text += "\n";
+  }
+  return text;
+}
+
+// Writes `--out` (a result the subcommand would print) and says so on
+// stderr; 0, or 1 when the file cannot be written.
+int WriteOut(const std::string& path, const std::string& bytes,
+             const std::string& what) {
+  if (absl::Status s = ssm::client::WriteFileBytes(path, bytes); !s.ok()) {
+    return Fail(s);
+  }
+  std::fprintf(stderr, "wrote %s: %s\n", path.c_str(), what.c_str());
+  return 0;
+}
+
 void PrintMatrix(const char* name, const ssm::v1::Matrix& m) {
   std::printf("%s (%d x %d)\n", name, m.rows(), m.cols());
   for (int r = 0; r < m.rows(); ++r) {
@@ -392,6 +450,31 @@ int CmdHippo() {
   Client client = MakeClient();
   auto r = client.BuildHippo(request);
   if (!r.ok()) return Fail(r.status());
+  if (const std::string out = absl::GetFlag(FLAGS_out); !out.empty()) {
+    // [A | B] and [A_bar | B_bar], each N x (N + 1).
+    const int64_t n = r->a().rows();
+    std::vector<double> both;
+    auto append = [&both, n](const ssm::v1::Matrix& a, const ssm::v1::Matrix& b) {
+      for (int64_t i = 0; i < n; ++i) {
+        both.insert(both.end(), a.values().begin() + i * n, a.values().begin() + (i + 1) * n);
+        both.push_back(b.values(i));
+      }
+    };
+    append(r->a(), r->b());
+    append(r->a_bar(), r->b_bar());
+    if (absl::EndsWith(out, ".npy")) {
+      return WriteOut(out, NpyFloat64({2, n, n + 1}, both),
+                      absl::StrCat("float64 [2, ", n, ", ", n + 1,
+                                   "]: [0] = [A | B], [1] = [A_bar | B_bar]"));
+    }
+    const std::vector<double> cont(both.begin(), both.begin() + n * (n + 1));
+    const std::vector<double> disc(both.begin() + n * (n + 1), both.end());
+    return WriteOut(out,
+                    absl::StrCat("# A | B\n", CsvRows(cont, n, n + 1),
+                                 "# A_bar | B_bar\n", CsvRows(disc, n, n + 1)),
+                    absl::StrCat("CSV, ", 2 * n, " rows of ", n + 1,
+                                 ": [A | B], then [A_bar | B_bar]"));
+  }
   PrintMatrix("A", r->a());
   PrintMatrix("B", r->b());
   PrintMatrix("A_bar", r->a_bar());
@@ -441,6 +524,15 @@ int CmdKernel() {
   auto r = client.ComputeKernel(request);
   if (!r.ok()) return Fail(r.status());
   const ssm::v1::Matrix& k = r->kernel();
+  if (const std::string out = absl::GetFlag(FLAGS_out); !out.empty()) {
+    const std::vector<double> values(k.values().begin(), k.values().end());
+    const std::string shape = absl::StrCat("[", k.rows(), ", ", k.cols(), "]");
+    return absl::EndsWith(out, ".npy")
+               ? WriteOut(out, NpyFloat64({k.rows(), k.cols()}, values),
+                          absl::StrCat("float64 ", shape, " (channel, lag)"))
+               : WriteOut(out, CsvRows(values, k.rows(), k.cols()),
+                          absl::StrCat("CSV ", shape, ", one row per channel"));
+  }
   for (int h = 0; h < k.rows(); ++h) {
     for (int l = 0; l < k.cols(); ++l) {
       std::printf("%s%.17g", l ? "," : "", k.values(h * k.cols() + l));

