@@ -162,17 +162,20 @@ def format_model_config(cfg, comment_lines=()):
 
 def model_config_module(gen_dir=None):
     """The generated `ssm/v1/model_config_pb2` (Debian's python3-protobuf):
-    from `gen_dir`, else $SSM_PY_GEN, else <repo>/build/client/python/gen,
-    where cmake generates it (client/CMakeLists.txt, target ssm_python_stubs)."""
+    from `gen_dir`, else $SSM_PY_GEN, else the Python package's
+    <repo>/client/python/ssmserve/_proto, where the build generates it
+    (client/CMakeLists.txt, target ssm_python_stubs; or
+    client/python/generate_stubs.py)."""
     import importlib
     import os
     import sys
     from pathlib import Path
     gen = gen_dir or os.environ.get("SSM_PY_GEN") or str(
-        Path(__file__).resolve().parents[2] / "build" / "client" / "python" / "gen")
+        Path(__file__).resolve().parents[2] / "client" / "python" / "ssmserve" / "_proto")
     if not (Path(gen) / "ssm" / "v1" / "model_config_pb2.py").is_file():
         raise ImportError(f"no ssm/v1/model_config_pb2.py under {gen}: build the target "
-                          "ssm_python_stubs (or set SSM_PY_GEN)")
+                          "ssm_python_stubs, run client/python/generate_stubs.py, or set "
+                          "SSM_PY_GEN")
     if gen not in sys.path:
         sys.path.insert(0, gen)
     return importlib.import_module("ssm.v1.model_config_pb2")
