@@ -7,9 +7,11 @@
 #include <numbers>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "ssm/discretize.h"
 #include "ssm/dplr.h"
 #include "ssm/hippo.h"
@@ -517,11 +519,14 @@ MathWork HippoWork(ssm::Measure measure, int n, double theta, double dt,
 
 absl::Status CheckWork(const MathWork& work, absl::string_view what, const MathLimits& limits) {
   if (work.total() <= static_cast<double>(limits.max_work)) return absl::OkStatus();
-  return absl::ResourceExhaustedError(absl::StrFormat(
-      "%s would take about %.3g multiply-adds (building the system %.3g, C~ %.3g, the %s %.3g), "
-      "more than --max_math_work=%d",
-      what, work.total(), work.system, work.c_tilde,
-      what == "BuildHippo" ? "matrices" : "kernel", work.kernel, limits.max_work));
+  std::vector<std::string> parts;
+  if (work.system > 0) parts.push_back(absl::StrFormat("building the system %.3g", work.system));
+  if (work.c_tilde > 0) parts.push_back(absl::StrFormat("C~ %.3g", work.c_tilde));
+  parts.push_back(absl::StrFormat("the %s %.3g", what == "BuildHippo" ? "matrices" : "kernel",
+                                  work.kernel));
+  return absl::ResourceExhaustedError(
+      absl::StrFormat("%s would take about %.3g multiply-adds (%s), more than --max_math_work=%d",
+                      what, work.total(), absl::StrJoin(parts, ", "), limits.max_work));
 }
 
 // ---------------------------------------------------------------------------

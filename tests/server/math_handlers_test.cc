@@ -449,7 +449,11 @@ TEST(MathAdmissionTest, AHugeZohStepIsRefused) {
   hippo.mutable_discretization()->set_kind(v1::DISCRETIZATION_KIND_ZOH);
   absl::Status s = BuildHippo(hippo).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_THAT(s.message(), HasSubstr("--max_math_work="));
+  EXPECT_THAT(s.message(),
+              HasSubstr(absl::StrFormat("BuildHippo would take about %.3g multiply-adds (the "
+                                        "matrices %.3g), more than --max_math_work=",
+                                        EstimateWork(hippo)->total(),
+                                        EstimateWork(hippo)->kernel)));
 
   const DplrSystem system = *MakeS4dInit(S4dInit::kLin, 512, 1, 1e-3, 1e-1, 3);
   v1::ComputeKernelRequest request;
