@@ -25,6 +25,8 @@ struct RequestLimits {
   int64_t max_chunk_steps = 16384;       // --max_chunk_steps
   int64_t max_unary_length = 65536;      // --max_unary_length
   int64_t max_message_bytes = 64 << 20;  // --max_message_bytes
+  // A Math request's estimated work (math_handlers.h), in multiply-adds.
+  int64_t max_math_work = 8'000'000'000;  // --max_math_work
 };
 
 // ResourceExhausted when `batch` (the value of `field`) passes --max_batch.

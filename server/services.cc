@@ -262,10 +262,13 @@ grpc::ServerUnaryReactor* MathService::BuildHippo(grpc::CallbackServerContext* c
   if (!call->Authorize(Scope::kMath)) return call;
   const v1::BuildHippoRequest* request = &call->request();
   v1::BuildHippoResponse* response = call->response();
+  MathLimits limits;
+  limits.max_work = env_->limits.max_math_work;
   call->CompleteOnPool(
-      [request, response]() -> absl::Status {
+      [context, request, response, limits]() -> absl::Status {
         const ssm::ThreadLimit one_cpu(1);  // Math's share is its workers, not every core
-        absl::StatusOr<v1::BuildHippoResponse> result = ::ssm::server::BuildHippo(*request);
+        absl::StatusOr<v1::BuildHippoResponse> result = ::ssm::server::BuildHippo(
+            *request, limits, [context] { return StillWantedDuring(context, "BuildHippo"); });
         if (!result.ok()) return result.status();
         response->Swap(&*result);
         return absl::OkStatus();
@@ -286,11 +289,12 @@ grpc::ServerUnaryReactor* MathService::ComputeKernel(grpc::CallbackServerContext
   MathLimits limits;
   limits.max_length = env_->limits.max_unary_length;
   limits.max_message_bytes = env_->limits.max_message_bytes;
+  limits.max_work = env_->limits.max_math_work;
   call->CompleteOnPool(
-      [request, response, limits]() -> absl::Status {
+      [context, request, response, limits]() -> absl::Status {
         const ssm::ThreadLimit one_cpu(1);  // Math's share is its workers, not every core
-        absl::StatusOr<v1::ComputeKernelResponse> result =
-            ::ssm::server::ComputeKernel(*request, limits);
+        absl::StatusOr<v1::ComputeKernelResponse> result = ::ssm::server::ComputeKernel(
+            *request, limits, [context] { return StillWantedDuring(context, "ComputeKernel"); });
         if (!result.ok()) return result.status();
         response->Swap(&*result);
         return absl::OkStatus();

@@ -53,6 +53,7 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
            at_least("max_batch", o.limits.max_batch, 1),
            at_least("max_chunk_steps", o.limits.max_chunk_steps, 1),
            at_least("max_unary_length", o.limits.max_unary_length, 1),
+           at_least("max_math_work", o.limits.max_math_work, 1),
            at_least("max_message_bytes", o.limits.max_message_bytes, 1024),
        }) {
     if (!s.ok()) return s;

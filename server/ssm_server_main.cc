@@ -47,6 +47,9 @@ ABSL_FLAG(int64_t, max_chunk_steps, 16384, "time steps in one stream chunk");
 ABSL_FLAG(int64_t, max_unary_length, 65536,
           "time steps in one Infer call (also caps ComputeKernel's length); models' own "
           "max_length applies too");
+ABSL_FLAG(int64_t, max_math_work, 8'000'000'000,
+          "a Math call's estimated work in multiply-adds (about 1e10 a second on one core); "
+          "past it RESOURCE_EXHAUSTED before anything is built");
 ABSL_FLAG(int64_t, max_message_bytes, 64 << 20, "largest gRPC message received or sent");
 ABSL_FLAG(int, max_batch, 64, "streams (batch) in one call or session");
 ABSL_FLAG(absl::Duration, session_ttl, absl::Minutes(5),
@@ -232,6 +235,7 @@ int main(int argc, char** argv) {
   options.limits.max_chunk_steps = absl::GetFlag(FLAGS_max_chunk_steps);
   options.limits.max_unary_length = absl::GetFlag(FLAGS_max_unary_length);
   options.limits.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  options.limits.max_math_work = absl::GetFlag(FLAGS_max_math_work);
   const int metrics_port = absl::GetFlag(FLAGS_metrics_port);
   if (metrics_port < 0 || metrics_port > 65535) {
     std::fprintf(stderr, "ssm_server: --metrics_port must be in [0, 65535], got %d\n",

@@ -41,6 +41,14 @@ absl::Status CallStillWanted(grpc::CallbackServerContext* context) {
   return absl::CancelledError("the call was cancelled");
 }
 
+absl::Status StillWantedDuring(grpc::CallbackServerContext* context, const char* what) {
+  if (!context->IsCancelled()) return absl::OkStatus();
+  if (context->deadline() <= std::chrono::system_clock::now()) {
+    return absl::DeadlineExceededError(absl::StrCat("the deadline passed during ", what));
+  }
+  return absl::CancelledError(absl::StrCat("the call was cancelled during ", what));
+}
+
 absl::Status CallStopped(grpc::CallbackServerContext* context, int64_t done, int64_t total,
                          const char* unit) {
   if (!context->IsCancelled()) return absl::OkStatus();

@@ -47,6 +47,11 @@ absl::Status CallStillWanted(grpc::CallbackServerContext* context);
 absl::Status CallStopped(grpc::CallbackServerContext* context, int64_t done, int64_t total,
                          const char* unit);
 
+// OK while the call is wanted; CANCELLED or DEADLINE_EXCEEDED (saying
+// `what` was running) once its client cancelled or its deadline passed. A
+// stop check for long work (ssm/stop.h): thread-safe and cheap.
+absl::Status StillWantedDuring(grpc::CallbackServerContext* context, const char* what);
+
 class UnaryCall : public grpc::ServerUnaryReactor {
  public:
   // `rpc` names the method in logs and metrics; a string literal.

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "check.h"
 #include "parallel.h"
+#include "stopper.h"
 
 #ifndef SSM_CAUCHY_SHIFTED
 #define SSM_CAUCHY_SHIFTED 1
@@ -48,6 +49,7 @@ struct Problem {
   std::vector<cdouble*> out;
   // Per work item: j * sets + s of its first non-finite result, or -1.
   std::vector<int64_t> first_bad;
+  internal::Stopper* stop;
 };
 
 // One allocation per work range, 64-byte aligned.
@@ -266,6 +268,7 @@ SSM_INLINE void RunItems(Problem& pr, int64_t begin, int64_t end) {
   Scratch sc(m, sets);
   int prepared = -1;
   for (int64_t item = begin; item < end; ++item) {
+    if (pr.stop->Stop()) return;
     const int h = static_cast<int>(item / pr.blocks);
     const int j0 = static_cast<int>(item % pr.blocks) * kBlock;
     if (h != prepared) {
@@ -483,7 +486,7 @@ bool CauchyIsaSupported(CauchyIsa isa) {
 
 absl::StatusOr<std::vector<RowMatrixXcd>> CauchyConjugateSums(
     const RowMatrixXcd& lambda, absl::Span<const RowMatrixXcd> v,
-    const RowMatrixXcd& z, CauchyIsa isa) {
+    const RowMatrixXcd& z, CauchyIsa isa, StopCheck stop) {
   if (isa == CauchyIsa::kAuto) isa = BestIsa();
   if (!CauchyIsaSupported(isa)) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -508,12 +511,15 @@ absl::StatusOr<std::vector<RowMatrixXcd>> CauchyConjugateSums(
   }
   const int64_t items = int64_t{pr.channels} * pr.blocks;
   pr.first_bad.assign(items, -1);
+  Stopper stopper(stop);
+  pr.stop = &stopper;
   const RunFn run = Kernel(isa);
   // Work items are (channel, block) pairs rather than channels, so that a
   // call with fewer channels than threads still uses every core.
   ParallelFor(items, 1, [&](int64_t begin, int64_t end) {
     run(pr, begin, end);
   });
+  if (stopper.stopped()) return stopper.status();
   for (int64_t item = 0; item < items; ++item) {
     if (pr.first_bad[item] >= 0) return PoleError(pr, item, pr.first_bad[item]);
   }
@@ -524,8 +530,8 @@ absl::StatusOr<std::vector<RowMatrixXcd>> CauchyConjugateSums(
 
 absl::StatusOr<std::vector<RowMatrixXcd>> CauchyConjugateSums(
     const RowMatrixXcd& lambda, absl::Span<const RowMatrixXcd> v,
-    const RowMatrixXcd& z) {
-  return internal::CauchyConjugateSums(lambda, v, z, internal::CauchyIsa::kAuto);
+    const RowMatrixXcd& z, StopCheck stop) {
+  return internal::CauchyConjugateSums(lambda, v, z, internal::CauchyIsa::kAuto, stop);
 }
 
 }  // namespace ssm

@@ -1,5 +1,6 @@
 #include "ssm/kernel.h"
 
+#include <algorithm>
 #include <cmath>
 #include <numbers>
 #include <vector>
@@ -11,6 +12,7 @@
 #include "check.h"
 #include "kernel_internal.h"
 #include "parallel.h"
+#include "stopper.h"
 
 namespace ssm {
 namespace internal {
@@ -47,10 +49,11 @@ DiscreteFull DiscretizeFull(const FullState& f, double dt, Discretization method
   return {lu.solve(id + ((1 - a) * dt) * f.A), lu.solve(dt * f.B)};
 }
 
-Eigen::MatrixXcd MatrixPower(const Eigen::MatrixXcd& a, int64_t p) {
+Eigen::MatrixXcd MatrixPower(const Eigen::MatrixXcd& a, int64_t p, Stopper* stop) {
   Eigen::MatrixXcd result = Eigen::MatrixXcd::Identity(a.rows(), a.cols());
   Eigen::MatrixXcd base = a;
   while (p > 0) {
+    if (stop != nullptr && stop->Stop()) return result;
     if (p & 1) result = result * base;
     p >>= 1;
     if (p > 0) base = base * base;
@@ -86,57 +89,76 @@ absl::Status CheckMethod(Discretization method) {
   return absl::OkStatus();
 }
 
-// Ab^L for channel h with the bilinear discretization.
+// Ab^L for channel h with the bilinear discretization. Meaningless once
+// `stop` has stopped (the caller checks).
 Eigen::MatrixXcd BilinearPower(const DplrSystem& s, int h, int64_t length,
-                               FullState* full = nullptr) {
+                               FullState* full = nullptr,
+                               internal::Stopper* stop = nullptr) {
   FullState f = internal::MakeFullState(s, h);
   const DiscreteFull d = internal::DiscretizeFull(f, s.dt(h), Discretization::Bilinear());
   if (full != nullptr) *full = std::move(f);
-  return internal::MatrixPower(d.A, length);
+  return internal::MatrixPower(d.A, length, stop);
+}
+
+// Time steps of an n x n dense recurrence between two polls: about 2^20
+// complex multiply-adds, a millisecond or less.
+int StepsPerPoll(int64_t n) {
+  return static_cast<int>(std::max<int64_t>(1, (int64_t{1} << 20) / (n * n)));
 }
 
 }  // namespace
 
 absl::StatusOr<RowMatrixXd> NaiveKernel(const DplrSystem& s, int length,
-                                        Discretization method) {
+                                        Discretization method, StopCheck stop) {
   if (auto st = CheckCommon(s, length, "NaiveKernel"); !st.ok()) return st;
   if (auto st = CheckMethod(method); !st.ok()) return st;
+  internal::Stopper stopper(stop);
+  const int steps_per_poll = StepsPerPoll(2 * int64_t{s.modes()});
   RowMatrixXd k(s.channels(), length);
   internal::ParallelFor(s.channels(), 1, [&](int64_t begin, int64_t end) {
     for (int64_t h = begin; h < end; ++h) {
+      if (stopper.Stop()) return;
       const FullState f = internal::MakeFullState(s, static_cast<int>(h));
       const DiscreteFull d = internal::DiscretizeFull(f, s.dt(h), method);
       Eigen::VectorXcd x = d.B, next(x.size());
       for (int l = 0; l < length; ++l) {
+        if (l % steps_per_poll == steps_per_poll - 1 && stopper.Stop()) return;
         k(h, l) = f.C.cwiseProduct(x).sum().real();  // Cf^T x: no conjugation
         next.noalias() = d.A * x;
         x.swap(next);
       }
     }
   });
+  if (stopper.stopped()) return stopper.status();
   return k;
 }
 
-absl::StatusOr<RowMatrixXcd> CTilde(const DplrSystem& s, int length) {
+absl::StatusOr<RowMatrixXcd> CTilde(const DplrSystem& s, int length, StopCheck stop) {
   if (auto st = CheckCommon(s, length, "CTilde"); !st.ok()) return st;
+  internal::Stopper stopper(stop);
   const int m = s.modes();
   RowMatrixXcd out(s.channels(), m);
   for (int h = 0; h < s.channels(); ++h) {
+    if (stopper.Stop()) return stopper.status();
     FullState f;
-    const Eigen::MatrixXcd p = BilinearPower(s, h, length, &f);
+    const Eigen::MatrixXcd p = BilinearPower(s, h, length, &f, &stopper);
+    if (stopper.stopped()) return stopper.status();
     const Eigen::VectorXcd ct = f.C - p.transpose() * f.C;
     out.row(h) = ct.head(m).transpose();
   }
   return out;
 }
 
-absl::StatusOr<RowMatrixXcd> CFromCTilde(const DplrSystem& s, int length) {
+absl::StatusOr<RowMatrixXcd> CFromCTilde(const DplrSystem& s, int length, StopCheck stop) {
   if (auto st = CheckCommon(s, length, "CFromCTilde"); !st.ok()) return st;
+  internal::Stopper stopper(stop);
   const int m = s.modes(), n = 2 * m;
   RowMatrixXcd out(s.channels(), m);
   for (int h = 0; h < s.channels(); ++h) {
+    if (stopper.Stop()) return stopper.status();
     FullState f;
-    const Eigen::MatrixXcd p = BilinearPower(s, h, length, &f);
+    const Eigen::MatrixXcd p = BilinearPower(s, h, length, &f, &stopper);
+    if (stopper.stopped()) return stopper.status();
     const Eigen::PartialPivLU<Eigen::MatrixXcd> lu(
         (Eigen::MatrixXcd::Identity(n, n) - p).transpose());
     if (!(lu.rcond() > 1e-12)) {

@@ -18,12 +18,13 @@
 #include "absl/strings/str_cat.h"
 #include "check.h"
 #include "parallel.h"
+#include "stopper.h"
 #include "ssm/kernel.h"
 
 namespace ssm {
 
 absl::StatusOr<RowMatrixXd> DiagonalKernel(const DplrSystem& s, int length,
-                                           Discretization method) {
+                                           Discretization method, StopCheck stop) {
   if (length < 1) {
     return absl::InvalidArgumentError(absl::StrCat("length must be >= 1, got ", length));
   }
@@ -40,10 +41,12 @@ absl::StatusOr<RowMatrixXd> DiagonalKernel(const DplrSystem& s, int length,
   const int h_count = s.channels(), m = s.modes();
   const int block = std::min(length, std::max(16, static_cast<int>(std::sqrt(length))));
   const int blocks = (length + block - 1) / block;
+  internal::Stopper stopper(stop);
   RowMatrixXd k(h_count, length);
   internal::ParallelFor(h_count, 1, [&](int64_t begin, int64_t end) {
     RowMatrixXd v(blocks, 2 * m), w(2 * m, block), out(blocks, block);
     for (int64_t h = begin; h < end; ++h) {
+      if (stopper.Stop()) return;
       for (int j = 0; j < m; ++j) {
         const cdouble z = disc->A(h, j);
         // ZOH: log z = dt lambda exactly; bilinear: the principal log.
@@ -67,6 +70,7 @@ absl::StatusOr<RowMatrixXd> DiagonalKernel(const DplrSystem& s, int length,
           Eigen::Map<const Eigen::RowVectorXd>(out.data(), blocks * block).head(length);
     }
   });
+  if (stopper.stopped()) return stopper.status();
   return k;
 }
 

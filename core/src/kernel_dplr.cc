@@ -23,6 +23,7 @@
 #include "fftw_plans.h"
 #include "kernel_internal.h"
 #include "parallel.h"
+#include "stopper.h"
 #include "ssm/cauchy.h"
 #include "ssm/kernel.h"
 
@@ -35,7 +36,7 @@ constexpr int kChannelBlock = 32;
 
 }  // namespace
 
-absl::StatusOr<RowMatrixXd> DplrKernel(const DplrSystem& s, int length) {
+absl::StatusOr<RowMatrixXd> DplrKernel(const DplrSystem& s, int length, StopCheck stop) {
   if (length < 1) {
     return absl::InvalidArgumentError(absl::StrCat("length must be >= 1, got ", length));
   }
@@ -72,8 +73,10 @@ absl::StatusOr<RowMatrixXd> DplrKernel(const DplrSystem& s, int length) {
       internal::GetFftPlan<double>(length, internal::FftType::kC2r);
   if (!plan.ok()) return plan.status();
 
+  internal::Stopper stopper(stop);
   RowMatrixXd kernel(h_count, length);
   for (int h0 = 0; h0 < h_count; h0 += kChannelBlock) {
+    if (stopper.Stop()) return stopper.status();
     const int hb = std::min(kChannelBlock, h_count - h0);
     // Right factors [B, P_1..P_r], left factors [C~, conj P_1..conj P_r];
     // set (a, b) = left_b * right_a, stored at index a * (r + 1) + b.
@@ -95,7 +98,7 @@ absl::StatusOr<RowMatrixXd> DplrKernel(const DplrSystem& s, int length) {
     }
     // All (r+1)^2 sets in one call share each 1/(z - lambda) computation.
     absl::StatusOr<std::vector<RowMatrixXcd>> sums =
-        CauchyConjugateSums(s.lambda.middleRows(h0, hb), v, z);
+        CauchyConjugateSums(s.lambda.middleRows(h0, hb), v, z, stop);
     if (!sums.ok()) return sums.status();
     const std::vector<RowMatrixXcd>& k = *sums;
 
@@ -108,6 +111,7 @@ absl::StatusOr<RowMatrixXd> DplrKernel(const DplrSystem& s, int length) {
       Small g(r, r);
       SmallVec u(r), w(r);
       for (int64_t i = begin; i < end; ++i) {
+        if (stopper.Stop()) return;
         for (int j = 0; j < points; ++j) {
           cdouble value = k[0](i, j);  // k_CB
           if (r == 1) {
@@ -134,6 +138,7 @@ absl::StatusOr<RowMatrixXd> DplrKernel(const DplrSystem& s, int length) {
         for (int l = 0; l < length; ++l) kernel(h0 + i, l) = signal[l] / length;
       }
     });
+    if (stopper.stopped()) return stopper.status();
   }
   return kernel;
 }

@@ -28,7 +28,11 @@ struct DiscreteFull {
 // Arguments already validated.
 DiscreteFull DiscretizeFull(const FullState& f, double dt, Discretization method);
 
-Eigen::MatrixXcd MatrixPower(const Eigen::MatrixXcd& a, int64_t p);
+class Stopper;
+// a^p by squaring. With `stop`, polls it before each product and returns
+// early (a meaningless value) once it has stopped.
+Eigen::MatrixXcd MatrixPower(const Eigen::MatrixXcd& a, int64_t p,
+                             Stopper* stop = nullptr);
 
 }  // namespace ssm::internal
 

@@ -247,7 +247,9 @@ TEST(ModelTest, DssModelsAreUnaryOnly) {
         scale = std::max(scale, std::abs(k(c, t)));
       }
     EXPECT_LE(err, 1e-12 * scale) << length;
-    if (length > 1) EXPECT_GT(scale, 0.0);
+    if (length > 1) {
+      EXPECT_GT(scale, 0.0);
+    }
   }
 }
 

@@ -181,5 +181,47 @@ TEST_F(GrpcServerTest, ShortChunksDoNotWaitForABusyPool) {
   long_call->done.WaitForNotification();
 }
 
+// A Math call whose deadline passes stops inside its work (the stop check
+// reaches the core's loops) and frees Math's worker: a NAIVE kernel of
+// seconds, admitted by a raised --max_math_work, with a 200 ms deadline.
+TEST_F(GrpcServerTest, MathWorkStopsAtItsDeadline) {
+  StartServerWith([](ServerOptions& o) {
+    o.threads = 2;
+    o.math_threads = 1;
+    o.limits.max_math_work = int64_t{1} << 50;
+  });
+  v1::ComputeKernelRequest slow;
+  slow.set_length(4096);
+  slow.mutable_init()->set_kind(v1::SsmInit::KIND_S4);
+  slow.mutable_init()->set_measure(v1::HIPPO_MEASURE_LEGS);
+  slow.mutable_init()->set_n(512);
+  slow.mutable_init()->set_channels(4);
+  slow.set_method(v1::KERNEL_METHOD_NAIVE);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
+  v1::ComputeKernelResponse response;
+  const absl::Time start = absl::Now();
+  EXPECT_EQ(math_->ComputeKernel(&context, slow, &response).error_code(),
+            grpc::StatusCode::DEADLINE_EXCEEDED);
+  // The worker is free again well before the seconds the kernel needs: a
+  // small Math call gets through at once after.
+  v1::ComputeKernelRequest small = slow;
+  small.set_length(16);
+  small.mutable_init()->set_n(8);
+  small.mutable_init()->set_channels(1);
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  grpc::Status status;
+  do {
+    grpc::ClientContext quick;
+    SetDeadline(&quick);
+    status = math_->ComputeKernel(&quick, small, &response);
+  } while (status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED && absl::Now() < deadline);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  const absl::Duration freed_after = absl::Now() - start;
+  std::printf("a stopped NAIVE kernel freed Math's worker after %s\n",
+              absl::FormatDuration(freed_after).c_str());
+  EXPECT_LT(freed_after, absl::Seconds(3));
+}
+
 }  // namespace
 }  // namespace ssm::server::testing

@@ -1,13 +1,18 @@
 // The Math service's logic, called directly: the wire messages carry
 // exactly what the core computes, and bad requests get exact codes.
 
+#include <atomic>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "server/math_handlers.h"
 #include "ssm/discretize.h"
 #include "ssm/dplr.h"
@@ -309,7 +314,7 @@ TEST(ComputeKernelTest, LimitsAreResourceExhausted) {
   MathLimits limits;
   limits.max_length = 100;
   limits.max_message_bytes = 1000;
-  limits.max_naive_work = 1000;
+  limits.max_work = 1000;
   v1::ComputeKernelRequest request = S4InitRequest(v1::KERNEL_METHOD_DPLR, 101);
   absl::Status s = ComputeKernel(request, limits).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
@@ -325,7 +330,8 @@ TEST(ComputeKernelTest, LimitsAreResourceExhausted) {
   request.set_method(v1::KERNEL_METHOD_NAIVE);
   s = ComputeKernel(request, limits).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_THAT(s.message(), HasSubstr("NAIVE"));
+  EXPECT_THAT(s.message(), HasSubstr("--max_math_work=1000"));
+  EXPECT_THAT(s.message(), HasSubstr("NAIVE is the slow reference"));
 
   // An init whose system alone would not fit in a message.
   request.mutable_init()->set_channels(1000000);
@@ -333,6 +339,279 @@ TEST(ComputeKernelTest, LimitsAreResourceExhausted) {
   s = ComputeKernel(request, limits).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(s.message(), HasSubstr("init.channels x init.n"));
+}
+
+// Checked from the fields, before anything is built, and named.
+TEST(ComputeKernelTest, FieldsAreCheckedBeforeBuilding) {
+  v1::ComputeKernelRequest request = S4InitRequest(v1::KERNEL_METHOD_DPLR, 8);
+  request.mutable_init()->set_channels(0);
+  absl::Status s = ComputeKernel(request, {}).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("init.channels must be >= 1"));
+
+  request = S4InitRequest(v1::KERNEL_METHOD_DPLR, 8);
+  request.mutable_init()->set_dt_min(0.5);  // > the default dt_max 0.1
+  s = ComputeKernel(request, {}).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("init.dt_max (0.1) must be >= init.dt_min (0.5)"));
+  request.mutable_init()->set_dt_min(-1);
+  s = ComputeKernel(request, {}).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("init.dt_min must be > 0"));
+
+  request = S4InitRequest(v1::KERNEL_METHOD_DPLR, 8);
+  request.mutable_init()->set_n(1023);  // odd: refused before its (large) cost is weighed
+  s = ComputeKernel(request, {}).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("init.n must be even"));
+
+  request = S4InitRequest(v1::KERNEL_METHOD_DIAGONAL, 8);  // S4 LegS has rank 1
+  s = ComputeKernel(request, {}).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("DIAGONAL needs a diagonal (rank 0) system, got rank 1"));
+
+  // An explicit system's matrices must share lambda's shape.
+  const DplrSystem system = *MakeS4Init(Measure::kLegS, 8, 2, 1e-2, 1e-1, 3);
+  v1::ComputeKernelRequest bad;
+  *bad.mutable_explicit_system() = ToProto(system, false);
+  bad.set_length(4);
+  bad.mutable_explicit_system()->mutable_p(0)->set_rows(1);
+  s = ComputeKernel(bad, {}).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("explicit_system.p[0] is 1 x 4"));
+  *bad.mutable_explicit_system() = ToProto(system, false);
+  bad.mutable_explicit_system()->add_dt(0.1);
+  s = ComputeKernel(bad, {}).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("explicit_system.dt has 3 entries"));
+
+  // EstimateWork reads the same fields and refuses the same way.
+  EXPECT_EQ(EstimateWork(bad).status(), s);
+}
+
+TEST(MathWorkTest, CountsTheStepsARequestTakes) {
+  // An init's DPLR kernel: the NPLR and C, C~ for the length, the kernel.
+  const MathWork from_init = *EstimateWork(S4InitRequest(v1::KERNEL_METHOD_DPLR, 1000));
+  EXPECT_GT(from_init.system, 0);
+  EXPECT_GT(from_init.c_tilde, 0);
+  EXPECT_GT(from_init.kernel, 0);
+  EXPECT_EQ(from_init.total(), from_init.system + from_init.c_tilde + from_init.kernel);
+
+  // A stored C~ needs no C~ map for DPLR, and the inverse one for the others.
+  const DplrSystem system = *MakeS4Init(Measure::kLegS, 16, 3, 1e-3, 1e-1, 7);
+  v1::ComputeKernelRequest request;
+  *request.mutable_explicit_system() = ToProto(system, true);
+  request.set_length(1000);
+  request.set_method(v1::KERNEL_METHOD_DPLR);
+  EXPECT_EQ(EstimateWork(request)->c_tilde, 0);
+  EXPECT_LT(EstimateWork(request)->system, from_init.system);  // no eigensolve
+  request.set_method(v1::KERNEL_METHOD_NAIVE);
+  EXPECT_GT(EstimateWork(request)->c_tilde, 0);
+  request.mutable_explicit_system()->set_c_is_c_tilde(false);
+  EXPECT_EQ(EstimateWork(request)->c_tilde, 0);
+
+  // NAIVE costs more than DPLR for the same kernel, and grows with L.
+  const MathWork naive = *EstimateWork(S4InitRequest(v1::KERNEL_METHOD_NAIVE, 1000));
+  EXPECT_GT(naive.kernel, from_init.kernel);
+  EXPECT_GT(EstimateWork(S4InitRequest(v1::KERNEL_METHOD_NAIVE, 2000))->kernel, naive.kernel);
+
+  // ZOH's exponential squares once per doubling of dt |A|.
+  v1::BuildHippoRequest hippo;
+  hippo.set_measure(v1::HIPPO_MEASURE_LEGS);
+  hippo.set_n(64);
+  hippo.set_dt(1e-3);
+  hippo.mutable_discretization()->set_kind(v1::DISCRETIZATION_KIND_ZOH);
+  const double small_step = EstimateWork(hippo)->total();
+  hippo.set_dt(1.0);
+  EXPECT_GT(EstimateWork(hippo)->total(), small_step);
+}
+
+// OK for the first `ok_polls` polls, then `stop`; counts every poll (the
+// core polls from its worker threads).
+class CountingStop {
+ public:
+  CountingStop(int ok_polls, absl::Status stop) : ok_polls_(ok_polls), stop_(std::move(stop)) {}
+  absl::Status operator()() const {
+    return polls_.fetch_add(1) < ok_polls_ ? absl::OkStatus() : stop_;
+  }
+  int polls() const { return polls_.load(); }
+
+ private:
+  const int ok_polls_;
+  const absl::Status stop_;
+  mutable std::atomic<int> polls_{0};
+};
+
+// The issue's examples. A refusal that comes before the first step never
+// polls the stop check: nothing was built.
+TEST(MathAdmissionTest, TheIssuesNaiveRequestIsRefusedBeforeAnythingIsBuilt) {
+  v1::ComputeKernelRequest request;  // ~4 s of one core if admitted
+  request.mutable_init()->set_kind(v1::SsmInit::KIND_S4);
+  request.mutable_init()->set_measure(v1::HIPPO_MEASURE_LEGS);
+  request.mutable_init()->set_n(1024);
+  request.mutable_init()->set_channels(1);
+  request.set_method(v1::KERNEL_METHOD_NAIVE);
+  request.set_length(1024);
+  const MathWork work = *EstimateWork(request);
+  EXPECT_GT(work.total(), static_cast<double>(MathLimits().max_work));
+
+  const CountingStop stop(1 << 30, absl::InternalError("unused"));
+  const absl::Status s = ComputeKernel(request, MathLimits(), stop).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(s.message(), HasSubstr(absl::StrFormat("about %.3g multiply-adds", work.total())));
+  EXPECT_THAT(s.message(), HasSubstr("--max_math_work=8000000000"));
+  EXPECT_THAT(s.message(), HasSubstr("NAIVE is the slow reference"));
+  EXPECT_EQ(stop.polls(), 0);
+}
+
+TEST(MathAdmissionTest, TheIssuesOversizedRequestIsRefusedBeforeAnythingIsBuilt) {
+  v1::ComputeKernelRequest request;  // 524 MB of kernel; it used to build 51 MB first
+  request.mutable_init()->set_kind(v1::SsmInit::KIND_S4);
+  request.mutable_init()->set_measure(v1::HIPPO_MEASURE_LEGS);
+  request.mutable_init()->set_n(1024);
+  request.mutable_init()->set_channels(1000);
+  request.set_length(65536);
+  const CountingStop stop(1 << 30, absl::InternalError("unused"));
+  absl::Status s = ComputeKernel(request, MathLimits(), stop).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(s.message(), HasSubstr("524288000 bytes) exceeds --max_message_bytes=67108864"));
+
+  // Were messages unbounded, its work would still be refused.
+  MathLimits limits;
+  limits.max_message_bytes = int64_t{1} << 40;
+  s = ComputeKernel(request, limits, stop).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(s.message(),
+              HasSubstr(absl::StrFormat("about %.3g multiply-adds", EstimateWork(request)->total())));
+  EXPECT_THAT(s.message(), HasSubstr("--max_math_work=8000000000"));
+  EXPECT_EQ(stop.polls(), 0);
+}
+
+// A huge ZOH step used to cost one dense product per doubling of dt |A|
+// (dt = 1e300: ~1000 products of 1024 x 1024, minutes of CPU).
+TEST(MathAdmissionTest, AHugeZohStepIsRefused) {
+  v1::BuildHippoRequest hippo;
+  hippo.set_measure(v1::HIPPO_MEASURE_LEGS);
+  hippo.set_n(1024);
+  hippo.set_dt(1e300);
+  hippo.mutable_discretization()->set_kind(v1::DISCRETIZATION_KIND_ZOH);
+  absl::Status s = BuildHippo(hippo).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(s.message(),
+              HasSubstr(absl::StrFormat("BuildHippo would take about %.3g multiply-adds (the "
+                                        "matrices %.3g), more than --max_math_work=",
+                                        EstimateWork(hippo)->total(),
+                                        EstimateWork(hippo)->kernel)));
+
+  const DplrSystem system = *MakeS4dInit(S4dInit::kLin, 512, 1, 1e-3, 1e-1, 3);
+  v1::ComputeKernelRequest request;
+  *request.mutable_explicit_system() = ToProto(system, false);
+  request.mutable_explicit_system()->set_dt(0, 1e300);
+  request.set_method(v1::KERNEL_METHOD_NAIVE);
+  request.set_length(1);
+  request.mutable_discretization()->set_kind(v1::DISCRETIZATION_KIND_ZOH);
+  s = ComputeKernel(request, {}).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(s.message(), HasSubstr("--max_math_work="));
+}
+
+// Admitted at exactly its estimate, refused one unit below; what is
+// admitted is the right kernel (the methods agree).
+TEST(MathAdmissionTest, RequestsJustUnderTheLimitAreAdmittedAndCorrect) {
+  auto at_limit = [](const v1::ComputeKernelRequest& request) -> v1::Matrix {
+    const double work = EstimateWork(request)->total();
+    MathLimits limits;
+    limits.max_work = static_cast<int64_t>(std::ceil(work));
+    absl::StatusOr<v1::ComputeKernelResponse> admitted = ComputeKernel(request, limits);
+    EXPECT_TRUE(admitted.ok()) << admitted.status();
+    limits.max_work -= 1;
+    EXPECT_EQ(ComputeKernel(request, limits).status().code(),
+              absl::StatusCode::kResourceExhausted);
+    return admitted.ok() ? admitted->kernel() : v1::Matrix();
+  };
+  // S4: C~ then DPLR, against NAIVE.
+  const v1::Matrix dplr = at_limit(S4InitRequest(v1::KERNEL_METHOD_DPLR, 3000));
+  const v1::Matrix naive = at_limit(S4InitRequest(v1::KERNEL_METHOD_NAIVE, 3000));
+  ASSERT_EQ(dplr.values_size(), 3 * 3000);
+  EXPECT_LE(MaxAbsDiff(dplr, naive), 1e-9 * MaxAbs(naive));
+
+  // S4D with ZOH: DIAGONAL against NAIVE, from C and from C~.
+  const DplrSystem system = *MakeS4dInit(S4dInit::kInv, 32, 2, 1e-3, 1e-1, 5);
+  v1::ComputeKernelRequest request;
+  *request.mutable_explicit_system() = ToProto(system, false);
+  request.set_length(2000);
+  request.mutable_discretization()->set_kind(v1::DISCRETIZATION_KIND_ZOH);
+  request.set_method(v1::KERNEL_METHOD_DIAGONAL);
+  const v1::Matrix diagonal = at_limit(request);
+  request.set_method(v1::KERNEL_METHOD_NAIVE);
+  const v1::Matrix naive_zoh = at_limit(request);
+  ASSERT_EQ(diagonal.values_size(), 2 * 2000);
+  EXPECT_LE(MaxAbsDiff(diagonal, naive_zoh), 1e-9 * MaxAbs(naive_zoh));
+  request.mutable_discretization()->clear_kind();  // C~ is the bilinear one
+  request.set_method(v1::KERNEL_METHOD_DIAGONAL);
+  const v1::Matrix from_c = at_limit(request);
+  DplrSystem tilde = system;
+  tilde.C = *CTilde(system, 2000);
+  *request.mutable_explicit_system() = ToProto(tilde, true);
+  const v1::Matrix from_c_tilde = at_limit(request);
+  EXPECT_LE(MaxAbsDiff(from_c_tilde, from_c), 1e-9 * MaxAbs(from_c));
+
+  // BuildHippo with ZOH at its estimate: the core's matrices.
+  v1::BuildHippoRequest hippo;
+  hippo.set_measure(v1::HIPPO_MEASURE_LEGT);
+  hippo.set_n(48);
+  hippo.set_dt(0.3);
+  hippo.mutable_discretization()->set_kind(v1::DISCRETIZATION_KIND_ZOH);
+  MathLimits limits;
+  limits.max_work = static_cast<int64_t>(std::ceil(EstimateWork(hippo)->total()));
+  absl::StatusOr<v1::BuildHippoResponse> built = BuildHippo(hippo, limits);
+  ASSERT_TRUE(built.ok()) << built.status();
+  ExpectMatrixEq(built->a_bar(),
+                 Discretize(*MakeHippo(Measure::kLegT, 48), 0.3, Discretization::Zoh())->A);
+  limits.max_work -= 1;
+  EXPECT_EQ(BuildHippo(hippo, limits).status().code(), absl::StatusCode::kResourceExhausted);
+}
+
+// The stop check's status is the call's, whether it comes before the
+// system is built or from inside the core's loops.
+TEST(MathStopTest, AStopPropagatesWithItsCode) {
+  const DplrSystem s4d = *MakeS4dInit(S4dInit::kLin, 16, 8, 1e-3, 1e-1, 5);
+  DplrSystem s4d_tilde = s4d;
+  s4d_tilde.C = *CTilde(s4d, 3000);
+  std::vector<std::pair<std::string, v1::ComputeKernelRequest>> cases;
+  cases.emplace_back("S4 init, C~, DPLR", S4InitRequest(v1::KERNEL_METHOD_DPLR, 3000));
+  v1::ComputeKernelRequest naive = S4InitRequest(v1::KERNEL_METHOD_NAIVE, 3000);
+  naive.mutable_init()->set_n(64);  // its steps are polled every 256
+  cases.emplace_back("S4 init, NAIVE", naive);
+  v1::ComputeKernelRequest diagonal;
+  *diagonal.mutable_explicit_system() = ToProto(s4d, false);
+  diagonal.set_length(3000);
+  diagonal.set_method(v1::KERNEL_METHOD_DIAGONAL);
+  cases.emplace_back("S4D, DIAGONAL", diagonal);
+  *diagonal.mutable_explicit_system() = ToProto(s4d_tilde, true);
+  cases.emplace_back("S4D from C~, DIAGONAL", diagonal);
+
+  for (const auto& [name, request] : cases) {
+    for (int k : {0, 1, 5}) {
+      SCOPED_TRACE(absl::StrCat(name, ", stop after ", k, " polls"));
+      const absl::Status want = k % 2 == 0 ? absl::DeadlineExceededError("deadline passed")
+                                           : absl::CancelledError("client cancelled");
+      const CountingStop stop(k, want);
+      EXPECT_EQ(ComputeKernel(request, {}, stop).status(), want);
+      EXPECT_GT(stop.polls(), k);
+    }
+  }
+
+  v1::BuildHippoRequest hippo;
+  hippo.set_measure(v1::HIPPO_MEASURE_LEGS);
+  hippo.set_n(32);
+  hippo.set_dt(0.1);
+  for (int k : {0, 1}) {
+    const absl::Status want = absl::CancelledError("client cancelled");
+    const CountingStop stop(k, want);
+    EXPECT_EQ(BuildHippo(hippo, stop).status(), want);
+    EXPECT_EQ(BuildHippo(hippo, MathLimits(), stop).status(), want);
+  }
 }
 
 }  // namespace

@@ -34,6 +34,9 @@
 // on (or within rounding of) a pole; that message names the channel, the
 // point and the nearest pole.
 //
+// Stopping (stop.h): `stop` is polled before each block of points of a
+// channel; when it stops the work, its status is returned.
+//
 // Performance: channels and blocks of points run on the core's worker pool;
 // the inner loop is vectorized (structure of arrays, AVX-512 or AVX2+FMA
 // chosen at run time on x86-64, SSE2 otherwise). Results do not depend on
@@ -50,6 +53,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "ssm/stop.h"
 #include "ssm/types.h"
 
 namespace ssm {
@@ -58,7 +62,7 @@ inline constexpr double kCauchyMaxMagnitude = 1e75;
 
 absl::StatusOr<std::vector<RowMatrixXcd>> CauchyConjugateSums(
     const RowMatrixXcd& lambda, absl::Span<const RowMatrixXcd> v,
-    const RowMatrixXcd& z);
+    const RowMatrixXcd& z, StopCheck stop = NeverStop);
 
 namespace internal {
 
@@ -73,7 +77,7 @@ bool CauchyIsaSupported(CauchyIsa isa);
 // CPU (or the build) does not support it.
 absl::StatusOr<std::vector<RowMatrixXcd>> CauchyConjugateSums(
     const RowMatrixXcd& lambda, absl::Span<const RowMatrixXcd> v,
-    const RowMatrixXcd& z, CauchyIsa isa);
+    const RowMatrixXcd& z, CauchyIsa isa, StopCheck stop = NeverStop);
 
 }  // namespace internal
 }  // namespace ssm

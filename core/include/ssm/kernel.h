@@ -16,8 +16,10 @@
 //
 // Errors: InvalidArgument (naming the argument) for length < 1, an invalid
 // system (see ValidateDplr), rank > kMaxRank, or a method the function does
-// not support. Thread safety: every function is pure; the fast ones use the
-// core's worker pool.
+// not support; the stop check's own status when it stops the work (stop.h:
+// polled per channel, per block of steps or points, per dense product).
+// Thread safety: every function is pure; the fast ones use the core's
+// worker pool.
 
 #ifndef SSM_KERNEL_H_
 #define SSM_KERNEL_H_
@@ -25,6 +27,7 @@
 #include "absl/status/statusor.h"
 #include "ssm/discretize.h"
 #include "ssm/dplr.h"
+#include "ssm/stop.h"
 #include "ssm/types.h"
 
 namespace ssm {
@@ -33,20 +36,25 @@ inline constexpr int kMaxRank = 4;
 
 // system.C is C (the output weights themselves). Bilinear or ZOH.
 absl::StatusOr<RowMatrixXd> NaiveKernel(const DplrSystem& system, int length,
-                                        Discretization method);
+                                        Discretization method,
+                                        StopCheck stop = NeverStop);
 
 // system.C is C~ for `length`. Bilinear discretization.
-absl::StatusOr<RowMatrixXd> DplrKernel(const DplrSystem& system, int length);
+absl::StatusOr<RowMatrixXd> DplrKernel(const DplrSystem& system, int length,
+                                       StopCheck stop = NeverStop);
 
 // Rank 0; system.C is C.
 absl::StatusOr<RowMatrixXd> DiagonalKernel(const DplrSystem& system, int length,
-                                           Discretization method);
+                                           Discretization method,
+                                           StopCheck stop = NeverStop);
 
 // C~ = (I - Ab^L)^T C for the bilinear Ab (half-stored, H x M).
-absl::StatusOr<RowMatrixXcd> CTilde(const DplrSystem& system, int length);
+absl::StatusOr<RowMatrixXcd> CTilde(const DplrSystem& system, int length,
+                                    StopCheck stop = NeverStop);
 // The inverse map: system.C holds C~ for `length`. InvalidArgument if
 // I - Ab^L is singular (a mode with Ab^L = 1, e.g. even-N FouT's dead mode).
-absl::StatusOr<RowMatrixXcd> CFromCTilde(const DplrSystem& system, int length);
+absl::StatusOr<RowMatrixXcd> CFromCTilde(const DplrSystem& system, int length,
+                                         StopCheck stop = NeverStop);
 // C~ for `to` from C~ for `from` (the S4 reference doubles a length with
 // C~_2L = (I + Ab^L)^T C~_L; this is the general case).
 absl::StatusOr<RowMatrixXcd> ResizeCTilde(const DplrSystem& system, int from,
