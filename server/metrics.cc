@@ -81,6 +81,22 @@ class Metrics::Collector : public prometheus::Collectable {
                            "Connections closed because --max_connections were already open.",
                            MetricType::Counter,
                            static_cast<double>(s.connections_closed_over_limit_total)));
+    if (s.session_store) {
+      out.push_back(OneValue("ssm_sessions_unsaved",
+                             "Sessions whose state is ahead of the session store's copy.",
+                             MetricType::Gauge, s.sessions_unsaved));
+      out.push_back(OneValue("ssm_session_store_writes_total",
+                             "Session snapshots written to the session store.", MetricType::Counter,
+                             static_cast<double>(s.session_store_writes_total)));
+      out.push_back(OneValue("ssm_session_store_bytes_total",
+                             "Bytes of session snapshots written to the session store.",
+                             MetricType::Counter,
+                             static_cast<double>(s.session_store_bytes_total)));
+      out.push_back(OneValue("ssm_session_store_errors_total",
+                             "Session store operations that failed (they are retried).",
+                             MetricType::Counter,
+                             static_cast<double>(s.session_store_errors_total)));
+    }
     out.push_back(OneValue("process_resident_memory_bytes", "Resident memory size in bytes.",
                            MetricType::Gauge, static_cast<double>(s.process.resident_bytes)));
     out.push_back(OneValue("process_open_fds", "Number of open file descriptors.",
@@ -93,8 +109,7 @@ class Metrics::Collector : public prometheus::Collectable {
                            MetricType::Gauge, s.worker_queue_depth));
     out.push_back(OneValue("ssm_worker_rejections_total",
                            "Jobs refused because --max_queue jobs were waiting (server busy).",
-                           MetricType::Counter,
-                           static_cast<double>(s.worker_rejections_total)));
+                           MetricType::Counter, static_cast<double>(s.worker_rejections_total)));
     out.push_back(OneValue("ssm_kernel_cache_hits_total",
                            "Convolutions that found their kernel spectra cached.",
                            MetricType::Counter, static_cast<double>(s.kernel_cache_hits_total)));

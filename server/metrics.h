@@ -21,6 +21,10 @@
 //                                           held on the gRPC port
 //   ssm_connections_closed_over_limit_total counter, sampled: closed past
 //                                           --max_connections
+//   ssm_sessions_unsaved                    gauge, with --session_store:
+//                                           sessions ahead of the store
+//   ssm_session_store_writes_total, ssm_session_store_bytes_total,
+//   ssm_session_store_errors_total          counters, with --session_store
 //   process_resident_memory_bytes, process_open_fds, process_max_fds,
 //   process_threads                         gauges, sampled from /proc/self
 //   ssm_worker_rejections_total             counter: "server busy" refusals
@@ -74,6 +78,11 @@ class Metrics {
     int connections_open = 0;
     uint64_t connections_closed_over_limit_total = 0;
     ProcessStats process;
+    bool session_store = false;  // the store figures below are exported
+    int sessions_unsaved = 0;
+    uint64_t session_store_writes_total = 0;
+    uint64_t session_store_bytes_total = 0;
+    uint64_t session_store_errors_total = 0;
     int worker_queue_depth = 0;
     uint64_t worker_rejections_total = 0;
     int64_t kernel_cache_hits_total = 0;    // FFT convolvers found in a model's cache

@@ -163,6 +163,18 @@ grpc::ServerUnaryReactor* InferenceService::ExportState(grpc::CallbackServerCont
   }
   absl::StatusOr<std::shared_ptr<SessionManager::Entry>> entry =
       env_->sessions->Find(request->session_id(), call->caller().principal);
+  if (!entry.ok() && entry.status().code() == absl::StatusCode::kNotFound &&
+      env_->sessions->options().store != nullptr) {
+    // Not here: from the store (on a worker: it is a network round trip).
+    call->CompleteOnPool([env = env_, call, request, response]() -> absl::Status {
+      absl::StatusOr<SessionSnapshot> stored =
+          env->sessions->ExportStored(request->session_id(), call->caller().principal);
+      if (!stored.ok()) return stored.status();
+      WriteStateSnapshot(*stored, response->mutable_state());
+      return absl::OkStatus();
+    });
+    return call;
+  }
   if (!entry.ok()) {
     call->Complete(entry.status());
     return call;

@@ -1,10 +1,14 @@
 #include "server/session_manager.h"
 
+#include <algorithm>
 #include <random>
 #include <utility>
 
+#include "absl/algorithm/container.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
 #include "server/echo.h"
 #include "server/log.h"
 #include "server/snapshot_keys.h"
@@ -20,6 +24,8 @@ const char* OriginText(SessionManager::Origin origin) {
       return "opened from a snapshot";
     case SessionManager::Origin::kImported:
       return "imported (detached)";
+    case SessionManager::Origin::kAdopted:
+      return "taken over from the session store";
   }
   return "opened";
 }
@@ -60,7 +66,8 @@ SessionManager::Entry::Entry(std::string id, std::string owner, std::string mode
       d_output_(session.model().d_output()),
       state_bytes_(static_cast<int64_t>(session.state_bytes())),
       signer_(signer),
-      session_(std::move(session)) {}
+      session_(std::move(session)),
+      position_(session_.position()) {}
 
 int64_t SessionManager::Entry::position() const {
   absl::MutexLock lock(&mu_);
@@ -70,9 +77,15 @@ int64_t SessionManager::Entry::position() const {
 absl::StatusOr<int64_t> SessionManager::Entry::Run(absl::Span<const double> x, int steps,
                                                    absl::Span<double> y,
                                                    SessionSnapshot* snapshot) {
+  if (lost_.load(std::memory_order_relaxed)) {
+    return absl::UnavailableError(
+        "this replica lost the session's lease (it could not renew it in time) and another "
+        "stream may have taken it over: reattach by id");
+  }
   absl::MutexLock lock(&mu_);
   if (absl::Status status = session_.Run(x, steps, y); !status.ok()) return status;
   if (snapshot != nullptr) *snapshot = ExportLocked();
+  position_.store(session_.position(), std::memory_order_relaxed);
   return session_.position();
 }
 
@@ -85,13 +98,56 @@ SessionSnapshot SessionManager::Entry::ExportLocked() const {
   return SnapshotOf(session_, model_name_, version_, signer_);
 }
 
-SessionManager::SessionManager(Options options) : options_(std::move(options)) {}
+SessionManager::SessionManager(Options options)
+    : options_(std::move(options)), replica_(NewSessionId().substr(0, 12)) {
+  if (options_.store != nullptr) checkpointer_ = std::thread([this] { CheckpointLoop(); });
+}
+
+SessionManager::~SessionManager() {
+  stop_.Notify();
+  if (checkpointer_.joinable()) checkpointer_.join();
+}
+
+std::string SessionManager::NewHolder() const {
+  return absl::StrCat(replica_, ":", NewSessionId().substr(0, 16));
+}
 
 absl::StatusOr<std::shared_ptr<SessionManager::Entry>> SessionManager::Add(
     std::string model_name, int64_t version, ssm::Session session, bool attached, Origin origin,
-    std::string owner) {
+    std::string owner, const Adopted* adopted) {
   const int batch = session.batch();
   const int64_t position = session.position();
+  if (options_.store != nullptr && !attached) {
+    // A detached session lives in the store only: written now, so any
+    // replica can reattach it as soon as this returns.
+    auto entry = std::make_shared<Entry>(NewSessionId(), std::move(owner), std::move(model_name),
+                                         version, std::move(session), options_.signer);
+    const std::string holder = NewHolder();
+    absl::StatusOr<bool> leased = options_.store->AcquireLease(entry->id(), holder, options_.lease);
+    absl::Status status = leased.status();
+    if (status.ok() && *leased) {
+      StoredSession record{entry->owner(), entry->model_name(), version, position,
+                           entry->Export().data};
+      status = options_.store->Put(entry->id(), holder, record, options_.ttl);
+      if (status.ok()) {
+        store_writes_.fetch_add(1);
+        store_bytes_.fetch_add(record.snapshot.size());
+      }
+      (void)options_.store->ReleaseLease(entry->id(), holder);
+    }
+    NoteStoreResult(status, "writing an imported session");
+    if (!status.ok()) {
+      return absl::UnavailableError(absl::StrCat("the session store cannot take the session now (",
+                                                 status.message(), "); retry"));
+    }
+    entry->durable_position_.store(position);
+    LogfLimited("session opened",
+                "session %s %s into %s: model '%s' version %d, batch %d, "
+                "position %d",
+                SessionTag(entry->id()), OriginText(origin), options_.store->Describe(),
+                entry->model_name(), version, batch, position);
+    return entry;
+  }
   absl::MutexLock lock(&mu_);
   const absl::Time now = options_.clock();
   if (static_cast<int>(sessions_.size()) >= options_.max_sessions) {
@@ -117,11 +173,27 @@ absl::StatusOr<std::shared_ptr<SessionManager::Entry>> SessionManager::Add(
                        " sessions (attached and detached); end some or let detached ones expire"));
     }
   }
-  std::string id = NewSessionId();
-  while (sessions_.contains(id)) id = NewSessionId();  // 2^-128: for form's sake
+  std::string id = adopted != nullptr ? adopted->id : NewSessionId();
+  while (adopted == nullptr && sessions_.contains(id)) id = NewSessionId();  // 2^-128
+  if (adopted != nullptr && sessions_.contains(id)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("session ", SessionTag(id),
+                     " is already held by this replica; a session has one "
+                     "stream at a time"));
+  }
   auto entry = std::make_shared<Entry>(id, std::move(owner), std::move(model_name), version,
                                        std::move(session), options_.signer);
-  sessions_.emplace(id, Slot{entry, attached, now});
+  if (options_.store != nullptr) {
+    // The checkpointer takes the lease of a new session with its first
+    // write; an adopted one came with its lease and its stored position.
+    entry->holder_ = adopted != nullptr ? adopted->holder : NewHolder();
+    if (adopted != nullptr) {
+      entry->saved_position_ = adopted->position;
+      entry->saved_at_ = entry->renewed_at_ = now;
+      entry->durable_position_.store(adopted->position);
+    }
+  }
+  sessions_.emplace(id, Slot{entry, attached, false, now});
   ++per_owner_[entry->owner()];
   if (attached) ++attached_;
   state_bytes_ += entry->state_bytes();
@@ -152,7 +224,9 @@ absl::StatusOr<std::shared_ptr<SessionManager::Entry>> SessionManager::Reattach(
     return absl::InvalidArgumentError(absl::StrCat("open.batch = ", batch, " but session ",
                                                    SessionTag(id), " has batch ", entry.batch()));
   }
+  if (entry.lost()) return UnknownSession(id);
   it->second.attached = true;
+  it->second.flushing = false;  // its lease is still ours: it stays here
   ++attached_;
   LogfLimited("session reattached", "session %s reattached", SessionTag(it->first));
   return it->second.entry;
@@ -185,6 +259,21 @@ void SessionManager::Detach(absl::string_view id, absl::string_view why) {
   it->second.attached = false;
   it->second.last_activity = options_.clock();
   --attached_;
+  if (options_.store != nullptr) {
+    if (it->second.entry->lost()) {
+      LogfLimited("session detached", "session %s detached (%s); another replica holds it now",
+                  SessionTag(it->first), why);
+      EraseLocked(it);
+      return;
+    }
+    // The checkpointer writes it a last time, releases the lease and lets
+    // it go: from then on it lives in the store.
+    it->second.flushing = true;
+    LogfLimited("session detached", "session %s detached (%s); kept in %s for %s",
+                SessionTag(it->first), why, options_.store->Describe(),
+                absl::FormatDuration(options_.ttl));
+    return;
+  }
   LogfLimited("session detached", "session %s detached (%s); kept for %s", SessionTag(it->first),
               why, absl::FormatDuration(options_.ttl));
 }
@@ -194,6 +283,9 @@ void SessionManager::Close(absl::string_view id) {
   auto it = sessions_.find(id);
   if (it == sessions_.end()) return;
   LogfLimited("session closed", "session %s closed", SessionTag(it->first));
+  if (options_.store != nullptr && !it->second.entry->lost()) {
+    to_delete_.emplace_back(it->first, it->second.entry->holder_);
+  }
   EraseLocked(it);
 }
 
@@ -219,6 +311,18 @@ SessionManager::Stats SessionManager::GetStats() const {
   stats.detached = static_cast<int>(sessions_.size()) - attached_;
   stats.state_bytes = state_bytes_;
   stats.evicted_total = evicted_total_;
+  if (options_.store != nullptr) {
+    for (const auto& [id, slot] : sessions_) {
+      const Entry& e = *slot.entry;
+      if (!e.lost() && e.durable_position() < e.position_.load(std::memory_order_relaxed)) {
+        ++stats.unsaved;
+      }
+    }
+  }
+  stats.store_writes_total = store_writes_.load();
+  stats.store_bytes_total = store_bytes_.load();
+  stats.store_errors_total = store_errors_.load();
+  stats.store_healthy = store_healthy_.load();
   return stats;
 }
 
@@ -263,6 +367,236 @@ SessionManager::Map::iterator SessionManager::LookupLocked(absl::string_view id,
   // Another caller's session is as good as absent to this one.
   if (it->second.entry->owner() != owner) return sessions_.end();
   return it;
+}
+
+// --- The session store ------------------------------------------------------
+
+void SessionManager::NoteStoreResult(const absl::Status& status, absl::string_view what) {
+  if (status.ok()) {
+    if (!store_healthy_.exchange(true)) {
+      Logf("session store %s answers again", options_.store->Describe());
+    }
+    return;
+  }
+  // A lost lease is the protocol working, not the store failing.
+  if (status.code() == absl::StatusCode::kFailedPrecondition) return;
+  store_errors_.fetch_add(1);
+  // Once per episode: the first failure after a success.
+  if (store_healthy_.exchange(false)) {
+    Logf("session store %s failed (%s: %s); sessions keep running, writes retry",
+         options_.store->Describe(), what, status.message());
+  }
+}
+
+bool SessionManager::Save(Entry& entry, absl::Time now) {
+  SessionStore& store = *options_.store;
+  if (entry.saved_position_ < 0 && entry.renewed_at_ == absl::InfinitePast()) {
+    // A session of this replica's own making: its lease comes with its
+    // first write (a fresh random id: nobody else can hold it).
+    absl::StatusOr<bool> leased = store.AcquireLease(entry.id(), entry.holder_, options_.lease);
+    NoteStoreResult(leased.status(), "taking a lease");
+    if (!leased.ok()) return false;
+    if (!*leased) {
+      entry.lost_.store(true);
+      return true;
+    }
+    entry.renewed_at_ = now;
+  }
+  std::string data;
+  int64_t position;
+  {
+    absl::MutexLock lock(&entry.mu_);
+    data = entry.session_.ExportState();
+    position = entry.session_.position();
+  }
+  StoredSession record{entry.owner(), entry.model_name(), entry.version(), position,
+                       std::move(data)};
+  const absl::Status status = store.Put(entry.id(), entry.holder_, record, options_.ttl);
+  NoteStoreResult(status, "writing a checkpoint");
+  if (status.code() == absl::StatusCode::kFailedPrecondition) {
+    entry.lost_.store(true);  // someone else holds the lease now
+    return true;
+  }
+  if (!status.ok()) return false;
+  store_writes_.fetch_add(1);
+  store_bytes_.fetch_add(record.snapshot.size());
+  entry.saved_position_ = position;
+  entry.saved_at_ = now;
+  entry.durable_position_.store(position);
+  return true;
+}
+
+void SessionManager::CheckpointOnce() {
+  absl::MutexLock pass(&checkpoint_mu_);
+  SessionStore& store = *options_.store;
+  struct Work {
+    std::shared_ptr<Entry> entry;
+    bool flushing;
+  };
+  std::vector<Work> work;
+  std::vector<std::pair<std::string, std::string>> deletes;
+  {
+    absl::MutexLock lock(&mu_);
+    work.reserve(sessions_.size());
+    for (const auto& [id, slot] : sessions_) work.push_back({slot.entry, slot.flushing});
+    deletes.swap(to_delete_);
+  }
+  const absl::Time now = options_.clock();
+  std::vector<std::shared_ptr<Entry>> done;  // flushed or lost: to let go
+  for (const Work& w : work) {
+    Entry& e = *w.entry;
+    if (e.lost()) {
+      if (w.flushing) done.push_back(w.entry);
+      continue;
+    }
+    const bool leased = e.renewed_at_ != absl::InfinitePast();
+    if (leased && now - e.renewed_at_ >= options_.lease / 3) {
+      absl::StatusOr<bool> renewed = store.RenewLease(e.id(), e.holder_, options_.lease);
+      NoteStoreResult(renewed.status(), "renewing a lease");
+      if (renewed.ok()) {
+        if (!*renewed) {
+          e.lost_.store(true);
+          if (w.flushing) done.push_back(w.entry);
+          continue;
+        }
+        e.renewed_at_ = now;
+      }
+    }
+    const int64_t position = e.position_.load(std::memory_order_relaxed);
+    const bool behind = e.saved_position_ < position || e.saved_position_ < 0;
+    // A record's expiry restarts with every write: an attached session that
+    // sits still is written again before half its TTL is gone.
+    const bool stale = now - e.saved_at_ >= options_.ttl / 2;
+    const bool due = w.flushing || now - e.saved_at_ >= options_.checkpoint_interval;
+    if ((behind && due) || stale) {
+      if (!Save(e, now)) continue;
+    }
+    if (w.flushing && e.saved_position_ >= position) {
+      (void)store.ReleaseLease(e.id(), e.holder_);
+      done.push_back(w.entry);
+    }
+  }
+  for (const auto& [id, holder] : deletes) {
+    const absl::Status deleted = store.Delete(id, holder);
+    // Not ours (never written, or taken over) is fine; an unreachable store
+    // leaves the record to expire after its TTL.
+    NoteStoreResult(deleted, "deleting a closed session");
+  }
+  if (done.empty()) return;
+  absl::MutexLock lock(&mu_);
+  for (const std::shared_ptr<Entry>& entry : done) {
+    auto it = sessions_.find(entry->id());
+    // Only if it is still the same, still detached session (not
+    // reattached here meanwhile).
+    if (it != sessions_.end() && it->second.entry == entry && !it->second.attached) {
+      EraseLocked(it);
+    }
+  }
+}
+
+void SessionManager::CheckpointLoop() {
+  const absl::Duration tick =
+      std::min({absl::Milliseconds(100), options_.checkpoint_interval, options_.lease / 6});
+  while (!stop_.WaitForNotificationWithTimeout(tick)) CheckpointOnce();
+}
+
+absl::StatusOr<SessionManager::Stored> SessionManager::TakeStored(absl::string_view id,
+                                                                  absl::string_view owner) {
+  SessionStore* store = options_.store;
+  // Only what could be one of our ids goes to the store.
+  if (store == nullptr || id.size() != 32 ||
+      !absl::c_all_of(id, [](char c) { return absl::ascii_isxdigit(c); })) {
+    return UnknownSession(id);
+  }
+  Stored out;
+  out.adopted.id = std::string(id);
+  out.adopted.holder = NewHolder();
+  absl::StatusOr<bool> leased = store->AcquireLease(id, out.adopted.holder, options_.lease);
+  NoteStoreResult(leased.status(), "taking a lease");
+  if (!leased.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat("the session store cannot be reached to take over session ", SessionTag(id),
+                     ": ", leased.status().message(), "; retry"));
+  }
+  if (!*leased) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "session ", SessionTag(id),
+        " is attached to a stream on another replica (it holds "
+        "the session's lease); a session has one stream at a time. If that replica died, the "
+        "lease expires within --session_lease=",
+        absl::FormatDuration(options_.lease)));
+  }
+  absl::StatusOr<std::optional<StoredSession>> record = store->Get(id);
+  NoteStoreResult(record.status(), "reading a session");
+  absl::Status refused;
+  if (!record.ok()) {
+    refused =
+        record.status().code() == absl::StatusCode::kDataLoss
+            ? record.status()
+            : absl::UnavailableError(absl::StrCat(
+                  "the session store cannot be read: ", record.status().message(), "; retry"));
+  } else if (!record->has_value() || (*record)->owner != owner) {
+    refused = UnknownSession(id);
+  }
+  if (!refused.ok()) {
+    ReleaseAdopted(out.adopted);
+    return refused;
+  }
+  out.record = **std::move(record);
+  out.adopted.position = out.record.position;
+  return out;
+}
+
+void SessionManager::ReleaseAdopted(const Adopted& adopted) {
+  if (options_.store != nullptr) (void)options_.store->ReleaseLease(adopted.id, adopted.holder);
+}
+
+absl::StatusOr<SessionSnapshot> SessionManager::ExportStored(absl::string_view id,
+                                                             absl::string_view owner) {
+  if (options_.store == nullptr) return UnknownSession(id);
+  absl::StatusOr<std::optional<StoredSession>> record = options_.store->Get(id);
+  NoteStoreResult(record.status(), "reading a session");
+  if (!record.ok()) {
+    if (record.status().code() == absl::StatusCode::kDataLoss) return record.status();
+    return absl::UnavailableError(
+        absl::StrCat("the session store cannot be read: ", record.status().message()));
+  }
+  if (!record->has_value() || (*record)->owner != owner) return UnknownSession(id);
+  absl::StatusOr<ssm::SnapshotInfo> info = ssm::ReadSnapshotInfo((*record)->snapshot);
+  if (!info.ok()) return info.status();
+  SessionSnapshot out;
+  out.data = std::move((*record)->snapshot);
+  if (options_.signer != nullptr) out.signature = options_.signer->Sign(out.data);
+  out.model = (*record)->model;
+  out.version = (*record)->version;
+  out.fingerprint = info->fingerprint;
+  out.position = info->position;
+  out.batch = info->batch;
+  return out;
+}
+
+bool SessionManager::FlushAll(absl::Time deadline) {
+  if (options_.store == nullptr) return true;
+  {
+    // Whatever is still attached goes too: the process is leaving.
+    absl::MutexLock lock(&mu_);
+    for (auto& [id, slot] : sessions_) {
+      if (slot.attached) {
+        slot.attached = false;
+        --attached_;
+      }
+      slot.flushing = true;
+    }
+  }
+  while (true) {
+    CheckpointOnce();
+    {
+      absl::MutexLock lock(&mu_);
+      if (sessions_.empty()) return true;
+    }
+    if (options_.clock() >= deadline) return false;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
 }
 
 }  // namespace ssm::server

@@ -9,6 +9,21 @@
 // is NotFound from the moment its TTL passes, whether or not EvictExpired
 // has run since: lookups evict it on the spot.
 //
+// With a session store (Options::store, session_store.h) sessions outlive
+// this replica. Each registered session holds the store's lease (one
+// writer across replicas, renewed every lease/3), and a background thread
+// (never the step path: a chunk only bumps an atomic) writes each attached
+// session's snapshot whenever it advanced, at most every
+// `checkpoint_interval`; durable_position() says how far the store has it.
+// A detached session is written a last time, its lease released, and then
+// it lives in the store only (expiring after `ttl` there); a closed one is
+// deleted from the store. Another replica reattaches it by id (AdoptStored,
+// through session_open.h's policy); a replica that lost a session's lease
+// (another took it over after a long pause) stops its stream
+// (Unavailable) and never writes it again (writes are fenced by the lease).
+// Store failures never fail a chunk: the writes retry every tick, logged
+// once per episode and counted (Stats).
+//
 // Errors (the codes the wire reports unchanged; messages name a session by
 // its tag, echo.h, never by its id, since they are logged):
 //   NotFound            unknown, closed or evicted id
@@ -25,10 +40,14 @@
 #ifndef SSM_SERVER_SESSION_MANAGER_H_
 #define SSM_SERVER_SESSION_MANAGER_H_
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
+#include <thread>
+#include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -36,8 +55,10 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "server/session_store.h"
 #include "ssm/model.h"
 #include "ssm/session.h"
 
@@ -75,10 +96,15 @@ class SessionManager {
     Clock clock = [] { return absl::Now(); };  // injectable for tests
     // Signs the snapshots sessions hand out (Export, Run's); null: unsigned.
     const SnapshotSigner* signer = nullptr;
+    // The store sessions outlive this replica in; null: in process only.
+    // Borrowed; must outlive the manager.
+    SessionStore* store = nullptr;
+    absl::Duration lease = absl::Seconds(10);
+    absl::Duration checkpoint_interval = absl::Seconds(1);
   };
 
   // How a session came to be, for the log.
-  enum class Origin { kNew, kResumed, kImported };
+  enum class Origin { kNew, kResumed, kImported, kAdopted };
 
   // One registered session. Its identity is immutable; the core session
   // behind it is reached only through Run and Export, under its lock.
@@ -107,7 +133,13 @@ class SessionManager {
 
     SessionSnapshot Export() const;
 
+    // With a store: the position the store has the state of (-1: none yet),
+    // and whether the session was taken over by another replica.
+    int64_t durable_position() const { return durable_position_.load(); }
+    bool lost() const { return lost_.load(); }
+
    private:
+    friend class SessionManager;
     SessionSnapshot ExportLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
     const std::string id_;
@@ -121,6 +153,15 @@ class SessionManager {
     const SnapshotSigner* const signer_;
     mutable absl::Mutex mu_;
     ssm::Session session_ ABSL_GUARDED_BY(mu_);
+    // Store bookkeeping. position_ mirrors the session's position for the
+    // checkpointer without its lock; the rest is the checkpointer's.
+    std::string holder_;  // the lease holder token; set before registration
+    std::atomic<int64_t> position_{0};
+    std::atomic<int64_t> durable_position_{-1};
+    std::atomic<bool> lost_{false};
+    int64_t saved_position_ = -1;  // checkpointer only
+    absl::Time saved_at_ = absl::InfinitePast();
+    absl::Time renewed_at_ = absl::InfinitePast();
   };
 
   struct Stats {
@@ -128,6 +169,19 @@ class SessionManager {
     int detached = 0;
     int64_t state_bytes = 0;     // all sessions' state
     uint64_t evicted_total = 0;  // since construction
+    // With a store:
+    int unsaved = 0;                  // sessions whose state is ahead of the store
+    uint64_t store_writes_total = 0;  // snapshots written
+    uint64_t store_bytes_total = 0;   // their bytes
+    uint64_t store_errors_total = 0;  // failed store operations
+    bool store_healthy = true;        // the last store operation succeeded
+  };
+
+  // A session read from the store, to register here (AdoptStored).
+  struct Adopted {
+    std::string id;
+    std::string holder;  // the lease this replica took for it
+    int64_t position = 0;
   };
 
   explicit SessionManager(Options options);
@@ -138,7 +192,32 @@ class SessionManager {
   // quota_sessions, naming the limit.
   absl::StatusOr<std::shared_ptr<Entry>> Add(std::string model_name, int64_t version,
                                              ssm::Session session, bool attached, Origin origin,
-                                             std::string owner = "");
+                                             std::string owner = "",
+                                             const Adopted* adopted = nullptr);
+
+  // With a store: takes the lease on `id` and reads its record, for a
+  // reattach on a replica that does not hold the session. NotFound (as
+  // UnknownSession) for no record or another owner's; FailedPrecondition
+  // while another stream holds the lease; Unavailable when the store
+  // cannot be reached. On success the caller registers the session with
+  // Add(..., &adopted) or gives the lease back with ReleaseAdopted.
+  struct Stored {
+    StoredSession record;
+    Adopted adopted;
+  };
+  absl::StatusOr<Stored> TakeStored(absl::string_view id, absl::string_view owner);
+  void ReleaseAdopted(const Adopted& adopted);
+
+  // With a store, for ExportState on a replica that does not hold `id`:
+  // its stored snapshot. NotFound as Find.
+  absl::StatusOr<SessionSnapshot> ExportStored(absl::string_view id, absl::string_view owner);
+
+  // Writes every session this replica holds to the store and releases its
+  // leases (a drain's last step), waiting up to `deadline`; true when all
+  // were written. No-op without a store.
+  bool FlushAll(absl::Time deadline);
+
+  ~SessionManager();
 
   // Attaches a detached session of `owner` to a new stream. When `model` is
   // not empty it must be the session's model (else FailedPrecondition), and
@@ -176,6 +255,8 @@ class SessionManager {
   struct Slot {
     std::shared_ptr<Entry> entry;
     bool attached = false;
+    // With a store: detached, its last write pending; then it leaves.
+    bool flushing = false;
     absl::Time last_activity;
   };
   using Map = absl::flat_hash_map<std::string, Slot>;
@@ -190,13 +271,33 @@ class SessionManager {
   Map::iterator LookupLocked(absl::string_view id, absl::string_view owner, absl::Time now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  // The checkpointer (with a store): every tick, writes the sessions that
+  // advanced, renews leases, finishes detached sessions' last writes and
+  // deletes closed ones.
+  void CheckpointLoop();
+  void CheckpointOnce();
+  // One session's checkpoint; false when the store failed.
+  bool Save(Entry& entry, absl::Time now);
+  void NoteStoreResult(const absl::Status& status, absl::string_view what);
+  std::string NewHolder() const;
+
   const Options options_;
+  const std::string replica_;  // this process, in lease holder tokens
   mutable absl::Mutex mu_;
   Map sessions_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, int> per_owner_ ABSL_GUARDED_BY(mu_);
   int attached_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t state_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t evicted_total_ ABSL_GUARDED_BY(mu_) = 0;
+  // Closed sessions to delete from the store (id, holder).
+  std::vector<std::pair<std::string, std::string>> to_delete_ ABSL_GUARDED_BY(mu_);
+
+  // Store counters (the checkpointer and adopters write them).
+  std::atomic<uint64_t> store_writes_{0}, store_bytes_{0}, store_errors_{0};
+  std::atomic<bool> store_healthy_{true};
+  absl::Mutex checkpoint_mu_;  // one checkpoint pass at a time (the thread, FlushAll)
+  absl::Notification stop_;
+  std::thread checkpointer_;
 };
 
 // A fresh random session id: 128 bits from the OS's entropy, 32 hex digits.

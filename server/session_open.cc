@@ -3,10 +3,57 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "server/echo.h"
 #include "server/snapshot_keys.h"
 #include "ssm/session.h"
 
 namespace ssm::server {
+
+namespace {
+
+// A reattach by id of a session this replica does not hold: from the
+// store, under a fresh lease (SessionManager::TakeStored), with the same
+// checks as a local reattach; the lease is given back on any refusal.
+absl::StatusOr<std::shared_ptr<SessionManager::Entry>> AdoptStored(const OpenSessionRequest& r,
+                                                                   const ModelCatalog& catalog,
+                                                                   SessionManager& sessions,
+                                                                   const RequestLimits& limits) {
+  absl::StatusOr<SessionManager::Stored> stored = sessions.TakeStored(r.session_id, r.owner);
+  if (!stored.ok()) return stored.status();
+  const StoredSession& record = stored->record;
+  auto adopt = [&]() -> absl::StatusOr<std::shared_ptr<SessionManager::Entry>> {
+    if (r.may_run) {
+      if (absl::Status s = r.may_run(record.model); !s.ok()) return s;
+    }
+    if (!r.model.empty() && r.model != record.model) {
+      return absl::FailedPreconditionError(absl::StrCat("session ", SessionTag(r.session_id),
+                                                        " runs model '", record.model, "', not '",
+                                                        Echo(r.model), "'"));
+    }
+    // The fingerprint picks the version, as for any resumed snapshot.
+    absl::StatusOr<ModelCatalog::Resumed> resumed =
+        catalog.ResumeSession(record.model, 0, record.snapshot);
+    if (!resumed.ok()) return resumed.status();
+    const int batch = resumed->session.batch();
+    if (r.batch != 0 && r.batch != batch) {
+      return absl::InvalidArgumentError(absl::StrCat(r.field_prefix, "batch = ", r.batch,
+                                                     " but session ", SessionTag(r.session_id),
+                                                     " has batch ", batch));
+    }
+    if (absl::Status s = CheckBatchLimit(batch, "the stored session's batch", limits); !s.ok()) {
+      return s;
+    }
+    resumed->session.set_output_limit(kMaxWireValue);
+    return sessions.Add(resumed->served.name, resumed->served.version, std::move(resumed->session),
+                        /*attached=*/true, SessionManager::Origin::kAdopted, record.owner,
+                        &stored->adopted);
+  };
+  absl::StatusOr<std::shared_ptr<SessionManager::Entry>> entry = adopt();
+  if (!entry.ok()) sessions.ReleaseAdopted(stored->adopted);
+  return entry;
+}
+
+}  // namespace
 
 absl::StatusOr<std::shared_ptr<SessionManager::Entry>> OpenSession(const OpenSessionRequest& r,
                                                                    const ModelCatalog& catalog,
@@ -34,7 +81,13 @@ absl::StatusOr<std::shared_ptr<SessionManager::Entry>> OpenSession(const OpenSes
       if (!found.ok()) return found.status();
       if (absl::Status s = r.may_run((*found)->model_name()); !s.ok()) return s;
     }
-    return sessions.Reattach(r.session_id, r.model, r.batch, r.owner);
+    absl::StatusOr<std::shared_ptr<SessionManager::Entry>> local =
+        sessions.Reattach(r.session_id, r.model, r.batch, r.owner);
+    if (local.ok() || local.status().code() != absl::StatusCode::kNotFound ||
+        sessions.options().store == nullptr) {
+      return local;
+    }
+    return AdoptStored(r, catalog, sessions, limits);
   }
 
   const SessionManager::Origin origin =

@@ -92,6 +92,20 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
   if (!tls.cert_file.empty() && (tls.refresh < absl::Seconds(1) || tls.refresh > absl::Hours(24))) {
     return absl::InvalidArgumentError("--tls_refresh must be in [1s, 24h]");
   }
+  if (!o.session_store.empty()) {
+    if (o.session_lease < absl::Seconds(1)) {
+      return absl::InvalidArgumentError("--session_lease must be >= 1s");
+    }
+    if (o.session_checkpoint <= absl::ZeroDuration() || o.session_checkpoint > o.session_ttl / 2) {
+      return absl::InvalidArgumentError(
+          "--session_checkpoint must be > 0 and at most half of --session_ttl");
+    }
+    if (o.session_store_timeout <= absl::ZeroDuration()) {
+      return absl::InvalidArgumentError("--session_store_timeout must be > 0");
+    }
+  } else if (o.session_store_required) {
+    return absl::InvalidArgumentError("--session_store_required needs --session_store");
+  }
   if (o.auth_refresh <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("--auth_refresh must be > 0");
   }
@@ -224,6 +238,15 @@ absl::StatusOr<std::unique_ptr<SsmServer>> SsmServer::Start(ServerOptions option
   session_options.max_sessions = o.max_sessions;
   session_options.quota_sessions = o.quota_sessions;
   session_options.signer = self->signer_.get();
+  if (!o.session_store.empty()) {
+    absl::StatusOr<std::unique_ptr<SessionStore>> store =
+        OpenRedisStore(o.session_store, o.session_store_timeout);
+    if (!store.ok()) return store.status();
+    self->store_ = *std::move(store);
+    session_options.store = self->store_.get();
+    session_options.lease = o.session_lease;
+    session_options.checkpoint_interval = o.session_checkpoint;
+  }
   session_options.ttl = o.session_ttl;
   if (o.clock) session_options.clock = o.clock;
   self->sessions_ = std::make_unique<SessionManager>(std::move(session_options));
@@ -242,6 +265,11 @@ absl::StatusOr<std::unique_ptr<SsmServer>> SsmServer::Start(ServerOptions option
     s.sessions_detached = stats.detached;
     s.session_state_bytes = stats.state_bytes;
     s.session_evictions_total = stats.evicted_total;
+    s.session_store = sessions->options().store != nullptr;
+    s.sessions_unsaved = stats.unsaved;
+    s.session_store_writes_total = stats.store_writes_total;
+    s.session_store_bytes_total = stats.store_bytes_total;
+    s.session_store_errors_total = stats.store_errors_total;
     s.worker_threads = pool->threads();
     s.core_threads = ssm::Threads();
     if (const ConnectionGuard* guard = server->connections_.get()) {
@@ -401,6 +429,14 @@ void SsmServer::Shutdown(absl::Duration grace) {
   if (health_server_ != nullptr) health_server_->Shutdown(absl::ToChronoTime(absl::Now()));
   stop_eviction_.Notify();
   if (eviction_thread_.joinable()) eviction_thread_.join();
+  // The streams have detached: every session this replica held goes to the
+  // store (its last state, its lease released) so another replica can take
+  // it over by id. Bounded, like the rest of the drain.
+  if (store_ != nullptr) {
+    const bool all = sessions_->FlushAll(absl::Now() + std::max(grace, absl::Seconds(2)));
+    Logf("drain: %s", all ? "every session written to the session store"
+                          : "some sessions could not be written to the session store");
+  }
   pool_->Shutdown();
   exposer_.reset();
   connections_.reset();
@@ -411,7 +447,20 @@ void SsmServer::EvictionLoop() {
   // the ones nobody asks about, and counts them, promptly.
   const absl::Duration period =
       std::clamp(options_.session_ttl / 10, absl::Milliseconds(10), absl::Seconds(1));
-  while (!stop_eviction_.WaitForNotificationWithTimeout(period)) sessions_->EvictExpired();
+  bool serving = true;
+  while (!stop_eviction_.WaitForNotificationWithTimeout(period)) {
+    sessions_->EvictExpired();
+    if (options_.session_store_required && !draining()) {
+      // The store is required: health says whether it answers.
+      const bool healthy = sessions_->GetStats().store_healthy;
+      if (healthy != serving) {
+        serving = healthy;
+        SetHealth("", serving);
+        Logf("health %s: the session store %s", serving ? "SERVING" : "NOT_SERVING",
+             serving ? "answers again" : "fails and --session_store_required is set");
+      }
+    }
+  }
 }
 
 }  // namespace ssm::server

@@ -107,6 +107,16 @@ struct ServerOptions {
   // Snapshot signing keys (snapshot_keys.h); empty: unsigned snapshots.
   std::string snapshot_keys;
 
+  // Durable sessions: "redis://[user:password@]host:port[/db]"; empty:
+  // sessions live in this process only.
+  std::string session_store;
+  absl::Duration session_store_timeout = absl::Seconds(2);
+  absl::Duration session_lease = absl::Seconds(10);
+  absl::Duration session_checkpoint = absl::Seconds(1);
+  // Health NOT_SERVING while the store fails (else sessions keep stepping
+  // and the server stays SERVING).
+  bool session_store_required = false;
+
   // "host:port" for the Prometheus exposer; empty: no metrics endpoint
   // (the metrics are still kept, see metrics()).
   std::string metrics_address;
@@ -146,6 +156,7 @@ class SsmServer {
   const ServerOptions& options() const { return options_; }
   const ModelCatalog& catalog() const { return *catalog_; }
   SessionManager& sessions() { return *sessions_; }
+  const SessionManager& sessions() const { return *sessions_; }
   Metrics& metrics() { return *metrics_; }
   const WorkerPool& pool() const { return *pool_; }
   const ConnectionGuard& connections() const { return *connections_; }
@@ -180,6 +191,7 @@ class SsmServer {
   std::unique_ptr<Authorizer> auth_;
   std::unique_ptr<SnapshotSigner> signer_;
   std::unique_ptr<ModelCatalog> catalog_;
+  std::unique_ptr<SessionStore> store_;
   std::unique_ptr<SessionManager> sessions_;
   std::unique_ptr<WorkerPool> pool_;
   CallCounter calls_;

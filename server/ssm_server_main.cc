@@ -97,6 +97,19 @@ ABSL_FLAG(int, quota_sessions, 0,
 ABSL_FLAG(std::string, snapshot_keys, "",
           "snapshot signing keys (hex, one per line; the first signs, all verify): snapshots "
           "carry an HMAC-SHA256 and imports must; empty: unsigned snapshots");
+ABSL_FLAG(std::string, session_store, "",
+          "keep sessions in a store shared by replicas, redis://[user:password@]host:port[/db], "
+          "so any replica continues a session by its id; empty: in this process only");
+ABSL_FLAG(absl::Duration, session_checkpoint, absl::Seconds(1),
+          "with --session_store: how often a session's state is written when it advanced");
+ABSL_FLAG(absl::Duration, session_lease, absl::Seconds(10),
+          "with --session_store: a replica's hold on a session, renewed while attached; a "
+          "replica that died gives its sessions up after this");
+ABSL_FLAG(absl::Duration, session_store_timeout, absl::Seconds(2),
+          "with --session_store: how long one store command may take");
+ABSL_FLAG(bool, session_store_required, false,
+          "health NOT_SERVING while the session store fails (default: keep serving; sessions "
+          "step on and writes retry)");
 ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(20),
           "on SIGTERM/SIGINT, how long running calls may take before they are cancelled");
 
@@ -160,6 +173,12 @@ void PrintBanner(const ssm::server::SsmServer& server, const std::string& addres
     absl::StrAppendFormat(&text, "health only, plaintext: %s:%d\n",
                           o.health_address.substr(0, o.health_address.rfind(':')),
                           server.health_port());
+  }
+  if (!o.session_store.empty()) {
+    absl::StrAppendFormat(&text, "sessions: durable in %s (checkpoint every %s, lease %s)\n",
+                          server.sessions().options().store->Describe(),
+                          absl::FormatDuration(o.session_checkpoint),
+                          absl::FormatDuration(o.session_lease));
   }
   absl::StrAppendFormat(&text, "callers: %s; snapshots %s\n",
                         o.auth_callers.empty()
@@ -231,6 +250,11 @@ int main(int argc, char** argv) {
   options.quota_calls = absl::GetFlag(FLAGS_quota_calls);
   options.quota_sessions = absl::GetFlag(FLAGS_quota_sessions);
   options.snapshot_keys = absl::GetFlag(FLAGS_snapshot_keys);
+  options.session_store = absl::GetFlag(FLAGS_session_store);
+  options.session_checkpoint = absl::GetFlag(FLAGS_session_checkpoint);
+  options.session_lease = absl::GetFlag(FLAGS_session_lease);
+  options.session_store_timeout = absl::GetFlag(FLAGS_session_store_timeout);
+  options.session_store_required = absl::GetFlag(FLAGS_session_store_required);
   options.limits.max_batch = absl::GetFlag(FLAGS_max_batch);
   options.limits.max_chunk_steps = absl::GetFlag(FLAGS_max_chunk_steps);
   options.limits.max_unary_length = absl::GetFlag(FLAGS_max_unary_length);

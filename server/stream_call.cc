@@ -155,7 +155,9 @@ class StreamInferProtocol {
     opened->set_d_output(session_->d_output());
     const int64_t position = session_->position();
     opened->set_position(position);
+    opened->set_durable(env_->sessions->options().store != nullptr);
     response->set_position(position);
+    response->set_durable_position(session_->durable_position());
     return absl::OkStatus();
   }
 
@@ -200,6 +202,7 @@ class StreamInferProtocol {
     // place, keeping its buffer; any other kind is replaced.
     WriteSequenceTensor(y_, out_shape, response->mutable_output());
     response->set_position(*position);
+    response->set_durable_position(session_->durable_position());
     if (want_state) {
       WriteStateSnapshot(snapshot, response->mutable_state());
     } else {

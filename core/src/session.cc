@@ -125,8 +125,8 @@ absl::Status Session::RunOn(absl::Span<double> state, absl::Span<const double> x
                             absl::Span<double> y,
                             absl::FunctionRef<absl::Status(int done)> between_passes) {
   const Model& m = *model_;
-  const int piece = static_cast<int>(std::clamp<int64_t>(
-      kMaxRowsPerPass / batch_, kConvChunkThreshold, steps));
+  const int piece =
+      static_cast<int>(std::clamp<int64_t>(kMaxRowsPerPass / batch_, kConvChunkThreshold, steps));
   if (piece == steps) return m.Advance(x, batch_, steps, position_, state, y, scratch_);
   // Slices of time: each sequence's rows of the slice gathered, run,
   // scattered back. The state carries from slice to slice as between
@@ -145,8 +145,7 @@ absl::Status Session::RunOn(absl::Span<double> state, absl::Span<const double> x
       std::copy_n(&x[(static_cast<size_t>(b) * steps + t0) * d_in], len * d_in,
                   &xs[static_cast<size_t>(b) * len * d_in]);
     }
-    if (auto st = m.Advance(xs, batch_, len, position_ + t0, state, absl::MakeSpan(ys),
-                            scratch_);
+    if (auto st = m.Advance(xs, batch_, len, position_ + t0, state, absl::MakeSpan(ys), scratch_);
         !st.ok()) {
       return st;
     }
@@ -189,6 +188,33 @@ std::string Session::ExportState() const {
   return out;
 }
 
+absl::StatusOr<SnapshotInfo> ReadSnapshotInfo(std::string_view snapshot) {
+  auto loss = [](const std::string& why) {
+    return absl::DataLossError(absl::StrCat("state snapshot: ", why));
+  };
+  if (snapshot.size() < sizeof(kMagic) + 4 ||
+      std::memcmp(snapshot.data(), kMagic, sizeof(kMagic)) != 0) {
+    return loss("not a snapshot (bad magic)");
+  }
+  uint32_t crc = 0;
+  std::memcpy(&crc, snapshot.data() + snapshot.size() - 4, 4);
+  if (Crc32c(snapshot.substr(0, snapshot.size() - 4)) != crc) {
+    return loss("checksum mismatch (truncated or corrupted)");
+  }
+  Reader r(snapshot.substr(0, snapshot.size() - 4));
+  std::string_view magic, name;
+  uint32_t version = 0, batch = 0, name_len = 0;
+  SnapshotInfo info;
+  if (!r.Bytes(sizeof(kMagic), magic) || !r.Get(version) || version != Session::kSnapshotVersion ||
+      !r.Get(batch) || !r.Get(info.fingerprint) || !r.Get(name_len) || !r.Bytes(name_len, name) ||
+      !r.Get(info.position)) {
+    return loss("truncated header or unknown format version");
+  }
+  info.batch = static_cast<int>(batch);
+  info.model = std::string(name);
+  return info;
+}
+
 absl::StatusOr<Session> Session::Import(std::shared_ptr<const Model> model,
                                         std::string_view snapshot) {
   if (model == nullptr) return absl::InvalidArgumentError("model must not be null");
@@ -226,14 +252,14 @@ absl::StatusOr<Session> Session::Import(std::shared_ptr<const Model> model,
   }
   if (batch < 1 || position < 0 || n != uint64_t{batch} * model->state_size() ||
       r.left() != n * sizeof(double)) {
-    return loss(absl::StrCat("inconsistent sizes (batch ", batch, ", position ", position,
-                             ", ", n, " state values, ", r.left(), " bytes left)"));
+    return loss(absl::StrCat("inconsistent sizes (batch ", batch, ", position ", position, ", ", n,
+                             " state values, ", r.left(), " bytes left)"));
   }
   // The checksum holds; what follows are bounds no real stream passes, so a
   // snapshot beyond them was forged (or written by a bug), not damaged.
   if (position > kMaxPosition) {
-    return absl::InvalidArgumentError(absl::StrCat("state snapshot: position ", position,
-                                                   " is past the largest position, 2^53"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("state snapshot: position ", position, " is past the largest position, 2^53"));
   }
   absl::StatusOr<Session> s = Create(std::move(model), static_cast<int>(batch));
   if (!s.ok()) return s.status();
@@ -242,9 +268,9 @@ absl::StatusOr<Session> Session::Import(std::shared_ptr<const Model> model,
     const double v = s->state_[i];
     if (!std::isfinite(v)) return loss("non-finite state value");
     if (std::abs(v) > kMaxStateMagnitude) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "state snapshot: state value ", i, " is ", v, ", beyond float32's range (",
-          kMaxStateMagnitude, "), which no stream of float32 inputs reaches"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("state snapshot: state value ", i, " is ", v, ", beyond float32's range (",
+                       kMaxStateMagnitude, "), which no stream of float32 inputs reaches"));
     }
   }
   s->position_ = position;

@@ -283,7 +283,8 @@ TEST(ModelConfigTest, TrainingScriptFieldsMap) {
   EXPECT_EQ(s4.imag_transform, ParamTransform::kSigmoid);
   EXPECT_TRUE(s4.dt_fast);
   // The defaults: exp, exp, none; identity after a plain linear; LayerNorm.
-  const auto& d = std::get<S4StackSpec>(ParseOrDie(kMinimalDplr).architecture);
+  const ModelSpec minimal = ParseOrDie(kMinimalDplr);
+  const auto& d = std::get<S4StackSpec>(minimal.architecture);
   EXPECT_FALSE(d.dss);
   EXPECT_EQ(d.dt_transform, ParamTransform::kExp);
   EXPECT_EQ(d.real_transform, ParamTransform::kExp);

@@ -115,6 +115,17 @@ class Session {
 // CRC-32C (Castagnoli) of bytes, as used by snapshots.
 uint32_t Crc32c(std::string_view bytes);
 
+// What a snapshot says about itself, read without a model: for a server
+// that hands a stored snapshot on without running it. DataLoss as Import
+// for bad magic, format version, checksum or a truncated header.
+struct SnapshotInfo {
+  int batch = 0;
+  uint64_t fingerprint = 0;
+  std::string model;
+  int64_t position = 0;
+};
+absl::StatusOr<SnapshotInfo> ReadSnapshotInfo(std::string_view snapshot);
+
 }  // namespace ssm
 
 #endif  // SSM_SESSION_H_

@@ -1,0 +1,328 @@
+// Durable sessions (session_store.h, the store side of session_manager.h)
+// against a real redis-server started by the tests: the record format, the
+// lease and its fencing, expiry, and two in-process "replicas" (two
+// session managers sharing one store) handing sessions to each other.
+
+#include "server/session_store.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "server/log.h"
+#include "server/model_catalog.h"
+#include "server/session_manager.h"
+#include "server/session_open.h"
+#include "ssm/model.h"
+#include "ssm/model_spec.h"
+#include "ssm/session.h"
+#include "tests/common/redis_process.h"
+
+namespace ssm::server {
+namespace {
+
+using ssm::testing::RedisProcess;
+using ::testing::HasSubstr;
+
+TEST(StoredSessionTest, RecordsRoundTripAndBadOnesAreDataLoss) {
+  StoredSession s{"alice", "mem", 3, 17, std::string("SSMSNAP\0 bytes", 14)};
+  const std::string bytes = EncodeStoredSession(s);
+  absl::StatusOr<StoredSession> back = DecodeStoredSession(bytes);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->owner, "alice");
+  EXPECT_EQ(back->model, "mem");
+  EXPECT_EQ(back->version, 3);
+  EXPECT_EQ(back->position, 17);
+  EXPECT_EQ(back->snapshot, s.snapshot);
+  for (const std::string& bad :
+       {std::string(), std::string("garbage"), bytes.substr(0, bytes.size() - 1), bytes + "x",
+        std::string("SSMREC1\0\xff\xff\xff\xff", 12)}) {
+    EXPECT_EQ(DecodeStoredSession(bad).status().code(), absl::StatusCode::kDataLoss);
+  }
+}
+
+TEST(RedisUrlTest, BadUrlsAndAnUnreachableStoreAreRefused) {
+  for (const char* url :
+       {"http://x:1", "redis://", "redis://host", "redis://h:0", "redis://h:1/x"}) {
+    EXPECT_EQ(OpenRedisStore(url, absl::Seconds(1)).status().code(),
+              absl::StatusCode::kInvalidArgument)
+        << url;
+  }
+  // A port nobody listens on (the store is refused at start-up).
+  absl::StatusOr<std::unique_ptr<RedisProcess>> redis = RedisProcess::Start();
+  ASSERT_TRUE(redis.ok()) << redis.status();
+  const std::string url = (*redis)->url();
+  (*redis)->Stop();
+  EXPECT_EQ(OpenRedisStore(url, absl::Seconds(1)).status().code(), absl::StatusCode::kUnavailable);
+}
+
+class RedisStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    absl::StatusOr<std::unique_ptr<RedisProcess>> redis = RedisProcess::Start();
+    ASSERT_TRUE(redis.ok()) << redis.status();
+    redis_ = *std::move(redis);
+    absl::StatusOr<std::unique_ptr<SessionStore>> store =
+        OpenRedisStore(redis_->url(), absl::Seconds(1));
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = *std::move(store);
+  }
+
+  // A redis-cli command against the test's server.
+  int Cli(const std::string& args) {
+    return std::system(
+        absl::StrCat("redis-cli -p ", redis_->port(), " ", args, " >/dev/null").c_str());
+  }
+
+  std::unique_ptr<RedisProcess> redis_;
+  std::unique_ptr<SessionStore> store_;
+};
+
+TEST_F(RedisStoreTest, OneHolderAtATimeAndWritesAreFencedByTheLease) {
+  const std::string id = "0123456789abcdef0123456789abcdef";
+  const StoredSession record{"", "mem", 1, 5, "snapshot bytes"};
+  EXPECT_TRUE(*store_->AcquireLease(id, "a", absl::Seconds(10)));
+  EXPECT_TRUE(*store_->AcquireLease(id, "a", absl::Seconds(10)));  // ours: renewed
+  EXPECT_FALSE(*store_->AcquireLease(id, "b", absl::Seconds(10)));
+  EXPECT_TRUE(*store_->RenewLease(id, "a", absl::Seconds(10)));
+  EXPECT_FALSE(*store_->RenewLease(id, "b", absl::Seconds(10)));
+  EXPECT_EQ(store_->Put(id, "b", record, absl::Seconds(10)).code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_FALSE(store_->Get(id)->has_value());
+  ASSERT_TRUE(store_->Put(id, "a", record, absl::Seconds(10)).ok());
+  absl::StatusOr<std::optional<StoredSession>> got = store_->Get(id);
+  ASSERT_TRUE(got.ok() && got->has_value());
+  EXPECT_EQ((*got)->position, 5);
+  EXPECT_EQ(store_->Delete(id, "b").code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(store_->Get(id)->has_value());
+  // b takes over once a lets go.
+  ASSERT_TRUE(store_->ReleaseLease(id, "a").ok());
+  EXPECT_TRUE(*store_->AcquireLease(id, "b", absl::Seconds(10)));
+  EXPECT_EQ(store_->Put(id, "a", record, absl::Seconds(10)).code(),
+            absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(store_->Delete(id, "b").ok());
+  EXPECT_FALSE(store_->Get(id)->has_value());
+  EXPECT_TRUE(*store_->AcquireLease(id, "c", absl::Seconds(10)));  // the lease went too
+}
+
+TEST_F(RedisStoreTest, LeasesAndRecordsExpire) {
+  const std::string id = "00000000000000000000000000000001";
+  ASSERT_TRUE(*store_->AcquireLease(id, "a", absl::Milliseconds(300)));
+  ASSERT_TRUE(
+      store_->Put(id, "a", StoredSession{"", "m", 1, 0, "x"}, absl::Milliseconds(300)).ok());
+  EXPECT_FALSE(*store_->AcquireLease(id, "b", absl::Seconds(10)));
+  absl::SleepFor(absl::Milliseconds(500));
+  EXPECT_FALSE(store_->Get(id)->has_value());
+  EXPECT_TRUE(*store_->AcquireLease(id, "b", absl::Seconds(10)));  // a died: b takes over
+}
+
+TEST_F(RedisStoreTest, AForeignRecordIsDataLossAndAStoreThatComesBackIsUsedAgain) {
+  ASSERT_EQ(Cli("SET ssm:session:00000000000000000000000000000002 not-a-record"), 0);
+  EXPECT_EQ(store_->Get("00000000000000000000000000000002").status().code(),
+            absl::StatusCode::kDataLoss);
+  // Stopped and restarted on the same port: the next command reconnects.
+  const int port = redis_->port();
+  redis_->Stop();
+  EXPECT_EQ(store_->Get("00000000000000000000000000000003").status().code(),
+            absl::StatusCode::kUnavailable);
+  absl::StatusOr<std::unique_ptr<RedisProcess>> again = RedisProcess::Start(port);
+  ASSERT_TRUE(again.ok()) << again.status();
+  redis_ = *std::move(again);
+  EXPECT_TRUE(store_->Get("00000000000000000000000000000003").ok());
+}
+
+// --- Two replicas in one process ---------------------------------------------
+
+std::shared_ptr<const Model> Memory() {
+  ModelSpec spec;
+  spec.name = "mem";
+  spec.d_input = 1;
+  spec.d_output = 4;
+  spec.max_length = 4096;
+  HippoMemorySpec hippo;
+  hippo.measure = HippoMemorySpec::Measure::kLegT;
+  hippo.n = 4;
+  hippo.window = 8;
+  hippo.output = HippoMemorySpec::Output::kCoefficients;
+  spec.architecture = hippo;
+  return *LoadModel(spec, nullptr);
+}
+
+LoadedRepository Repository() {
+  LoadedRepository repo;
+  repo.models["mem"][1] = Memory();
+  return repo;
+}
+
+class ReplicasTest : public RedisStoreTest {
+ protected:
+  static void SetUpTestSuite() { SetLogEnabled(false); }
+  static void TearDownTestSuite() { SetLogEnabled(true); }
+
+  void SetUp() override {
+    RedisStoreTest::SetUp();
+    a_ = MakeReplica(store_.get());
+    absl::StatusOr<std::unique_ptr<SessionStore>> second =
+        OpenRedisStore(redis_->url(), absl::Seconds(1));
+    ASSERT_TRUE(second.ok());
+    store_b_ = *std::move(second);
+    b_ = MakeReplica(store_b_.get());
+  }
+  void TearDown() override {
+    a_.reset();
+    b_.reset();
+  }
+
+  std::unique_ptr<SessionManager> MakeReplica(SessionStore* store) {
+    SessionManager::Options o;
+    o.store = store;
+    // Longer than the store's pauses below: a lease that runs out while the
+    // store is unreachable is lost for good (ALostLeaseStopsTheOldHolder).
+    o.lease = absl::Seconds(10);
+    o.checkpoint_interval = absl::Milliseconds(100);
+    return std::make_unique<SessionManager>(o);
+  }
+
+  absl::StatusOr<std::shared_ptr<SessionManager::Entry>> Open(SessionManager& replica,
+                                                              const std::string& id = "",
+                                                              const std::string& owner = "") {
+    OpenSessionRequest r;
+    r.model = id.empty() ? "mem" : "";
+    r.session_id = id;
+    r.owner = owner;
+    return OpenSession(r, catalog_, replica, limits_);
+  }
+
+  // `steps` single steps of input value 0.1 * (position + 1); the outputs.
+  static std::vector<double> Step(SessionManager::Entry& e, int steps) {
+    std::vector<double> all;
+    for (int i = 0; i < steps; ++i) {
+      std::vector<double> x = {0.1 * (e.position() + 1)}, y(4);
+      EXPECT_TRUE(e.Run(x, 1, absl::MakeSpan(y), nullptr).ok());
+      all.insert(all.end(), y.begin(), y.end());
+    }
+    return all;
+  }
+
+  static void WaitFor(const std::function<bool()>& done) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(10);
+    while (!done() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(20));
+    EXPECT_TRUE(done());
+  }
+
+  ModelCatalog catalog_{Repository()};
+  RequestLimits limits_;
+  std::unique_ptr<SessionStore> store_b_;
+  std::unique_ptr<SessionManager> a_, b_;
+};
+
+TEST_F(ReplicasTest, ASessionMovesToAnotherReplicaByIdAndContinuesExactly) {
+  // The reference: one session that never moves.
+  absl::StatusOr<std::shared_ptr<SessionManager::Entry>> ref = Open(*a_);
+  ASSERT_TRUE(ref.ok());
+  const std::vector<double> want = Step(**ref, 30);
+  a_->Close((*ref)->id());
+
+  absl::StatusOr<std::shared_ptr<SessionManager::Entry>> s = Open(*a_);
+  ASSERT_TRUE(s.ok()) << s.status();
+  const std::string id = (*s)->id();
+  std::vector<double> got = Step(**s, 12);
+  WaitFor([&] { return (*s)->durable_position() == 12; });
+  // Attached on a: b cannot take it.
+  EXPECT_EQ(Open(*b_, id).status().code(), absl::StatusCode::kFailedPrecondition);
+  // The stream breaks on a: its last state goes to the store and a lets go.
+  a_->Detach(id, "test");
+  WaitFor([&] { return a_->GetStats().detached == 0; });
+  absl::StatusOr<std::shared_ptr<SessionManager::Entry>> moved = Open(*b_, id);
+  ASSERT_TRUE(moved.ok()) << moved.status();
+  EXPECT_EQ((*moved)->position(), 12);
+  EXPECT_EQ((*moved)->id(), id);
+  const std::vector<double> rest = Step(**moved, 18);
+  got.insert(got.end(), rest.begin(), rest.end());
+  EXPECT_EQ(got, want);  // bit for bit
+  // Now a cannot take it back while b holds it; b closes it and it is gone.
+  EXPECT_EQ(Open(*a_, id).status().code(), absl::StatusCode::kFailedPrecondition);
+  b_->Close(id);
+  WaitFor([&] { return !store_->Get(id)->has_value(); });
+  EXPECT_EQ(Open(*a_, id).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(ReplicasTest, OtherOwnersAndUnknownIdsAreNotFound) {
+  absl::StatusOr<std::shared_ptr<SessionManager::Entry>> s = Open(*a_, "", "alice");
+  ASSERT_TRUE(s.ok());
+  const std::string id = (*s)->id();
+  a_->Detach(id, "test");
+  WaitFor([&] { return a_->GetStats().detached == 0; });
+  EXPECT_EQ(Open(*b_, id, "bob").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(b_->ExportStored(id, "bob").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(Open(*b_, "ffffffffffffffffffffffffffffffff", "alice").status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(Open(*b_, "not-an-id", "alice").status().code(), absl::StatusCode::kNotFound);
+  // Bob's refused attempts left the lease free for alice.
+  absl::StatusOr<SessionSnapshot> exported = b_->ExportStored(id, "alice");
+  ASSERT_TRUE(exported.ok()) << exported.status();
+  EXPECT_EQ(exported->model, "mem");
+  EXPECT_TRUE(Open(*b_, id, "alice").ok());
+}
+
+TEST_F(ReplicasTest, AnImportedSessionIsInTheStoreAtOnce) {
+  Session session = *Session::Create(catalog_.Find("mem", 0)->model, 1);
+  absl::StatusOr<std::shared_ptr<SessionManager::Entry>> imported =
+      a_->Add("mem", 1, std::move(session), /*attached=*/false, SessionManager::Origin::kImported);
+  ASSERT_TRUE(imported.ok());
+  EXPECT_EQ(a_->GetStats().detached, 0);  // it lives in the store
+  EXPECT_TRUE(Open(*b_, (*imported)->id()).ok());
+}
+
+// A replica that loses its lease (here: the lease key is taken from under
+// it, as after a long pause) stops stepping the session and never writes
+// over the new holder's state.
+TEST_F(ReplicasTest, ALostLeaseStopsTheOldHolder) {
+  absl::StatusOr<std::shared_ptr<SessionManager::Entry>> s = Open(*a_);
+  ASSERT_TRUE(s.ok());
+  const std::string id = (*s)->id();
+  Step(**s, 3);
+  WaitFor([&] { return (*s)->durable_position() == 3; });
+  ASSERT_EQ(Cli(absl::StrCat("SET ssm:lease:", id, " someone-else")), 0);
+  WaitFor([&] { return (*s)->lost(); });
+  std::vector<double> x = {1}, y(4);
+  EXPECT_EQ((*s)->Run(x, 1, absl::MakeSpan(y), nullptr).status().code(),
+            absl::StatusCode::kUnavailable);
+  ASSERT_EQ(Cli(absl::StrCat("DEL ssm:lease:", id)), 0);
+  a_->Detach(id, "test");
+  EXPECT_EQ(a_->GetStats().detached + a_->GetStats().attached, 0);
+  absl::StatusOr<std::shared_ptr<SessionManager::Entry>> moved = Open(*b_, id);
+  ASSERT_TRUE(moved.ok()) << moved.status();
+  EXPECT_EQ((*moved)->position(), 3);
+}
+
+// The store stops answering (SIGSTOP): steps go on, unsaved and errors say
+// so; it comes back and the store catches up.
+TEST_F(ReplicasTest, AHungStoreNeverStopsSteppingAndIsCaughtUpAfter) {
+  absl::StatusOr<std::shared_ptr<SessionManager::Entry>> s = Open(*a_);
+  ASSERT_TRUE(s.ok());
+  Step(**s, 2);
+  WaitFor([&] { return (*s)->durable_position() == 2; });
+  redis_->Pause();
+  const absl::Time start = absl::Now();
+  Step(**s, 50);
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(500));  // no step waited a 1 s timeout
+  WaitFor([&] { return a_->GetStats().store_errors_total > 0; });
+  EXPECT_EQ(a_->GetStats().unsaved, 1);
+  EXPECT_FALSE(a_->GetStats().store_healthy);
+  redis_->Resume();
+  WaitFor([&] { return (*s)->durable_position() == 52; });
+  EXPECT_EQ(a_->GetStats().unsaved, 0);
+  EXPECT_TRUE(a_->GetStats().store_healthy);
+}
+
+}  // namespace
+}  // namespace ssm::server
