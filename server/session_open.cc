@@ -74,11 +74,19 @@ absl::StatusOr<std::shared_ptr<SessionManager::Entry>> OpenSession(const OpenSes
       return absl::InvalidArgumentError(
           absl::StrCat(p, "session_id: only a stream can reattach a session"));
     }
+    // A session's model never changes: ask about it, then reattach here;
+    // a session this replica does not hold comes from the store, which
+    // asks the same question once it has read the record.
+    absl::StatusOr<std::shared_ptr<SessionManager::Entry>> found =
+        sessions.Peek(r.session_id, r.owner);
+    if (!found.ok()) {
+      if (found.status().code() == absl::StatusCode::kNotFound &&
+          sessions.options().store != nullptr) {
+        return AdoptStored(r, catalog, sessions, limits);
+      }
+      return found.status();
+    }
     if (r.may_run) {
-      // A session's model never changes: ask about it, then reattach.
-      absl::StatusOr<std::shared_ptr<SessionManager::Entry>> found =
-          sessions.Peek(r.session_id, r.owner);
-      if (!found.ok()) return found.status();
       if (absl::Status s = r.may_run((*found)->model_name()); !s.ok()) return s;
     }
     absl::StatusOr<std::shared_ptr<SessionManager::Entry>> local =

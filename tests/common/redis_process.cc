@@ -66,7 +66,8 @@ std::string ReadLog(const std::string& path) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<RedisProcess>> RedisProcess::Start(int port) {
+absl::StatusOr<std::unique_ptr<RedisProcess>> RedisProcess::Start(int port,
+                                                                  const std::string& dir) {
   std::unique_ptr<RedisProcess> redis(new RedisProcess());
   if (port == 0) {
     absl::StatusOr<int> free = FreePort();
@@ -78,19 +79,13 @@ absl::StatusOr<std::unique_ptr<RedisProcess>> RedisProcess::Start(int port) {
   const int log_fd = mkstemp(tmpl);
   if (log_fd < 0) return absl::InternalError("mkstemp failed");
   redis->log_path_ = tmpl;
-  std::vector<std::string> args = {"/usr/bin/redis-server",
-                                   "--bind",
-                                   "127.0.0.1",
-                                   "--port",
-                                   absl::StrCat(port),
-                                   "--save",
-                                   "",
-                                   "--appendonly",
-                                   "no",
-                                   "--protected-mode",
-                                   "no",
-                                   "--dir",
-                                   "/tmp"};
+  std::vector<std::string> args = {"/usr/bin/redis-server", "--bind", "127.0.0.1", "--port",
+                                   absl::StrCat(port), "--save", "", "--protected-mode", "no"};
+  if (dir.empty()) {
+    args.insert(args.end(), {"--appendonly", "no", "--dir", "/tmp"});
+  } else {
+    args.insert(args.end(), {"--appendonly", "yes", "--appendfsync", "always", "--dir", dir});
+  }
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);

@@ -19,9 +19,12 @@ namespace ssm::testing {
 
 class RedisProcess {
  public:
-  // port 0: a free one. Fails (with the log) when redis-server is missing
-  // or does not answer PING within a few seconds.
-  static absl::StatusOr<std::unique_ptr<RedisProcess>> Start(int port = 0);
+  // port 0: a free one. With `dir`, it keeps an append-only file there, so
+  // a server started again on the same folder has the data back; without,
+  // nothing persists. Fails (with the log) when redis-server is missing or
+  // does not answer PING within a few seconds.
+  static absl::StatusOr<std::unique_ptr<RedisProcess>> Start(int port = 0,
+                                                             const std::string& dir = "");
   ~RedisProcess();
 
   int port() const { return port_; }
