@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "server/log.h"
 #include "ssm/session.h"
+#include "ssm/threads.h"
 
 namespace ssm::fuzz {
 namespace {
@@ -99,7 +100,7 @@ std::shared_ptr<const Model> LoadOrDie(const ModelSpec& spec, uint64_t seed) {
 
 const server::ModelCatalog& Catalog() {
   static const server::ModelCatalog* const catalog = [] {
-    QuietLogs();
+    SetUp();
     server::LoadedRepository repo;
     repo.models["legt"][1] = LoadOrDie(LegtSpec());
     repo.models["legs"][1] = LoadOrDie(LegsSpec());
@@ -113,7 +114,8 @@ const server::ModelCatalog& Catalog() {
   return *catalog;
 }
 
-void QuietLogs() {
+void SetUp() {
+  if (!SetThreads(1).ok()) Fail("SetThreads(1)");
   server::SetLogEnabled(false);
   // protobuf logs every string field that is not UTF-8 as it parses.
   google::protobuf::SetLogHandler(nullptr);

@@ -164,7 +164,7 @@ void WriteSeeds(const std::string& dir) {
 
 extern "C" int LLVMFuzzerInitialize(int* argc, char*** argv) {
   ssm::fuzz::HandleSeedFlag(argc, argv, ssm::fuzz::WriteSeeds);
-  ssm::fuzz::QuietLogs();
+  ssm::fuzz::SetUp();
   return 0;
 }
 
