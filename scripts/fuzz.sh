@@ -12,7 +12,7 @@
 # Harnesses: safetensors snapshot model_config infer_request stream_request.
 # New inputs a run finds go to build-fuzz/work/HARNESS, never into the
 # repository's corpus; a crash leaves build-fuzz/crash-* (add it to the
-# corpus with its regression test).
+# corpus as regress-NAME, with its regression test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD

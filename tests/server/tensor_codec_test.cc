@@ -42,9 +42,9 @@ TEST(TensorCodecTest, WrongRankNamesTheField) {
   EXPECT_THAT(shape.status().message(), HasSubstr("[4, 2]"));
 }
 
-// Found by the request fuzzers' bounded-message check (tests/fuzz): a shape
-// of 1,500 dimensions came back as a 4.5 KB message, and nothing bounded it
-// short of the message size limit (64 MiB by default).
+// The request fuzzers' bounded-message check (tests/fuzz) caught it: a
+// shape of 1,500 dimensions came back as a 4.5 KB message, and nothing
+// bounded it short of the message size limit (64 MiB by default).
 TEST(TensorCodecTest, ManyDimensionsAreNotAllEchoed) {
   v1::Tensor t;
   for (int i = 0; i < 100000; ++i) t.add_shape(1);
