@@ -120,7 +120,7 @@ wait_serving "$name" "${ssm[@]}"
 "${ssm[@]}" health | grep -q SERVING || fail "health is not SERVING"
 log "health SERVING"
 podman healthcheck run "$name" >/dev/null || fail "the image's HEALTHCHECK failed"
-log "image HEALTHCHECK (ssm_client health inside) passes"
+log "image HEALTHCHECK (ssm-healthcheck: ssm_client health inside) passes"
 
 [[ $(podman exec "$name" id -u) == 65532 ]] || fail "the server does not run as UID 65532"
 if podman exec "$name" touch /opt/ssmserve/models/probe 2>/dev/null; then
