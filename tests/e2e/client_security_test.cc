@@ -14,6 +14,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -55,10 +56,20 @@ void WriteText(const std::string& path, const std::string& text) {
   std::ofstream(path) << text;
 }
 
-// A fresh folder under /tmp (the tests' files: PKI, callers, keys).
+// A fresh folder under /tmp (the tests' files: PKI, callers, keys),
+// removed when the test binary exits.
+std::vector<std::string>* made_dirs = nullptr;
+void RemoveMadeDirs() {
+  for (const std::string& dir : *made_dirs) std::filesystem::remove_all(dir);
+}
 std::string TempDir(const char* prefix) {
+  if (made_dirs == nullptr) {
+    made_dirs = new std::vector<std::string>;
+    std::atexit(RemoveMadeDirs);
+  }
   std::string tmpl = absl::StrCat("/tmp/", prefix, "-XXXXXX");
-  return mkdtemp(tmpl.data());
+  made_dirs->push_back(mkdtemp(tmpl.data()));
+  return made_dirs->back();
 }
 
 // The test PKI (make_test_pki.sh), made once per test binary.
