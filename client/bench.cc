@@ -63,13 +63,14 @@ class BenchStream {
   enum Op : uintptr_t { kStart, kRead, kWrite, kWritesDone, kFinish };
   static constexpr uintptr_t kOpMask = 7;
 
-  BenchStream(const BenchOptions& o, int index, bool wait_for_ready)
+  BenchStream(const BenchOptions& o, int index, const Client& client)
       : o_(o),
         index_(index),
         n_chunks_((o.steps + o.chunk - 1) / o.chunk),
         window_(static_cast<int>(std::min<int64_t>(o.inflight, n_chunks_))),
         in_flight_(window_) {
-    context_.set_wait_for_ready(wait_for_ready);
+    context_.set_wait_for_ready(client.options().wait_for_ready);
+    client.AuthorizeContext(&context_);
     // (Capped: a run that --max_seconds ends may have asked for billions.)
     result_.latencies.reserve(
         static_cast<size_t>(std::min<int64_t>(n_chunks_, int64_t{1} << 14)));
@@ -313,8 +314,7 @@ bool RunStreams(Client& client, const BenchOptions& o, absl::Time deadline,
   std::vector<std::unique_ptr<BenchStream>> streams;
   streams.reserve(o.concurrency);
   for (int i = 0; i < o.concurrency; ++i) {
-    streams.push_back(std::make_unique<BenchStream>(
-        o, i, client.options().wait_for_ready));
+    streams.push_back(std::make_unique<BenchStream>(o, i, client));
   }
   for (std::unique_ptr<BenchStream>& s : streams) s->Start(stub.get(), &cq);
 
@@ -460,6 +460,7 @@ absl::StatusOr<BenchReport> RunBench(Client& client,
   if (o.max_duration <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("--max_seconds must be > 0");
   }
+  if (absl::Status s = client.status(); !s.ok()) return s;
   // Also checks that the server is there and knows the model before any
   // thread starts.
   absl::StatusOr<ssm::v1::GetModelResponse> model = client.GetModel(o.model);

@@ -45,6 +45,7 @@
 
 namespace grpc {
 class Channel;
+class ClientContext;
 class Status;
 }  // namespace grpc
 
@@ -85,6 +86,31 @@ struct ClientOptions {
   // server, and a caller that polls a starting server.
   absl::Duration reconnect_backoff = absl::Seconds(1);
   absl::Duration max_reconnect_backoff = absl::Seconds(120);
+
+  // Transport security. TLS is on when `tls` is set or any of the three
+  // files is given; the server's certificate must then chain to ca_file's
+  // roots (gRPC's default roots when ca_file is empty) and carry the
+  // address's host, or server_name, among its names. Files hold PEM and
+  // are read when the Client is made.
+  bool tls = false;
+  std::string ca_file;
+  // A client certificate (chain) and its private key, for servers that
+  // ask for one (mutual TLS; --tls_client_auth). Both or neither.
+  std::string cert_file;
+  std::string key_file;
+  // The name to verify the server's certificate against instead of the
+  // address's host: for an address by IP, or through a proxy. Needs TLS.
+  std::string server_name;
+
+  // A bearer token sent as `authorization: Bearer <token>` metadata with
+  // every call - unary calls, streams, and a stream's resumes - except
+  // Health, which servers leave open (so a probe of a plaintext health
+  // port never carries it). At most one of `token` and `token_file` (read
+  // once, when the Client is made; whitespace around it is dropped).
+  // Printable ASCII only. It is also sent without TLS (loopback, or a
+  // sidecar that terminates TLS): anywhere else, turn TLS on.
+  std::string token;
+  std::string token_file;
 };
 
 struct InferResult {
@@ -143,10 +169,12 @@ class Stream;
 class Client {
  public:
   // Does not connect yet (gRPC connects on first use): errors surface on
-  // the calls.
+  // the calls. Options that cannot work (see status()) make a Client whose
+  // every call returns why, without a channel: never a plaintext fallback.
   explicit Client(const ClientOptions& options);
-  // Over an existing channel (options.address, max_message_bytes and
-  // load_balancing are then the channel's business).
+  // Over an existing channel (options.address, max_message_bytes,
+  // load_balancing and the TLS options are then the channel's business;
+  // the token is still this Client's).
   Client(std::shared_ptr<grpc::Channel> channel, const ClientOptions& options);
   ~Client();
 
@@ -198,9 +226,22 @@ class Client {
   enum class ServingStatus { kUnknown, kServing, kNotServing, kServiceUnknown };
   absl::StatusOr<ServingStatus> Health(const std::string& service = "");
 
-  // Blocks until the channel is connected or `timeout` passes; false then.
+  // Blocks until the channel is connected or `timeout` passes; false then
+  // (and at once when status() is not OK).
   bool WaitForConnected(absl::Duration timeout);
 
+  // OK, or why this Client can make no call, which every call then
+  // returns: a TLS or token file that cannot be read (the file's own code,
+  // NOT_FOUND, PERMISSION_DENIED, ..., the option and the path in the
+  // message), one that holds no PEM, an unusable token, or options that
+  // contradict each other (INVALID_ARGUMENT). Never contains the token.
+  absl::Status status() const;
+
+  // Adds this Client's per-call credentials (the token's metadata) to
+  // `context`, for calls made by hand on channel() (async stubs, say).
+  void AuthorizeContext(grpc::ClientContext* context) const;
+
+  // Null when status() is not OK.
   const std::shared_ptr<grpc::Channel>& channel() const;
   const ClientOptions& options() const;
 

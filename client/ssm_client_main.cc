@@ -1,6 +1,7 @@
 // ssm_client: the command-line client of ssm_server.
 //
-//   ssm_client [--address=HOST:PORT] SUBCOMMAND [flags]
+//   ssm_client [--address=HOST:PORT] [--ca=F [--cert=F --key=F]]
+//              [--token_file=F] SUBCOMMAND [flags]
 //
 // Exit status: 0 on success, 1 when the call failed (the gRPC code and the
 // server's message go to stderr) or, for `health`, when the server is not
@@ -8,6 +9,7 @@
 #include <bit>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 #include <optional>
 #include <string>
@@ -38,6 +40,24 @@ ABSL_FLAG(absl::Duration, deadline, absl::Seconds(30),
           "deadline of each unary call");
 ABSL_FLAG(int, max_message_bytes, 64 << 20, "largest message, bytes");
 ABSL_FLAG(std::string, load_balancing, "", "gRPC policy: '' or round_robin");
+// Security (README "Security").
+ABSL_FLAG(std::string, ca, "",
+          "TLS: the CA certificate (PEM) the server's certificate must chain "
+          "to; turns TLS on");
+ABSL_FLAG(bool, tls, false,
+          "TLS with gRPC's default roots (implied by --ca, --cert, --key)");
+ABSL_FLAG(std::string, cert, "",
+          "mTLS: a client certificate (PEM) to present, with --key");
+ABSL_FLAG(std::string, key, "", "mTLS: the private key (PEM) of --cert");
+ABSL_FLAG(std::string, server_name, "",
+          "TLS: the name the server's certificate must carry when it is not "
+          "the host in --address (an IP address, a proxy)");
+ABSL_FLAG(std::string, token, "",
+          "bearer token, sent with every call except health (default: the "
+          "environment variable SSM_TOKEN). Other users can read a process's "
+          "arguments: prefer SSM_TOKEN or --token_file");
+ABSL_FLAG(std::string, token_file, "",
+          "a file holding the bearer token (instead of --token)");
 // Models and inference.
 ABSL_FLAG(std::string, model, "", "model name");
 ABSL_FLAG(int64_t, version, 0, "model version (0: newest)");
@@ -123,8 +143,18 @@ subcommands:
         [--hold_seconds H] [--server_pid PID]
         [--json]             a bounded load test
 
+security (any subcommand):
+  --ca F [--cert F --key F] [--server_name NAME]
+                             TLS, verifying the server against the CA in F;
+                             with --cert/--key, a client certificate (mTLS)
+  --token_file F | --token T a bearer token for every call but health;
+                             without either, $SSM_TOKEN if set. health needs
+                             none, so `--address=HOST:HEALTH_PORT health`
+                             asks a server's plaintext --health_address
+
 Files: .npy (float32/float64, C order) or CSV (one row per step, batch 1).
-State files hold the server's portable snapshot bytes.)";
+State files hold the server's portable snapshot bytes (with its signature,
+when the server signs snapshots).)";
 
 int Fail(const absl::Status& status) {
   std::cerr << "error: " << status << "\n";
@@ -142,6 +172,20 @@ Client MakeClient() {
   options.deadline = absl::GetFlag(FLAGS_deadline);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.load_balancing = absl::GetFlag(FLAGS_load_balancing);
+  options.tls = absl::GetFlag(FLAGS_tls);
+  options.ca_file = absl::GetFlag(FLAGS_ca);
+  options.cert_file = absl::GetFlag(FLAGS_cert);
+  options.key_file = absl::GetFlag(FLAGS_key);
+  options.server_name = absl::GetFlag(FLAGS_server_name);
+  options.token = absl::GetFlag(FLAGS_token);
+  options.token_file = absl::GetFlag(FLAGS_token_file);
+  if (options.token.empty() && options.token_file.empty()) {
+    if (const char* env = std::getenv("SSM_TOKEN"); env != nullptr) {
+      options.token = env;
+    }
+  }
+  // A bad option (an unreadable certificate, say) comes back from the
+  // first call, which Fail() prints; the token never appears in it.
   return Client(options);
 }
 
@@ -198,7 +242,8 @@ int CmdInfer() {
     if (!result->state.has_value()) {
       return Fail(absl::InternalError("the server returned no state"));
     }
-    if (absl::Status s = ssm::client::WriteFileBytes(save, result->state->data());
+    if (absl::Status s = ssm::client::WriteFileBytes(
+            save, ssm::client::StateFileBytes(*result->state));
         !s.ok()) {
       return Fail(s);
     }
@@ -254,9 +299,7 @@ int CmdStream() {
       !resume.empty()) {
     auto bytes = ssm::client::ReadFileBytes(resume);
     if (!bytes.ok()) return Fail(bytes.status());
-    ssm::v1::StateSnapshot snapshot;
-    snapshot.set_data(*std::move(bytes));
-    open.resume_from = std::move(snapshot);
+    open.resume_from = ssm::client::ParseStateFile(*bytes);
   }
   auto stream = client.OpenStream(open);
   if (!stream.ok()) return Fail(stream.status());
@@ -330,7 +373,8 @@ int CmdStream() {
   if (const std::string save = absl::GetFlag(FLAGS_save_state); !save.empty()) {
     auto state = client.ExportState((*stream)->session_id());
     if (!state.ok()) return Fail(state.status());
-    if (absl::Status s = ssm::client::WriteFileBytes(save, state->data());
+    if (absl::Status s = ssm::client::WriteFileBytes(
+            save, ssm::client::StateFileBytes(*state));
         !s.ok()) {
       return Fail(s);
     }

@@ -98,6 +98,7 @@ Stream::~Stream() {
 
 absl::StatusOr<std::unique_ptr<Stream>> Client::OpenStream(
     const StreamOptions& options) {
+  if (!rep_->setup.ok()) return rep_->setup;
   if (options.batch < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("batch must be >= 1, got ", options.batch));

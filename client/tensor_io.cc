@@ -9,7 +9,11 @@
 #include <iterator>
 #include <vector>
 
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
+
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -311,6 +315,37 @@ absl::StatusOr<Tensor> ReadSequence(const std::string& path) {
 absl::Status WriteSequence(const std::string& path, const Tensor& tensor) {
   return WriteFileBytes(path, EndsWith(path, ".npy") ? FormatNpy(tensor)
                                                      : FormatCsv(tensor));
+}
+
+namespace {
+// The first bytes of a snapshot's `data` (DESIGN.md section 2.14).
+constexpr absl::string_view kSnapshotMagic("SSMSNAP\0", 8);
+}  // namespace
+
+std::string StateFileBytes(const ssm::v1::StateSnapshot& snapshot) {
+  if (snapshot.signature().empty()) return snapshot.data();
+  // Deterministic: the same snapshot always gives the same file.
+  std::string bytes;
+  google::protobuf::io::StringOutputStream out(&bytes);
+  google::protobuf::io::CodedOutputStream coded(&out);
+  coded.SetSerializationDeterministic(true);
+  snapshot.SerializeToCodedStream(&coded);
+  coded.Trim();
+  return bytes;
+}
+
+ssm::v1::StateSnapshot ParseStateFile(const std::string& bytes) {
+  ssm::v1::StateSnapshot snapshot;
+  // Raw data starts with the magic; a message starts with field 1's tag
+  // (0x0a), so the two cannot be mistaken for each other.
+  if (!absl::StartsWith(bytes, kSnapshotMagic) &&
+      snapshot.ParseFromString(bytes) &&
+      absl::StartsWith(snapshot.data(), kSnapshotMagic)) {
+    return snapshot;
+  }
+  snapshot.Clear();
+  snapshot.set_data(bytes);
+  return snapshot;
 }
 
 }  // namespace ssm::client

@@ -1,4 +1,5 @@
-// Sequence tensors in files, for the CLI: CSV and NumPy .npy.
+// Sequence tensors and session states in files, for the CLI: CSV and
+// NumPy .npy; state files.
 //
 // CSV: one row per time step, one column per feature, batch 1; values
 // separated by commas; blank lines and lines starting with '#' are
@@ -17,6 +18,7 @@
 
 #include "absl/status/statusor.h"
 #include "client/ssm_client.h"
+#include "ssm/v1/ssm_service.pb.h"
 
 namespace ssm::client {
 
@@ -41,6 +43,18 @@ absl::Status WriteSequence(const std::string& path, const Tensor& tensor);
 // and the system's reason in the message.
 absl::StatusOr<std::string> ReadFileBytes(const std::string& path);
 absl::Status WriteFileBytes(const std::string& path, const std::string& bytes);
+
+// State files (--save_state, --resume_state; the Python package's
+// Snapshot.save/load). An unsigned snapshot's file is its `data`, the
+// server's portable snapshot bytes (DESIGN.md section 2.14, what
+// ssm::Session::Import reads). A signed one (a server with
+// --snapshot_keys fills StateSnapshot.signature and imports nothing
+// without it) is the whole ssm.v1.StateSnapshot message, protobuf binary,
+// so the signature travels with the state.
+std::string StateFileBytes(const ssm::v1::StateSnapshot& snapshot);
+// Either form. Bytes that are neither are taken as snapshot data as they
+// are: the server says what is wrong with them (DATA_LOSS, ...).
+ssm::v1::StateSnapshot ParseStateFile(const std::string& bytes);
 
 }  // namespace ssm::client
 

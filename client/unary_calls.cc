@@ -1,6 +1,7 @@
 // The Client's unary calls: one request, one response, each through
-// Client::Rep::Call (the per-call context; the server's status kept as it
-// came).
+// Client::Rep::Call (the per-call context with the token; the server's
+// status kept as it came). Health goes without the token: servers leave it
+// open, and it may be asked on a plaintext health-only port.
 #include <utility>
 #include <vector>
 
@@ -26,7 +27,7 @@ const char* ServingStatusName(Client::ServingStatus status) {
 
 absl::StatusOr<std::vector<ssm::v1::ModelStatus>> Client::ListModels() {
   absl::StatusOr<ssm::v1::ListModelsResponse> response =
-      rep_->Call(*rep_->inference, &ssm::v1::Inference::Stub::ListModels,
+      rep_->Call(rep_->inference.get(), &ssm::v1::Inference::Stub::ListModels,
            ssm::v1::ListModelsRequest());
   if (!response.ok()) return response.status();
   return std::vector<ssm::v1::ModelStatus>(response->models().begin(),
@@ -38,7 +39,7 @@ absl::StatusOr<ssm::v1::GetModelResponse> Client::GetModel(
   ssm::v1::GetModelRequest request;
   request.set_model(model);
   request.set_version(version);
-  return rep_->Call(*rep_->inference, &ssm::v1::Inference::Stub::GetModel,
+  return rep_->Call(rep_->inference.get(), &ssm::v1::Inference::Stub::GetModel,
               request);
 }
 
@@ -52,7 +53,7 @@ absl::StatusOr<InferResult> Client::Infer(const std::string& model,
   request.set_return_state(return_state);
   internal::ToProto(input, request.mutable_input());
   absl::StatusOr<ssm::v1::InferResponse> response =
-      rep_->Call(*rep_->inference, &ssm::v1::Inference::Stub::Infer, request);
+      rep_->Call(rep_->inference.get(), &ssm::v1::Inference::Stub::Infer, request);
   if (!response.ok()) return response.status();
 
   InferResult result;
@@ -71,7 +72,7 @@ absl::StatusOr<ssm::v1::StateSnapshot> Client::ExportState(
   ssm::v1::ExportStateRequest request;
   request.set_session_id(session_id);
   absl::StatusOr<ssm::v1::ExportStateResponse> response = rep_->Call(
-      *rep_->inference, &ssm::v1::Inference::Stub::ExportState, request);
+      rep_->inference.get(), &ssm::v1::Inference::Stub::ExportState, request);
   if (!response.ok()) return response.status();
   return response->state();
 }
@@ -84,19 +85,19 @@ absl::StatusOr<Client::Imported> Client::ImportState(
   request.set_model(model);
   request.set_version(version);
   absl::StatusOr<ssm::v1::ImportStateResponse> response = rep_->Call(
-      *rep_->inference, &ssm::v1::Inference::Stub::ImportState, request);
+      rep_->inference.get(), &ssm::v1::Inference::Stub::ImportState, request);
   if (!response.ok()) return response.status();
   return Imported{response->session_id(), response->position()};
 }
 
 absl::StatusOr<ssm::v1::BuildHippoResponse> Client::BuildHippo(
     const ssm::v1::BuildHippoRequest& request) {
-  return rep_->Call(*rep_->math, &ssm::v1::Math::Stub::BuildHippo, request);
+  return rep_->Call(rep_->math.get(), &ssm::v1::Math::Stub::BuildHippo, request);
 }
 
 absl::StatusOr<ssm::v1::ComputeKernelResponse> Client::ComputeKernel(
     const ssm::v1::ComputeKernelRequest& request) {
-  return rep_->Call(*rep_->math, &ssm::v1::Math::Stub::ComputeKernel, request);
+  return rep_->Call(rep_->math.get(), &ssm::v1::Math::Stub::ComputeKernel, request);
 }
 
 absl::StatusOr<Client::ServingStatus> Client::Health(
@@ -104,7 +105,8 @@ absl::StatusOr<Client::ServingStatus> Client::Health(
   grpc::health::v1::HealthCheckRequest request;
   request.set_service(service);
   absl::StatusOr<grpc::health::v1::HealthCheckResponse> response =
-      rep_->Call(*rep_->health, &grpc::health::v1::Health::Stub::Check, request);
+      rep_->Call(rep_->health.get(), &grpc::health::v1::Health::Stub::Check,
+                 request, /*with_token=*/false);
   if (!response.ok()) return response.status();
   switch (response->status()) {
     case grpc::health::v1::HealthCheckResponse::SERVING:

@@ -7,8 +7,8 @@
 #    no issue, with the rules of docker/.dockerfilelintrc.
 # 2. What the image promises and a linter does not know: a non-root numeric
 #    USER, exec-form ENTRYPOINT (so SIGTERM reaches ssm_server), the gRPC and
-#    metrics ports exposed, a HEALTHCHECK through `ssm_client health`, and
-#    debian:bookworm-slim as the default base.
+#    metrics ports exposed, a HEALTHCHECK through ssm-healthcheck (which
+#    runs `ssm_client health`), and debian:bookworm-slim as the default base.
 # 3. Self-test: the same checks must reject broken copies of the file, so a
 #    linter that stopped reporting would fail here instead of passing.
 set -euo pipefail
@@ -33,7 +33,12 @@ check() {
   expect "non-root numeric USER" '^USER [1-9][0-9]*(:[0-9]+)?$'
   expect "exec-form ENTRYPOINT of ssm_server" '^ENTRYPOINT \["[^"]*/ssm_server"'
   expect "EXPOSE of 50051 and 9464" '^EXPOSE .*50051/tcp.*9464/tcp'
-  expect "HEALTHCHECK through ssm_client health" '^ +CMD \["[^"]*/ssm_client",.*"health"\]'
+  expect "HEALTHCHECK through ssm-healthcheck" '^ +CMD \["/opt/ssmserve/bin/ssm-healthcheck"\]'
+  expect "ssm-healthcheck copied into the image" '^COPY docker/healthcheck\.sh /opt/ssmserve/bin/ssm-healthcheck$'
+  if ! grep -Eq '^exec /opt/ssmserve/bin/ssm_client .*health$' "$here/healthcheck.sh"; then
+    echo "check-dockerfile: $here/healthcheck.sh does not end in ssm_client health"
+    bad=1
+  fi
   expect "default base debian:bookworm-slim" '^ARG BASE_IMAGE=debian:bookworm-slim$'
   expect "build stage using the project's install script" '^RUN \./scripts/install-deps\.sh'
   return $bad
@@ -47,7 +52,7 @@ trap 'rm -rf "$tmp"' EXIT
 breaks=(
   's/^USER .*/USER root/'                                  # runs as root
   's/^ENTRYPOINT \["([^"]*)",/ENTRYPOINT \1 /'             # shell form
-  '/^HEALTHCHECK/,/"health"\]$/d'                          # no health check
+  '/^HEALTHCHECK/,/ssm-healthcheck"\]$/d'                  # no health check
   's/^EXPOSE .*/EXPOSE 50051\/tcp/'                        # metrics port hidden
   's/^(RUN apt-get update -qq) \\$/\1/'                    # update alone (lint)
   's/^COPY --from=build/copy --from=build/'                # lower case (lint)

@@ -15,6 +15,11 @@
 #   one Infer and one stream of the same input agree; /metrics answers; a
 #   repository mounted read-only over /opt/ssmserve/models replaces the
 #   baked-in one;
+#   once more with TLS and a token (certificates by tests/e2e/make_test_pki.sh
+#   in a temporary folder mounted read-only, --health_address for the
+#   HEALTHCHECK): the image's HEALTHCHECK passes on the health port, a call
+#   without the token is UNAUTHENTICATED, one with it works, plaintext to
+#   the TLS port gets nothing;
 #   SIGTERM during a stream: the stream completes and the container exits 0.
 # Exit 0 only if all of that held. --keep leaves the image and the logs.
 set -euo pipefail
@@ -53,7 +58,7 @@ fail() {
   exit 1
 }
 cleanup() {
-  podman "${podman_opts[@]}" rm -f -t 0 "$name" "$name-vol" >/dev/null 2>&1 || true
+  podman "${podman_opts[@]}" rm -f -t 0 "$name" "$name-vol" "$name-tls" >/dev/null 2>&1 || true
   if $keep; then log "kept $image and $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
@@ -115,7 +120,7 @@ wait_serving "$name" "${ssm[@]}"
 "${ssm[@]}" health | grep -q SERVING || fail "health is not SERVING"
 log "health SERVING"
 podman healthcheck run "$name" >/dev/null || fail "the image's HEALTHCHECK failed"
-log "image HEALTHCHECK (ssm_client health inside) passes"
+log "image HEALTHCHECK (ssm-healthcheck: ssm_client health inside) passes"
 
 [[ $(podman exec "$name" id -u) == 65532 ]] || fail "the server does not run as UID 65532"
 if podman exec "$name" touch /opt/ssmserve/models/probe 2>/dev/null; then
@@ -136,11 +141,15 @@ seq 0 299 | awk '{printf "%.6f\n", sin($1 / 7) + 0.5 * cos($1 / 3)}' >"$work/x.c
   fail "StreamInfer"
 rows=$(wc -l <"$work/infer.csv")
 [[ $rows -ge 300 ]] || fail "Infer returned $rows rows for 300 steps"
-# Streaming and Infer agree to float32 printing (DESIGN.md: ≤ 1e-9 in double).
-paste -d, "$work/infer.csv" "$work/stream.csv" | awk -F, '
-  { n = NF / 2; for (i = 1; i <= n; i++) { d = $i - $(i + n); if (d < 0) d = -d;
-      if (d > 1e-5 * (1 + ($i < 0 ? -$i : $i))) { print "row " NR ": " $0; bad = 1; exit } } }
-  END { exit bad }' || fail "stream outputs differ from Infer's"
+# Two CSV outputs agree to float32 printing (DESIGN.md: ≤ 1e-9 in double).
+agree() {
+  paste -d, "$1" "$2" | awk -F, '
+    { n = NF / 2; for (i = 1; i <= n; i++) { d = $i - $(i + n); if (d < 0) d = -d;
+        if (d > 1e-5 * (1 + ($i < 0 ? -$i : $i))) { print "row " NR ": " $0; bad = 1; exit } } }
+    END { exit bad }'
+}
+# Streaming and Infer agree.
+agree "$work/infer.csv" "$work/stream.csv" || fail "stream outputs differ from Infer's"
 log "Infer and a stream in chunks of 7 agree on 300 steps"
 
 /usr/bin/python3 - "$metrics" <<'PY' || fail "/metrics"
@@ -165,6 +174,50 @@ podman "${podman_opts[@]}" rm -f -t 0 "$name-vol" >/dev/null 2>&1 || true
 grep -q legt-delay <<<"$served" && ! grep -q s4-demo <<<"$served" ||
   fail "a mounted repository did not replace the baked-in one: $served"
 log "a repository mounted over /opt/ssmserve/models replaces the baked-in one"
+
+# The HEALTHCHECK reads FLAGS_health_address: pointed at a port where
+# nothing listens, it must fail (so it does look there).
+if podman exec -e FLAGS_health_address=0.0.0.0:1 "$name" /opt/ssmserve/bin/ssm-healthcheck \
+  >/dev/null 2>&1; then
+  fail "the HEALTHCHECK ignored FLAGS_health_address"
+fi
+
+# TLS and a token: the test PKI mounted read-only (keys readable by the
+# server's UID), a callers file knowing one token, the health port for the
+# HEALTHCHECK given as an argument.
+pki=$work/pki
+tests/e2e/make_test_pki.sh "$pki" >/dev/null
+token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+printf '{"callers": [{"principal": "smoke", "token_sha256": ["%s"], "scopes": ["run:*", "list"]}]}\n' \
+  "$(printf %s "$token" | sha256sum | cut -d' ' -f1)" >"$pki/callers.json"
+chmod -R a+rX "$pki"
+podman run "${podman_opts[@]}" "${limits[@]}" -d --name "$name-tls" \
+  -p 127.0.0.1::50051 -p 127.0.0.1::50052 -v "$pki:/etc/ssmserve/tls:ro" \
+  "$image" --tls_cert=/etc/ssmserve/tls/server.pem --tls_key=/etc/ssmserve/tls/server.key \
+  --auth_callers=/etc/ssmserve/tls/callers.json --health_address=0.0.0.0:50052 \
+  >/dev/null 2>"$work/run-tls.err" || { cat "$work/run-tls.err" >&2; fail "podman run with TLS"; }
+# (The certificate names 127.0.0.1, which is where podman publishes.)
+tls=("$client" --address="$(podman port "$name-tls" 50051/tcp)" --ca="$pki/ca.pem" --deadline=10s)
+wait_serving "$name-tls" "$client" --address="$(podman port "$name-tls" 50052/tcp)" --deadline=10s
+podman healthcheck run "$name-tls" >/dev/null ||
+  fail "the image's HEALTHCHECK failed on a TLS server with --health_address"
+refused=$(env -u SSM_TOKEN "${tls[@]}" models 2>&1) &&
+  fail "a call without the token was served: $refused"
+grep -q "^error: UNAUTHENTICATED: " <<<"$refused" ||
+  fail "a call without the token was not refused with UNAUTHENTICATED: $refused"
+served=$(SSM_TOKEN=$token "${tls[@]}" models 2>&1) || fail "a call with the token failed: $served"
+grep -q s4-demo <<<"$served" || fail "models with the token does not list s4-demo: $served"
+SSM_TOKEN=$token "${tls[@]}" infer --model=s4-demo --input="$work/x.csv" --output="$work/tls.csv" ||
+  fail "Infer over TLS with the token"
+[[ $(wc -l <"$work/tls.csv") -ge 300 ]] || fail "Infer over TLS returned too few rows"
+agree "$work/tls.csv" "$work/infer.csv" || fail "Infer over TLS differs from plaintext Infer"
+if SSM_TOKEN=$token "$client" --address="$(podman port "$name-tls" 50051/tcp)" --deadline=3s \
+  models >/dev/null 2>&1; then
+  fail "plaintext to the TLS port was served"
+fi
+podman logs "$name-tls" 2>&1 | grep -q "(gRPC, TLS)" || fail "the server log does not say TLS"
+podman "${podman_opts[@]}" rm -f -t 0 "$name-tls" >/dev/null 2>&1 || true
+log "TLS + token: HEALTHCHECK on the health port, no token UNAUTHENTICATED, token served, plaintext refused"
 
 # SIGTERM with a stream running: it must complete (drain), then exit 0.
 # 20000 lock-step steps take several seconds, well inside the drain.

@@ -3,7 +3,7 @@
 
     check_rendered.py RENDERED.yaml [--server-main server/ssm_server_main.cc]
         [--models-dir models] [--namespace NS] [--image IMAGE]
-        [--models-volume]
+        [--models-volume] [--secure]
     check_rendered.py --self-test RENDERED.yaml [same options]
 
 Offline, with no cluster: it reads the YAML stream and checks what
@@ -30,6 +30,12 @@ import yaml
 
 GRPC_PORT = 50051
 METRICS_PORT = 9464
+# Flags naming files the server reads that hold secrets or decide who may
+# do what (TLS keys, the callers file, snapshot keys): they must come from
+# Secret volumes, read-only and without subPath (a subPath mount never sees
+# a Secret's update, so rotation would need a restart).
+SECRET_FILE_FLAGS = ("tls_cert", "tls_key", "tls_client_ca", "auth_callers",
+                     "snapshot_keys")
 # Abseil's own flags, accepted by every absl::ParseCommandLine binary.
 ABSL_BUILTIN_FLAGS = {"flagfile", "fromenv", "tryfromenv", "undefok"}
 
@@ -87,6 +93,7 @@ class Checker:
         self.docs = docs
         self.opts = opts
         self.errors = []
+        self.tls = False
 
     def error(self, message):
         self.errors.append(message)
@@ -198,6 +205,13 @@ class Checker:
             "limits", {})
         args = self.expand_args(c, limits)
         flags = self.parse_flags(args, self.opts.known_flags)
+        self.tls = bool(flags.get("tls_cert"))
+        if getattr(self.opts, "secure", False):
+            for flag in ("tls_cert", "tls_key", "tls_client_ca", "auth_callers",
+                         "snapshot_keys", "health_address"):
+                if not flags.get(flag):
+                    self.error(f"--{flag} is missing (--secure: TLS, callers, "
+                               "signed snapshots and a health port)")
 
         # Listening: all interfaces, the ports the Services and probes use.
         address = flags.get("address", "")
@@ -234,16 +248,19 @@ class Checker:
             except ValueError as e:
                 self.error(f"--{flag}: {e}")
 
-        # Probes: Kubernetes' native gRPC probes on grpc.health.v1.
+        # Probes: Kubernetes' native gRPC probes on grpc.health.v1, on the
+        # gRPC port, or on the plaintext health-only port when there is one
+        # (the kubelet's gRPC probes cannot speak TLS).
+        probe_port = self.check_health_port(flags, ports)
         for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
             probe = c.get(kind)
             if not probe or "grpc" not in probe:
                 self.error(f"{kind} must be a gRPC probe (grpc: port "
-                           f"{GRPC_PORT})")
+                           f"{probe_port})")
                 continue
-            if probe["grpc"].get("port") != GRPC_PORT:
+            if probe_port is not None and probe["grpc"].get("port") != probe_port:
                 self.error(f"{kind} probes port {probe['grpc'].get('port')}, "
-                           f"want {GRPC_PORT}")
+                           f"want {probe_port}")
             service = probe["grpc"].get("service", "")
             if service != "" and kind == "livenessProbe":
                 self.error("livenessProbe must ask about the server (\"\"), "
@@ -343,6 +360,7 @@ class Checker:
         if "/tmp" not in mounts:
             self.error("/tmp must be a volume (the root file system is "
                        "read-only)")
+        self.check_secret_files(pod, c, flags)
         repository = flags.get("model_repository", "")
         if not repository.startswith("/"):
             self.error(f"--model_repository={repository!r} must be absolute")
@@ -354,6 +372,68 @@ class Checker:
             elif not mount.get("readOnly"):
                 self.error("the model volume must be mounted read-only")
         return dep, labels
+
+    def check_health_port(self, flags, ports):
+        """The port the probes must ask: --health_address's when set (all
+        interfaces, declared as the container port 'health'), else the
+        gRPC port, which then must not serve TLS."""
+        tls = bool(flags.get("tls_cert") or flags.get("tls_key"))
+        if tls and not (flags.get("tls_cert") and flags.get("tls_key")):
+            self.error("--tls_cert and --tls_key go together")
+        if flags.get("tls_client_auth", "none") not in ("none", "request",
+                                                         "require"):
+            self.error("--tls_client_auth must be none, request or require")
+        elif (flags.get("tls_client_auth", "none") != "none"
+              and not flags.get("tls_client_ca")):
+            self.error("--tls_client_auth verifies client certificates: it "
+                       "needs --tls_client_ca")
+        health = flags.get("health_address")
+        if not health:
+            if tls:
+                self.error("the gRPC port serves TLS and the kubelet's gRPC "
+                           "probes cannot speak TLS: set --health_address "
+                           "(a plaintext health-only port) and probe it")
+            return GRPC_PORT
+        m = re.fullmatch(r"(0\.0\.0\.0|\[::\]):(\d+)", health)
+        if not m:
+            self.error(f"--health_address={health!r}: want 0.0.0.0:<port> or "
+                       "[::]:<port> (the kubelet probes the pod's IP)")
+            return None
+        port = int(m.group(2))
+        if port in (GRPC_PORT, METRICS_PORT):
+            self.error(f"--health_address port {port} is taken by gRPC or "
+                       "metrics")
+        if ports.get("health") != port:
+            self.error(f"container port 'health' must be {port} "
+                       f"(--health_address), got {ports.get('health')}")
+        return port
+
+    def check_secret_files(self, pod, c, flags):
+        secret_volumes = {v.get("name") for v in pod.get("volumes", [])
+                          if "secret" in v}
+        for flag in SECRET_FILE_FLAGS:
+            path = flags.get(flag)
+            if not path:
+                continue
+            if not path.startswith("/"):
+                self.error(f"--{flag}={path!r} must be absolute")
+                continue
+            # The innermost mount holding the path.
+            holding = [m for m in c.get("volumeMounts", [])
+                       if path.startswith(m.get("mountPath", "").rstrip("/") + "/")]
+            mount = max(holding, key=lambda m: len(m["mountPath"]), default=None)
+            if mount is None or mount.get("name") not in secret_volumes:
+                self.error(f"--{flag}={path} is not on a Secret volume "
+                           "(secrets and the callers file come from Secrets, "
+                           "never the image or a ConfigMap)")
+                continue
+            if not mount.get("readOnly"):
+                self.error(f"the Secret volume {mount['name']!r} holding "
+                           f"--{flag} must be mounted read-only")
+            if mount.get("subPath") or mount.get("subPathExpr"):
+                self.error(f"the Secret volume {mount['name']!r} holding "
+                           f"--{flag} is mounted with subPath, which never "
+                           "sees the Secret's updates (no rotation)")
 
     def check_services(self, pod_labels):
         services = self.of_kind("Service")
@@ -379,6 +459,10 @@ class Checker:
                 self.error(f"Service {name} selects no ssmserve pod")
             grpc = [p for p in s["spec"].get("ports", [])
                     if p.get("name") == "grpc"]
+            if self.tls and any(p.get("appProtocol") == "kubernetes.io/h2c"
+                                for p in grpc):
+                self.error(f"Service {name} calls its grpc port cleartext "
+                           "(appProtocol kubernetes.io/h2c), but it serves TLS")
             if len(grpc) != 1 or grpc[0].get("port") != GRPC_PORT or grpc[
                     0].get("targetPort") not in ("grpc", GRPC_PORT):
                 self.error(f"Service {name} needs port grpc {GRPC_PORT} -> "
@@ -468,6 +552,25 @@ def _headless(docs):
                 and d["spec"].get("clusterIP") == "None")
 
 
+def _add_secret(docs, flag, read_only=True, sub_path=None):
+    """A Secret volume 'extra' at /etc/extra, and --flag naming a file in
+    it (mounted as given)."""
+    pod = _dep(docs)["spec"]["template"]["spec"]
+    pod.setdefault("volumes", []).append(
+        {"name": "extra", "secret": {"secretName": "extra"}})
+    mount = {"name": "extra", "mountPath": "/etc/extra", "readOnly": read_only}
+    if sub_path:
+        mount["subPath"] = sub_path
+    _ctr(docs).setdefault("volumeMounts", []).append(mount)
+    _set_arg(docs, flag, "/etc/extra/file")
+
+
+def _tls_without_health(docs):
+    _add_secret(docs, "tls_cert")
+    _set_arg(docs, "tls_key", "/etc/extra/file")
+    _set_arg(docs, "health_address", None)
+
+
 MUTATIONS = [
     ("readiness probe over exec", "readinessProbe must be a gRPC probe",
      lambda d: _ctr(d).update(readinessProbe={
@@ -488,7 +591,8 @@ MUTATIONS = [
     ("loopback address", "--address=",
      lambda d: _set_arg(d, "address", "127.0.0.1:50051")),
     ("metrics port moved", "container port 'metrics'",
-     lambda d: _ctr(d)["ports"][1].update(containerPort=9090)),
+     lambda d: next(p for p in _ctr(d)["ports"] if p["name"] == "metrics").update(
+         containerPort=9090)),
     ("no headless Service", "one headless Service",
      lambda d: _headless(d)["spec"].pop("clusterIP")),
     ("Service selecting nothing", "selects no ssmserve pod",
@@ -517,6 +621,40 @@ MUTATIONS = [
      lambda d: _ctr(d)["livenessProbe"].update(failureThreshold=1)),
     ("replicas fighting the HPA", "sets spec.replicas",
      lambda d: _dep(d)["spec"].update(replicas=3)),
+    ("TLS with the probes on the TLS port", "cannot speak TLS",
+     _tls_without_health),
+    ("the callers file in the pod's /tmp", "is not on a Secret volume",
+     lambda d: _set_arg(d, "auth_callers", "/tmp/callers.json")),
+    ("a Secret mounted writable", "must be mounted read-only",
+     lambda d: _add_secret(d, "snapshot_keys", read_only=False)),
+    ("a Secret mounted by subPath", "never sees the Secret's updates",
+     lambda d: _add_secret(d, "auth_callers", sub_path="callers.json")),
+    ("the health port on loopback", "--health_address=",
+     lambda d: _set_arg(d, "health_address", "127.0.0.1:50052")),
+    ("a client CA mode without the CA", "needs --tls_client_ca",
+     lambda d: (_set_arg(d, "tls_client_ca", None),
+                _set_arg(d, "tls_client_auth", "require"))),
+    ("a Secret committed in the rendering", "unexpected kind 'Secret'",
+     lambda d: d.append({"apiVersion": "v1", "kind": "Secret",
+                         "metadata": {"name": "ssmserve-tls"},
+                         "data": {"tls.key": "c2VjcmV0"}})),
+]
+
+
+# Breaks of what --secure promises (deploy/overlays/secure).
+SECURE_MUTATIONS = [
+    ("no snapshot keys", "--snapshot_keys is missing",
+     lambda d: _set_arg(d, "snapshot_keys", None)),
+    ("no callers file", "--auth_callers is missing",
+     lambda d: _set_arg(d, "auth_callers", None)),
+    ("the grpc port called cleartext", "appProtocol kubernetes.io/h2c",
+     lambda d: _headless(d)["spec"]["ports"][0].update(
+         appProtocol="kubernetes.io/h2c")),
+    ("a probe on the TLS port", "readinessProbe probes port 50051",
+     lambda d: _ctr(d)["readinessProbe"]["grpc"].update(port=GRPC_PORT)),
+    ("no health container port", "container port 'health'",
+     lambda d: _ctr(d).update(ports=[p for p in _ctr(d)["ports"]
+                                      if p["name"] != "health"])),
 ]
 
 
@@ -527,7 +665,8 @@ def self_test(docs, opts):
               "fails:\n  " + "\n  ".join(base))
         return 1
     missed = []
-    for name, expect, mutate in MUTATIONS:
+    mutations = MUTATIONS + (SECURE_MUTATIONS if opts.secure else [])
+    for name, expect, mutate in mutations:
         broken = copy.deepcopy(docs)
         mutate(broken)
         errors = Checker(broken, opts).run()
@@ -538,7 +677,7 @@ def self_test(docs, opts):
         print("check_rendered --self-test: breaks not caught:\n  "
               + "\n  ".join(missed))
         return 1
-    print(f"check_rendered --self-test: all {len(MUTATIONS)} breaks caught")
+    print(f"check_rendered --self-test: all {len(mutations)} breaks caught")
     return 0
 
 
@@ -556,6 +695,9 @@ def main():
     parser.add_argument("--image", help="the server container's image")
     parser.add_argument("--models-volume", action="store_true",
                         help="the repository must come from a read-only mount")
+    parser.add_argument("--secure", action="store_true",
+                        help="TLS, callers, signed snapshots and probes on a "
+                        "health port must be on")
     parser.add_argument("--self-test", action="store_true",
                         help="check that each of a list of breaks is caught")
     opts = parser.parse_args()

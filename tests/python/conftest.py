@@ -36,9 +36,9 @@ def client_bin():
     return os.environ.get("SSM_CLIENT_BIN", str(build_dir() / "client" / "ssm_client"))
 
 
-def local_server(flags=(), port=0):
+def local_server(flags=(), port=0, **kwargs):
     return ssmserve.LocalServer(server_bin(), model_repository=str(MODELS), flags=flags,
-                                port=port)
+                                port=port, **kwargs)
 
 
 @pytest.fixture(scope="session")

@@ -2,12 +2,12 @@
 (mTLS), the server name to verify, and the bearer token (argument or
 SSM_TOKEN) on every call.
 
-This branch's ssm_server has no TLS or token flags yet, so these run
-against a stand-in: a gRPC server in this process implementing ssm.v1's
-Inference and Math services just enough, over plaintext, TLS or mTLS with
-certificates made here by openssl, recording the metadata and the client
-certificate each call arrives with. What is tested is what the client puts
-on the wire, through real TLS handshakes."""
+These run against a stand-in: a gRPC server in this process implementing
+ssm.v1's Inference and Math services just enough, over plaintext, TLS or
+mTLS with certificates made here by openssl, recording the metadata and
+the client certificate each call arrives with, so what is tested is what
+the client puts on the wire, byte for byte. test_security_server.py runs
+the same options against the real ssm_server."""
 
 import asyncio
 import shutil

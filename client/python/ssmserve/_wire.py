@@ -91,15 +91,22 @@ def complex_matrix(a, name):
 # ---------------------------------------------------------------------------
 
 
+_SNAPSHOT_MAGIC = b"SSMSNAP\0"
+
+
 @dataclasses.dataclass(frozen=True)
 class Snapshot:
     """A session's state, portable to any server with the same weights.
 
     `data` is what the server reads (format version, model name, weights
-    fingerprint, position, per-layer state, CRC-32C); the other fields are
-    copies for humans and routing (empty/0 for a snapshot read from a
-    file). `bytes(snapshot)` and `Snapshot.from_bytes` are the bytes that
-    `ssm_client --save_state` and `--resume_state` write and read."""
+    fingerprint, position, per-layer state, CRC-32C); `signature` is the
+    HMAC a server with --snapshot_keys signs it with (empty otherwise), and
+    such a server takes back only signed snapshots; the other fields are
+    copies for humans and routing (empty/0 for an unsigned snapshot read
+    from a file). `bytes(snapshot)` and `Snapshot.from_bytes` are the bytes
+    that `ssm_client --save_state` and `--resume_state` write and read:
+    `data` alone when unsigned, the whole ssm.v1.StateSnapshot message
+    (protobuf binary) when signed, so the signature travels with it."""
 
     data: bytes
     model: str = ""
@@ -107,43 +114,59 @@ class Snapshot:
     fingerprint: int = 0
     position: int = 0
     batch: int = 0
+    signature: bytes = b""
 
     def __bytes__(self):
-        return self.data
+        if not self.signature:
+            return self.data
+        return self.to_proto().SerializeToString(deterministic=True)
 
     @classmethod
     def from_bytes(cls, data):
-        return cls(data=bytes(data))
+        data = bytes(data)
+        # Raw data starts with its magic, a message with field 1's tag.
+        if not data.startswith(_SNAPSHOT_MAGIC):
+            message = pb.StateSnapshot()
+            try:
+                message.ParseFromString(data)
+            except Exception:  # noqa: BLE001 - protobuf's DecodeError varies by backend
+                message = None
+            if message is not None and message.data.startswith(_SNAPSHOT_MAGIC):
+                return cls.from_proto(message)
+        # Anything else goes as it is: the server says what is wrong with it.
+        return cls(data=data)
 
     def save(self, path):
         with open(path, "wb") as f:
-            f.write(self.data)
+            f.write(bytes(self))
 
     @classmethod
     def load(cls, path):
         with open(path, "rb") as f:
-            return cls(data=f.read())
+            return cls.from_bytes(f.read())
 
     def to_proto(self):
         return pb.StateSnapshot(data=self.data, model=self.model, version=self.version,
                                 fingerprint=self.fingerprint, position=self.position,
-                                batch=self.batch)
+                                batch=self.batch, signature=self.signature)
 
     @classmethod
     def from_proto(cls, s):
         return cls(data=bytes(s.data), model=s.model, version=int(s.version),
-                   fingerprint=int(s.fingerprint), position=int(s.position), batch=int(s.batch))
+                   fingerprint=int(s.fingerprint), position=int(s.position), batch=int(s.batch),
+                   signature=bytes(s.signature))
 
     def __repr__(self):
         return (f"Snapshot(model={self.model!r}, version={self.version}, "
-                f"position={self.position}, batch={self.batch}, {len(self.data)} bytes)")
+                f"position={self.position}, batch={self.batch}, {len(self.data)} bytes"
+                f"{', signed' if self.signature else ''})")
 
 
 def as_snapshot_proto(snapshot):
     if isinstance(snapshot, Snapshot):
         return snapshot.to_proto()
     if isinstance(snapshot, (bytes, bytearray, memoryview)):
-        return pb.StateSnapshot(data=bytes(snapshot))
+        return Snapshot.from_bytes(snapshot).to_proto()
     if isinstance(snapshot, pb.StateSnapshot):
         return snapshot
     raise errors.InvalidArgument(

@@ -5,8 +5,10 @@ for notebooks, scripts and tests.
         client = ssmserve.Client(server.address)
         ...
 
-It is started on 127.0.0.1, waited for until it answers ListModels, and
-stopped by its PID (SIGTERM, then SIGKILL after `stop_timeout`). Where
+It is started on 127.0.0.1, waited for until it answers ListModels (a
+server serving TLS needs `client_options`, the probe Client's ca/cert/...;
+one that wants a token counts as up once it asks for it), and stopped by
+its PID (SIGTERM, then SIGKILL after `stop_timeout`). Where
 util-linux's setpriv exists the server is also told to die with the thread
 that started it (PR_SET_PDEATHSIG), so a killed Python leaves no server
 behind.
@@ -34,10 +36,13 @@ def free_port():
 
 class LocalServer:
     def __init__(self, binary="ssm_server", *, model_repository=None, flags=(), port=0,
-                 ready_timeout=30.0, stop_timeout=15.0):
+                 ready_timeout=30.0, stop_timeout=15.0, client_options=None):
         self.binary = shutil.which(binary) or binary
         self.model_repository = model_repository
         self.flags = list(flags)
+        # Client keyword arguments for the readiness probe (e.g. ca=,
+        # server_name= for a server with --tls_cert).
+        self.client_options = dict(client_options or {})
         self._pick_port = not port  # a port of its own choice may be retaken
         self.port = port or free_port()
         self.ready_timeout = ready_timeout
@@ -78,8 +83,9 @@ class LocalServer:
         deadline = self._started + self.ready_timeout
         # wait_for_ready with quick reconnects: a fail-fast probe of a channel
         # in TRANSIENT_FAILURE would wait for gRPC's resolver (seconds).
-        with Client(self.address, timeout=0.5, token="", wait_for_ready=True,
-                    reconnect_backoff=0.05, max_reconnect_backoff=0.2) as probe:
+        probe_options = {"token": "", **self.client_options}
+        with Client(self.address, timeout=0.5, wait_for_ready=True, reconnect_backoff=0.05,
+                    max_reconnect_backoff=0.2, **probe_options) as probe:
             while True:
                 if self.process.poll() is not None:
                     self._attempts -= 1
