@@ -5,14 +5,16 @@
 // ReopenOnce (stream_internal.h), defined in resume.cc with these.
 //
 // The policy lives here whole: how a session is found again after a failure
-// (today: its latest snapshot, or a fresh session of the same version) is
-// ReopenMessage; which state a stream must hold before it starts is
-// ResumeStartingPoint.
+// (its id on a server with a session store; else its latest snapshot, or a
+// fresh session of the same version) is ReopenMessage; which state a stream
+// must hold before it starts is ResumeStartingPoint.
 #ifndef SSMSERVE_CLIENT_RESUME_H_
 #define SSMSERVE_CLIENT_RESUME_H_
 
 #include <cstdint>
+#include <deque>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -39,35 +41,46 @@ class ResumeLog {
  public:
   explicit ResumeLog(const ResumePolicy& policy) : policy_(policy) {}
 
-  // The stream opened at `position`, from `base` (none: a fresh session).
-  void Start(std::optional<ssm::v1::StateSnapshot> base, int64_t position);
+  // The stream opened at `position`, from `base` (none: a fresh session);
+  // `opened` says whether the server keeps the session durable.
+  void Start(std::optional<ssm::v1::StateSnapshot> base, int64_t position,
+             const ssm::v1::StreamOpened& opened);
+  bool durable() const { return durable_; }
 
   // Send side, for a chunk of `steps` after `sent` steps: true if it must
   // ask for the state (a checkpoint is due); schedules the next one.
   bool CheckpointDue(int64_t sent, int steps);
 
   // Reader side: `chunk` was answered, with the state after it when `state`
-  // is not null (moved from). Resets the failure count.
-  void Answered(SentChunk chunk, ssm::v1::StateSnapshot* state);
+  // is not null (moved from), and the server's durable position. Resets the
+  // failure count.
+  void Answered(SentChunk chunk, ssm::v1::StateSnapshot* state, int64_t durable_position);
 
   // Reader side, after the call failed: false once the policy's
   // max_attempts failures came in a row without an answer (a server that
   // accepts each reopen and fails again must not keep the stream forever).
   bool MayRecover();
 
-  // What a reopen sends, given the previous open's answer: the latest
-  // snapshot, or without one a fresh session of the version the outputs
-  // came from; and the position the server must answer with.
+  // What a reopen sends, given the previous open's answer: for a durable
+  // session its id; else the latest snapshot, or without one a fresh
+  // session of the version the outputs came from. And the position the
+  // server must answer with (durable: at least; it may have checkpointed
+  // further than this client heard).
   ssm::v1::StreamOpen ReopenMessage(const ssm::v1::StreamOpened& last) const;
   int64_t ReopenPosition() const;
 
-  // The chunks answered since the latest snapshot, oldest first.
-  const std::vector<SentChunk>& answered() const { return answered_; }
+  // The chunks answered since the latest snapshot (durable: since the
+  // server's durable position), oldest first; the first starts at
+  // ReopenPosition().
+  const std::deque<SentChunk>& answered() const { return answered_; }
 
  private:
   const ResumePolicy policy_;
   std::optional<ssm::v1::StateSnapshot> snapshot_;
-  std::vector<SentChunk> answered_;
+  bool durable_ = false;
+  std::string session_id_;
+  int64_t answered_start_ = 0;  // the position answered_ starts at
+  std::deque<SentChunk> answered_;
   int64_t next_checkpoint_ = 0;
   int failures_without_progress_ = 0;
 };

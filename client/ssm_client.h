@@ -121,23 +121,30 @@ struct InferResult {
   std::optional<ssm::v1::StateSnapshot> state;
 };
 
-// Resume-on-UNAVAILABLE (for replicas behind round_robin or a restarted
-// server). The stream asks for the state every `checkpoint_steps` steps,
-// keeps the last snapshot and the chunks sent since, and when the call ends
-// with UNAVAILABLE (connection lost, server draining) reopens from that
-// snapshot - possibly on another server - and replays those chunks; the
-// caller sees every output exactly once, in order, as if nothing happened.
-// Replays repeat the same chunks on the same snapshot, so outputs are
-// identical. Any other code ends the stream as usual. The cost: one state
-// snapshot per checkpoint on the wire, and the inputs since the last one
-// kept in memory. After a resume, session_id() is the new session's.
+// Resume on UNAVAILABLE (a lost connection, a draining or dead replica):
+// the stream reopens its session, on the same address, which may lead to
+// another replica, and replays the chunks the server lost, so the caller
+// sees every output exactly once, in order; replays repeat the same chunks
+// on the same state, so outputs are identical. Any other code ends the
+// stream as usual.
+// - Against a server that keeps sessions in a store (StreamOpened.durable)
+//   the session is found again by its id alone; the client keeps only the
+//   chunks past the server's durable position, and waits up to `lease_wait`
+//   while the replica the stream left still holds the session.
+// - Otherwise the stream asks for a state snapshot every
+//   `checkpoint_steps`, keeps the latest and the chunks sent since, and
+//   reopens from that snapshot; session_id() is then the new session's.
 struct ResumePolicy {
   bool enabled = false;
-  int64_t checkpoint_steps = 256;  // >= 1
-  int max_attempts = 5;            // reopen attempts per failure
+  int64_t checkpoint_steps = 256;                    // >= 1 (snapshots; unused when durable)
+  int max_attempts = 5;                              // reopen attempts per failure
   absl::Duration backoff = absl::Milliseconds(100);  // doubled per attempt
   // How long one attempt waits for the channel to connect.
   absl::Duration connect_timeout = absl::Seconds(5);
+  // Durable sessions: how long to keep asking while another replica still
+  // holds the session's lease (a replica that died releases it after the
+  // server's --session_lease).
+  absl::Duration lease_wait = absl::Seconds(20);
 };
 
 struct StreamOptions {
@@ -186,25 +193,21 @@ class Client {
 
   // One model's config and metadata; NOT_FOUND for an unknown model or
   // version.
-  absl::StatusOr<ssm::v1::GetModelResponse> GetModel(const std::string& model,
-                                                     int64_t version = 0);
+  absl::StatusOr<ssm::v1::GetModelResponse> GetModel(const std::string& model, int64_t version = 0);
 
   // Unary inference (convolutional mode) of input [batch, L, d_input].
-  absl::StatusOr<InferResult> Infer(const std::string& model,
-                                    const Tensor& input, int64_t version = 0,
-                                    bool return_state = false);
+  absl::StatusOr<InferResult> Infer(const std::string& model, const Tensor& input,
+                                    int64_t version = 0, bool return_state = false);
 
   // Opens a StreamInfer call and completes its handshake: on success the
   // stream is ready for chunks and Stream::opened() holds the server's
   // answer. A refused open returns the server's code (NOT_FOUND,
   // FAILED_PRECONDITION, DATA_LOSS, RESOURCE_EXHAUSTED, ...). The Stream
   // must not outlive this Client.
-  absl::StatusOr<std::unique_ptr<Stream>> OpenStream(
-      const StreamOptions& options);
+  absl::StatusOr<std::unique_ptr<Stream>> OpenStream(const StreamOptions& options);
 
   // The state of a session, attached or detached.
-  absl::StatusOr<ssm::v1::StateSnapshot> ExportState(
-      const std::string& session_id);
+  absl::StatusOr<ssm::v1::StateSnapshot> ExportState(const std::string& session_id);
 
   struct Imported {
     std::string session_id;
@@ -214,11 +217,9 @@ class Client {
   // newest whose fingerprint matches); reattach with
   // StreamOptions::session_id.
   absl::StatusOr<Imported> ImportState(const ssm::v1::StateSnapshot& snapshot,
-                                       const std::string& model,
-                                       int64_t version = 0);
+                                       const std::string& model, int64_t version = 0);
 
-  absl::StatusOr<ssm::v1::BuildHippoResponse> BuildHippo(
-      const ssm::v1::BuildHippoRequest& request);
+  absl::StatusOr<ssm::v1::BuildHippoResponse> BuildHippo(const ssm::v1::BuildHippoRequest& request);
   absl::StatusOr<ssm::v1::ComputeKernelResponse> ComputeKernel(
       const ssm::v1::ComputeKernelRequest& request);
 
@@ -275,8 +276,7 @@ class Stream {
   // returns UNAVAILABLE (without resume); Receive() then returns the
   // server's status. INVALID_ARGUMENT if chunk.size() is not
   // batch * steps * d_input (nothing is sent).
-  absl::Status Send(absl::Span<const float> chunk, int steps,
-                    bool want_state = false);
+  absl::Status Send(absl::Span<const float> chunk, int steps, bool want_state = false);
 
   // The response to the oldest chunk in flight, waiting for it (and, with
   // nothing in flight, for a Send() from another thread). A server error
@@ -284,15 +284,14 @@ class Stream {
   absl::StatusOr<StreamResult> Receive();
 
   // Send() then Receive(): one synchronous step of any length.
-  absl::StatusOr<StreamResult> RunChunk(absl::Span<const float> chunk,
-                                        int steps, bool want_state = false);
+  absl::StatusOr<StreamResult> RunChunk(absl::Span<const float> chunk, int steps,
+                                        bool want_state = false);
 
   // Runs `input` [batch, L, d_input] through the session in chunks of
   // `chunk_steps` (the last one shorter), keeping up to `in_flight` chunks
   // outstanding (a writer thread sends while this thread receives); returns
   // [batch, L, d_output]. Needs nothing else in flight.
-  absl::StatusOr<Tensor> Run(const Tensor& input, int chunk_steps,
-                             int in_flight = 1);
+  absl::StatusOr<Tensor> Run(const Tensor& input, int chunk_steps, int in_flight = 1);
 
   // Ends the call cleanly (half-close, then the server's status): the
   // session ends. FAILED_PRECONDITION while chunks are in flight. Call it

@@ -51,8 +51,7 @@ absl::Status Stream::Rep::OpenCall(const ssm::v1::StreamOpen& open) {
   if (timed_out) {
     FinishCall().IgnoreError();
     return absl::DeadlineExceededError(
-        absl::StrCat("no answer to the stream's open within ",
-                     absl::FormatDuration(limit)));
+        absl::StrCat("no answer to the stream's open within ", absl::FormatDuration(limit)));
   }
   // A refused open ends the call with the server's status, which Finish
   // returns; a failed Write shows up the same way.
@@ -60,8 +59,7 @@ absl::Status Stream::Rep::OpenCall(const ssm::v1::StreamOpen& open) {
   if (!response.has_opened()) {
     context->TryCancel();
     FinishCall().IgnoreError();
-    return absl::InternalError(
-        "the server answered the stream's open without `opened`");
+    return absl::InternalError("the server answered the stream's open without `opened`");
   }
   absl::MutexLock lock(&mu);
   opened = response.opened();
@@ -96,16 +94,13 @@ Stream::~Stream() {
   }
 }
 
-absl::StatusOr<std::unique_ptr<Stream>> Client::OpenStream(
-    const StreamOptions& options) {
+absl::StatusOr<std::unique_ptr<Stream>> Client::OpenStream(const StreamOptions& options) {
   if (!rep_->setup.ok()) return rep_->setup;
   if (options.batch < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("batch must be >= 1, got ", options.batch));
+    return absl::InvalidArgumentError(absl::StrCat("batch must be >= 1, got ", options.batch));
   }
   if (options.resume_from.has_value() && !options.session_id.empty()) {
-    return absl::InvalidArgumentError(
-        "resume_from and session_id are exclusive");
+    return absl::InvalidArgumentError("resume_from and session_id are exclusive");
   }
   if (options.resume.enabled && options.resume.checkpoint_steps < 1) {
     return absl::InvalidArgumentError("resume.checkpoint_steps must be >= 1");
@@ -127,7 +122,7 @@ absl::StatusOr<std::unique_ptr<Stream>> Client::OpenStream(
   {
     absl::MutexLock lock(&rep->mu);
     rep->position = rep->opened.position();
-    rep->resume.Start(*std::move(base), rep->position);
+    rep->resume.Start(*std::move(base), rep->position, rep->opened);
     rep->sent_position = rep->position;
   }
   return std::unique_ptr<Stream>(new Stream(std::move(rep)));
@@ -153,32 +148,27 @@ int Stream::in_flight() const {
   return static_cast<int>(rep_->unacked.size());
 }
 
-absl::Status Stream::Send(absl::Span<const float> chunk, int steps,
-                          bool want_state) {
+absl::Status Stream::Send(absl::Span<const float> chunk, int steps, bool want_state) {
   Rep& r = *rep_;
   if (steps < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("a chunk needs steps >= 1, got ", steps));
+    return absl::InvalidArgumentError(absl::StrCat("a chunk needs steps >= 1, got ", steps));
   }
   if (static_cast<int64_t>(chunk.size()) != r.ChunkValues(steps)) {
     absl::MutexLock lock(&r.mu);
-    return absl::InvalidArgumentError(absl::StrCat(
-        "a chunk of ", steps, " steps needs batch ", r.opened.batch(), " x ",
-        steps, " x d_input ", r.opened.d_input(), " values, got ",
-        chunk.size()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("a chunk of ", steps, " steps needs batch ", r.opened.batch(), " x ", steps,
+                     " x d_input ", r.opened.d_input(), " values, got ", chunk.size()));
   }
   {
     absl::MutexLock lock(&r.mu);
     auto has_slot = [&r]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(r.mu) {
-      return r.max_in_flight <= 0 ||
-             static_cast<int>(r.unacked.size()) < r.max_in_flight ||
+      return r.max_in_flight <= 0 || static_cast<int>(r.unacked.size()) < r.max_in_flight ||
              r.ended || r.detached;
     };
     r.mu.Await(absl::Condition(&has_slot));
     if (r.ended) {
-      return r.end_status.ok()
-                 ? absl::FailedPreconditionError("the stream is closed")
-                 : r.end_status;
+      return r.end_status.ok() ? absl::FailedPreconditionError("the stream is closed")
+                               : r.end_status;
     }
     if (r.writes_done) {
       return absl::FailedPreconditionError("Send() after Close()");
@@ -193,19 +183,22 @@ absl::Status Stream::Send(absl::Span<const float> chunk, int steps,
   if (policy.enabled) pending.input.assign(chunk.begin(), chunk.end());
 
   absl::MutexLock write_lock(&r.write_mu);
-  int64_t batch, d_input;
+  int64_t batch, d_input, received;
   bool ask_state = want_state;
   {
     absl::MutexLock lock(&r.mu);
     batch = r.opened.batch();
     d_input = r.opened.d_input();
+    received = r.position;
     if (r.resume.CheckpointDue(r.sent_position, steps)) {
       ask_state = true;
       pending.forced_state = !want_state;
     }
   }
-  const ssm::v1::StreamRequest request =
-      internal::ChunkRequest(batch, steps, d_input, chunk, ask_state);
+  ssm::v1::StreamRequest request = internal::ChunkRequest(batch, steps, d_input, chunk, ask_state);
+  // What this client has: a durable server checkpoints no further, so a
+  // failure never costs an output that was in flight.
+  request.set_received(received);
   r.sent_position += steps;
   pending.sent = absl::Now();
   {
@@ -218,8 +211,7 @@ absl::Status Stream::Send(absl::Span<const float> chunk, int steps,
     absl::MutexLock lock(&r.mu);
     r.write_failed = true;
     if (!policy.enabled) {
-      return absl::UnavailableError(
-          "the stream is broken; Receive() returns the server's status");
+      return absl::UnavailableError("the stream is broken; Receive() returns the server's status");
     }
   }
   return absl::OkStatus();
@@ -230,13 +222,11 @@ absl::StatusOr<StreamResult> Stream::Receive() {
   {
     absl::MutexLock lock(&r.mu);
     auto ready = [&r]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(r.mu) {
-      return !r.unacked.empty() || r.writes_done || r.ended || r.detached ||
-             r.write_failed;
+      return !r.unacked.empty() || r.writes_done || r.ended || r.detached || r.write_failed;
     };
     r.mu.Await(absl::Condition(&ready));
     if (r.ended) {
-      return r.end_status.ok() ? absl::OutOfRangeError("the stream is closed")
-                               : r.end_status;
+      return r.end_status.ok() ? absl::OutOfRangeError("the stream is closed") : r.end_status;
     }
     if (r.unacked.empty() && r.writes_done) {
       return absl::OutOfRangeError("no chunk in flight after Close()");
@@ -251,8 +241,7 @@ absl::StatusOr<StreamResult> Stream::Receive() {
           r.context->TryCancel();
           r.FinishCall().IgnoreError();
         }
-        absl::Status s =
-            absl::InternalError("the server sent a second `opened`");
+        absl::Status s = absl::InternalError("the server sent a second `opened`");
         r.End(s);
         return s;
       }
@@ -286,8 +275,8 @@ absl::StatusOr<StreamResult> Stream::Receive() {
       if (got_state && pending.want_state) result.state = response.state();
       absl::MutexLock lock(&r.mu);
       r.position = response.position();
-      r.resume.Answered(std::move(pending),
-                        got_state ? response.mutable_state() : nullptr);
+      r.resume.Answered(std::move(pending), got_state ? response.mutable_state() : nullptr,
+                        response.durable_position());
       return result;
     }
     // The call is over: its status says why.
@@ -297,8 +286,7 @@ absl::StatusOr<StreamResult> Stream::Receive() {
       status = r.FinishCall();
     }
     if (status.ok()) {
-      status = absl::InternalError(
-          "the server ended the stream with chunks in flight");
+      status = absl::InternalError("the server ended the stream with chunks in flight");
     }
     status = r.Recover(status);
     if (!status.ok()) {
@@ -308,8 +296,8 @@ absl::StatusOr<StreamResult> Stream::Receive() {
   }
 }
 
-absl::StatusOr<StreamResult> Stream::RunChunk(absl::Span<const float> chunk,
-                                              int steps, bool want_state) {
+absl::StatusOr<StreamResult> Stream::RunChunk(absl::Span<const float> chunk, int steps,
+                                              bool want_state) {
   absl::Status sent = Send(chunk, steps, want_state);
   if (sent.code() == absl::StatusCode::kUnavailable) {
     // The call broke: Receive() returns the server's reason.
@@ -320,21 +308,18 @@ absl::StatusOr<StreamResult> Stream::RunChunk(absl::Span<const float> chunk,
   return Receive();
 }
 
-absl::StatusOr<Tensor> Stream::Run(const Tensor& input, int chunk_steps,
-                                   int in_flight) {
+absl::StatusOr<Tensor> Stream::Run(const Tensor& input, int chunk_steps, int in_flight) {
   if (absl::Status s = CheckSequenceTensor(input); !s.ok()) return s;
   const ssm::v1::StreamOpened info = opened();
-  const int64_t batch = input.shape[0], length = input.shape[1],
-                d_in = input.shape[2];
+  const int64_t batch = input.shape[0], length = input.shape[1], d_in = input.shape[2];
   if (batch != info.batch() || d_in != info.d_input()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "input ", internal::ShapeString(input.shape), " does not fit the session: batch ",
-        info.batch(), ", d_input ", info.d_input()));
+    return absl::InvalidArgumentError(absl::StrCat("input ", internal::ShapeString(input.shape),
+                                                   " does not fit the session: batch ",
+                                                   info.batch(), ", d_input ", info.d_input()));
   }
   if (chunk_steps < 1 || in_flight < 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "chunk_steps and in_flight must be >= 1, got ", chunk_steps, " and ",
-        in_flight));
+    return absl::InvalidArgumentError(absl::StrCat("chunk_steps and in_flight must be >= 1, got ",
+                                                   chunk_steps, " and ", in_flight));
   }
   if (this->in_flight() != 0) {
     return absl::FailedPreconditionError("Run() with chunks already in flight");
@@ -364,8 +349,7 @@ absl::StatusOr<Tensor> Stream::Run(const Tensor& input, int chunk_steps,
     }
   });
 
-  Tensor output{{batch, length, d_out},
-                std::vector<float>(batch * length * d_out)};
+  Tensor output{{batch, length, d_out}, std::vector<float>(batch * length * d_out)};
   absl::Status read_status;
   int64_t t0 = 0;
   for (int64_t i = 0; i < n_chunks; ++i) {
@@ -404,9 +388,8 @@ absl::Status Stream::Close() {
   {
     absl::MutexLock lock(&r.mu);
     if (r.ended) {
-      return r.end_status.ok()
-                 ? absl::FailedPreconditionError("the stream is closed")
-                 : r.end_status;
+      return r.end_status.ok() ? absl::FailedPreconditionError("the stream is closed")
+                               : r.end_status;
     }
     if (!r.unacked.empty()) {
       return absl::FailedPreconditionError(
@@ -437,6 +420,5 @@ void Stream::Detach() {
   // Receive() or the destructor collects the call's status.
   if (rep_->context != nullptr) rep_->context->TryCancel();
 }
-
 
 }  // namespace ssm::client

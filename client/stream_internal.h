@@ -79,6 +79,10 @@ struct Stream::Rep {
   // policy allows, else return `failure`. Reader side.
   absl::Status Recover(absl::Status failure) ABSL_LOCKS_EXCLUDED(write_mu, mu);
   absl::Status ReopenOnce() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu);
+  bool resume_durable() ABSL_LOCKS_EXCLUDED(mu) {
+    absl::MutexLock lock(&mu);
+    return resume.durable();
+  }
 };
 
 }  // namespace ssm::client

@@ -83,7 +83,8 @@ class Metrics::Collector : public prometheus::Collectable {
                            static_cast<double>(s.connections_closed_over_limit_total)));
     if (s.session_store) {
       out.push_back(OneValue("ssm_sessions_unsaved",
-                             "Sessions whose state is ahead of the session store's copy.",
+                             "Sessions whose confirmed state (outputs the client has) is ahead of "
+                             "the session store's copy.",
                              MetricType::Gauge, s.sessions_unsaved));
       out.push_back(OneValue("ssm_session_store_writes_total",
                              "Session snapshots written to the session store.", MetricType::Counter,

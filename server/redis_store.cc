@@ -37,7 +37,8 @@ constexpr char kAcquire[] =
     "return 0";
 constexpr char kRenew[] =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then "
-    "redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end return 0";
+    "redis.call('PEXPIRE', KEYS[1], ARGV[2]) redis.call('PEXPIRE', KEYS[2], ARGV[3]) "
+    "return 1 end return 0";
 constexpr char kRelease[] =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 1";
 constexpr char kPut[] =
@@ -111,8 +112,9 @@ class RedisStore final : public SessionStore {
     return Script(kAcquire, {LeaseKey(id)}, {std::string(holder), Millis(ttl)});
   }
   absl::StatusOr<bool> RenewLease(absl::string_view id, absl::string_view holder,
-                                  absl::Duration ttl) override {
-    return Script(kRenew, {LeaseKey(id)}, {std::string(holder), Millis(ttl)});
+                                  absl::Duration ttl, absl::Duration record_ttl) override {
+    return Script(kRenew, {LeaseKey(id), RecordKey(id)},
+                  {std::string(holder), Millis(ttl), Millis(record_ttl)});
   }
   absl::Status ReleaseLease(absl::string_view id, absl::string_view holder) override {
     return Script(kRelease, {LeaseKey(id)}, {std::string(holder)}).status();

@@ -75,18 +75,57 @@ int64_t SessionManager::Entry::position() const {
 }
 
 absl::StatusOr<int64_t> SessionManager::Entry::Run(absl::Span<const double> x, int steps,
-                                                   absl::Span<double> y,
-                                                   SessionSnapshot* snapshot) {
+                                                   absl::Span<double> y, SessionSnapshot* snapshot,
+                                                   std::optional<int64_t> received) {
   if (lost_.load(std::memory_order_relaxed)) {
     return absl::UnavailableError(
         "this replica lost the session's lease (it could not renew it in time) and another "
         "stream may have taken it over: reattach by id");
   }
   absl::MutexLock lock(&mu_);
+  confirmed_ =
+      std::max(confirmed_, std::min(received.value_or(session_.position()), session_.position()));
+  confirmed_position_.store(confirmed_, std::memory_order_relaxed);
+  if (capture_wanted_ && confirmed_ >= session_.position()) {
+    // The checkpointer asked for a state the client has all the outputs
+    // of: this one (a copy, once per checkpoint; never a store call).
+    pending_ = Captured{session_.position(), session_.ExportState()};
+    capture_wanted_ = false;
+  }
   if (absl::Status status = session_.Run(x, steps, y); !status.ok()) return status;
   if (snapshot != nullptr) *snapshot = ExportLocked();
   position_.store(session_.position(), std::memory_order_relaxed);
   return session_.position();
+}
+
+void SessionManager::Entry::Attached(bool keep) {
+  absl::MutexLock lock(&mu_);
+  confirmed_ = session_.position();
+  confirmed_position_.store(confirmed_, std::memory_order_relaxed);
+  capture_wanted_ = false;
+  pending_.reset();
+  if (keep) pending_ = Captured{session_.position(), session_.ExportState()};
+}
+
+std::optional<SessionManager::Entry::Captured> SessionManager::Entry::TakeCheckpoint(bool final) {
+  absl::MutexLock lock(&mu_);
+  const int64_t position = session_.position();
+  std::optional<Captured> out;
+  if (confirmed_ >= position) {
+    pending_.reset();
+    out = Captured{position, session_.ExportState()};
+  } else if (pending_.has_value() && pending_->position <= confirmed_) {
+    out = std::move(pending_);
+    pending_.reset();
+  } else if (!final) {
+    // Outputs are in flight. Either the next chunk starts where the client
+    // has everything (a client that reads each answer before it sends
+    // again): Run keeps that state. Or the client keeps chunks in flight
+    // and says what it has: this state is written once it has caught up.
+    capture_wanted_ = true;
+    if (!pending_.has_value()) pending_ = Captured{position, session_.ExportState()};
+  }
+  return out;
 }
 
 SessionSnapshot SessionManager::Entry::Export() const {
@@ -193,7 +232,11 @@ absl::StatusOr<std::shared_ptr<SessionManager::Entry>> SessionManager::Add(
       entry->durable_position_.store(adopted->position);
     }
   }
-  sessions_.emplace(id, Slot{entry, attached, false, now});
+  // A state the store does not have yet is kept until written: without it
+  // a stream that broke with outputs in flight before the first checkpoint
+  // would leave nothing its client could continue from.
+  entry->Attached(/*keep=*/options_.store != nullptr && adopted == nullptr);
+  sessions_.emplace(id, Slot{entry, attached, now});
   ++per_owner_[entry->owner()];
   if (attached) ++attached_;
   state_bytes_ += entry->state_bytes();
@@ -226,8 +269,8 @@ absl::StatusOr<std::shared_ptr<SessionManager::Entry>> SessionManager::Reattach(
   }
   if (entry.lost()) return UnknownSession(id);
   it->second.attached = true;
-  it->second.flushing = false;  // its lease is still ours: it stays here
   ++attached_;
+  it->second.entry->Attached(/*keep=*/false);
   LogfLimited("session reattached", "session %s reattached", SessionTag(it->first));
   return it->second.entry;
 }
@@ -256,6 +299,10 @@ void SessionManager::Detach(absl::string_view id, absl::string_view why) {
   absl::MutexLock lock(&mu_);
   auto it = sessions_.find(id);
   if (it == sessions_.end() || !it->second.attached) return;
+  DetachLocked(it, why);
+}
+
+void SessionManager::DetachLocked(Map::iterator it, absl::string_view why) {
   it->second.attached = false;
   it->second.last_activity = options_.clock();
   --attached_;
@@ -263,15 +310,16 @@ void SessionManager::Detach(absl::string_view id, absl::string_view why) {
     if (it->second.entry->lost()) {
       LogfLimited("session detached", "session %s detached (%s); another replica holds it now",
                   SessionTag(it->first), why);
-      EraseLocked(it);
-      return;
+    } else {
+      // The checkpointer writes its latest state whose outputs the client
+      // has, releases the lease and lets it go: from then on it lives in
+      // the store, where a reattach (here too) continues it.
+      leaving_.push_back(it->second.entry);
+      LogfLimited("session detached", "session %s detached (%s); kept in %s for %s",
+                  SessionTag(it->first), why, options_.store->Describe(),
+                  absl::FormatDuration(options_.ttl));
     }
-    // The checkpointer writes it a last time, releases the lease and lets
-    // it go: from then on it lives in the store.
-    it->second.flushing = true;
-    LogfLimited("session detached", "session %s detached (%s); kept in %s for %s",
-                SessionTag(it->first), why, options_.store->Describe(),
-                absl::FormatDuration(options_.ttl));
+    EraseLocked(it);
     return;
   }
   LogfLimited("session detached", "session %s detached (%s); kept for %s", SessionTag(it->first),
@@ -308,13 +356,14 @@ SessionManager::Stats SessionManager::GetStats() const {
   absl::MutexLock lock(&mu_);
   Stats stats;
   stats.attached = attached_;
-  stats.detached = static_cast<int>(sessions_.size()) - attached_;
+  stats.detached = static_cast<int>(sessions_.size() + leaving_.size()) - attached_;
   stats.state_bytes = state_bytes_;
   stats.evicted_total = evicted_total_;
   if (options_.store != nullptr) {
     for (const auto& [id, slot] : sessions_) {
       const Entry& e = *slot.entry;
-      if (!e.lost() && e.durable_position() < e.position_.load(std::memory_order_relaxed)) {
+      if (!e.lost() &&
+          e.durable_position() < e.confirmed_position_.load(std::memory_order_relaxed)) {
         ++stats.unsaved;
       }
     }
@@ -388,7 +437,7 @@ void SessionManager::NoteStoreResult(const absl::Status& status, absl::string_vi
   }
 }
 
-bool SessionManager::Save(Entry& entry, absl::Time now) {
+bool SessionManager::Save(Entry& entry, absl::Time now, bool final) {
   SessionStore& store = *options_.store;
   if (entry.saved_position_ < 0 && entry.renewed_at_ == absl::InfinitePast()) {
     // A session of this replica's own making: its lease comes with its
@@ -402,61 +451,59 @@ bool SessionManager::Save(Entry& entry, absl::Time now) {
     }
     entry.renewed_at_ = now;
   }
-  std::string data;
-  int64_t position;
-  {
-    absl::MutexLock lock(&entry.mu_);
-    data = entry.session_.ExportState();
-    position = entry.session_.position();
-  }
-  StoredSession record{entry.owner(), entry.model_name(), entry.version(), position,
-                       std::move(data)};
+  std::optional<Entry::Captured> state = entry.TakeCheckpoint(final);
+  if (!state.has_value() || state->position <= entry.saved_position_) return true;
+  StoredSession record{entry.owner(), entry.model_name(), entry.version(), state->position,
+                       std::move(state->data)};
   const absl::Status status = store.Put(entry.id(), entry.holder_, record, options_.ttl);
   NoteStoreResult(status, "writing a checkpoint");
   if (status.code() == absl::StatusCode::kFailedPrecondition) {
     entry.lost_.store(true);  // someone else holds the lease now
     return true;
   }
-  if (!status.ok()) return false;
+  if (!status.ok()) {
+    // Not written: what was taken goes back for the next attempt (a
+    // confirmed state stays confirmed).
+    absl::MutexLock lock(&entry.mu_);
+    if (!entry.pending_.has_value()) {
+      entry.pending_ = Entry::Captured{record.position, std::move(record.snapshot)};
+    }
+    return false;
+  }
   store_writes_.fetch_add(1);
   store_bytes_.fetch_add(record.snapshot.size());
-  entry.saved_position_ = position;
+  entry.saved_position_ = record.position;
   entry.saved_at_ = now;
-  entry.durable_position_.store(position);
+  entry.durable_position_.store(record.position);
   return true;
 }
 
 void SessionManager::CheckpointOnce() {
   absl::MutexLock pass(&checkpoint_mu_);
   SessionStore& store = *options_.store;
-  struct Work {
-    std::shared_ptr<Entry> entry;
-    bool flushing;
-  };
-  std::vector<Work> work;
+  std::vector<std::shared_ptr<Entry>> attached;
+  std::vector<std::shared_ptr<Entry>> leaving;
   std::vector<std::pair<std::string, std::string>> deletes;
   {
     absl::MutexLock lock(&mu_);
-    work.reserve(sessions_.size());
-    for (const auto& [id, slot] : sessions_) work.push_back({slot.entry, slot.flushing});
+    attached.reserve(sessions_.size());
+    for (const auto& [id, slot] : sessions_) attached.push_back(slot.entry);
+    leaving = leaving_;
     deletes.swap(to_delete_);
   }
   const absl::Time now = options_.clock();
-  std::vector<std::shared_ptr<Entry>> done;  // flushed or lost: to let go
-  for (const Work& w : work) {
-    Entry& e = *w.entry;
-    if (e.lost()) {
-      if (w.flushing) done.push_back(w.entry);
-      continue;
-    }
+  for (const std::shared_ptr<Entry>& entry : attached) {
+    Entry& e = *entry;
+    if (e.lost()) continue;
     const bool leased = e.renewed_at_ != absl::InfinitePast();
     if (leased && now - e.renewed_at_ >= options_.lease / 3) {
-      absl::StatusOr<bool> renewed = store.RenewLease(e.id(), e.holder_, options_.lease);
+      // Also keeps the record from expiring while the session is held.
+      absl::StatusOr<bool> renewed =
+          store.RenewLease(e.id(), e.holder_, options_.lease, options_.ttl);
       NoteStoreResult(renewed.status(), "renewing a lease");
       if (renewed.ok()) {
         if (!*renewed) {
           e.lost_.store(true);
-          if (w.flushing) done.push_back(w.entry);
           continue;
         }
         e.renewed_at_ = now;
@@ -464,17 +511,19 @@ void SessionManager::CheckpointOnce() {
     }
     const int64_t position = e.position_.load(std::memory_order_relaxed);
     const bool behind = e.saved_position_ < position || e.saved_position_ < 0;
-    // A record's expiry restarts with every write: an attached session that
-    // sits still is written again before half its TTL is gone.
-    const bool stale = now - e.saved_at_ >= options_.ttl / 2;
-    const bool due = w.flushing || now - e.saved_at_ >= options_.checkpoint_interval;
-    if ((behind && due) || stale) {
-      if (!Save(e, now)) continue;
+    if (behind && now - e.saved_at_ >= options_.checkpoint_interval) {
+      (void)Save(e, now, /*final=*/false);
     }
-    if (w.flushing && e.saved_position_ >= position) {
-      (void)store.ReleaseLease(e.id(), e.holder_);
-      done.push_back(w.entry);
-    }
+  }
+  // Detached sessions: a last write, then the lease goes. A store that
+  // does not answer keeps them here to retry; a lease lost meanwhile (the
+  // store expired it, someone took over) lets them go unwritten.
+  std::vector<std::shared_ptr<Entry>> gone;
+  for (const std::shared_ptr<Entry>& entry : leaving) {
+    Entry& e = *entry;
+    if (!e.lost() && !Save(e, now, /*final=*/true)) continue;
+    if (!e.lost()) (void)store.ReleaseLease(e.id(), e.holder_);
+    gone.push_back(entry);
   }
   for (const auto& [id, holder] : deletes) {
     const absl::Status deleted = store.Delete(id, holder);
@@ -482,16 +531,13 @@ void SessionManager::CheckpointOnce() {
     // leaves the record to expire after its TTL.
     NoteStoreResult(deleted, "deleting a closed session");
   }
-  if (done.empty()) return;
+  if (gone.empty()) return;
   absl::MutexLock lock(&mu_);
-  for (const std::shared_ptr<Entry>& entry : done) {
-    auto it = sessions_.find(entry->id());
-    // Only if it is still the same, still detached session (not
-    // reattached here meanwhile).
-    if (it != sessions_.end() && it->second.entry == entry && !it->second.attached) {
-      EraseLocked(it);
-    }
-  }
+  leaving_.erase(std::remove_if(leaving_.begin(), leaving_.end(),
+                                [&](const std::shared_ptr<Entry>& e) {
+                                  return absl::c_linear_search(gone, e);
+                                }),
+                 leaving_.end());
 }
 
 void SessionManager::CheckpointLoop() {
@@ -521,9 +567,9 @@ absl::StatusOr<SessionManager::Stored> SessionManager::TakeStored(absl::string_v
   if (!*leased) {
     return absl::FailedPreconditionError(absl::StrCat(
         "session ", SessionTag(id),
-        " is attached to a stream on another replica (it holds "
-        "the session's lease); a session has one stream at a time. If that replica died, the "
-        "lease expires within --session_lease=",
+        "'s lease is held: it is attached to another stream, or the replica it left is "
+        "still writing its last state; a session has one stream at a time. If the holder "
+        "died, the lease expires within --session_lease=",
         absl::FormatDuration(options_.lease)));
   }
   absl::StatusOr<std::optional<StoredSession>> record = store->Get(id);
@@ -580,19 +626,17 @@ bool SessionManager::FlushAll(absl::Time deadline) {
   {
     // Whatever is still attached goes too: the process is leaving.
     absl::MutexLock lock(&mu_);
-    for (auto& [id, slot] : sessions_) {
-      if (slot.attached) {
-        slot.attached = false;
-        --attached_;
-      }
-      slot.flushing = true;
+    for (auto it = sessions_.begin(); it != sessions_.end();) {
+      auto next = std::next(it);
+      if (it->second.attached) DetachLocked(it, "the server is draining");
+      it = next;
     }
   }
   while (true) {
     CheckpointOnce();
     {
       absl::MutexLock lock(&mu_);
-      if (sessions_.empty()) return true;
+      if (sessions_.empty() && leaving_.empty()) return true;
     }
     if (options_.clock() >= deadline) return false;
     absl::SleepFor(absl::Milliseconds(50));

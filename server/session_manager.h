@@ -15,8 +15,11 @@
 // (never the step path: a chunk only bumps an atomic) writes each attached
 // session's snapshot whenever it advanced, at most every
 // `checkpoint_interval`; durable_position() says how far the store has it.
-// A detached session is written a last time, its lease released, and then
-// it lives in the store only (expiring after `ttl` there); a closed one is
+// Only states whose outputs the stream's client has are written (Run's
+// `received`): a reattach after any failure replays what the client lacks
+// and never skips an output it did not get. A detached session is written
+// a last time (its latest such state), its lease released, and then it
+// lives in the store only (expiring after `ttl` there); a closed one is
 // deleted from the store. Another replica reattaches it by id (AdoptStored,
 // through session_open.h's policy); a replica that lost a session's lease
 // (another took it over after a long pause) stops its stream
@@ -44,6 +47,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -128,8 +132,13 @@ class SessionManager {
     // steps x d_output. On error the state is unchanged (the core's
     // guarantee). When `snapshot` is not null it receives the state after
     // the chunk, taken under the same lock. Returns the position after.
+    // `received`: how many steps of outputs the client has (clamped to the
+    // position; a value below an earlier one changes nothing); without it,
+    // the chunk's start (a client that sends a chunk after reading the
+    // previous answer has every output before it).
     absl::StatusOr<int64_t> Run(absl::Span<const double> x, int steps, absl::Span<double> y,
-                                SessionSnapshot* snapshot);
+                                SessionSnapshot* snapshot,
+                                std::optional<int64_t> received = std::nullopt);
 
     SessionSnapshot Export() const;
 
@@ -142,6 +151,20 @@ class SessionManager {
     friend class SessionManager;
     SessionSnapshot ExportLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+    // A state taken for the store.
+    struct Captured {
+      int64_t position = 0;
+      std::string data;
+    };
+    // A stream starts driving the session: its client has everything
+    // before here. With `keep` (a store that does not have this position
+    // yet) the state is kept as the fallback a last write can always use.
+    void Attached(bool keep);
+    // The state to write now, if there is one whose outputs the client has:
+    // the current one when it has them all, else a state taken earlier once
+    // the client confirms it. Otherwise (not `final`) takes the current
+    // state to write once confirmed, and returns nothing.
+    std::optional<Captured> TakeCheckpoint(bool final);
     const std::string id_;
     const std::string owner_;
     const std::string model_name_;
@@ -153,10 +176,14 @@ class SessionManager {
     const SnapshotSigner* const signer_;
     mutable absl::Mutex mu_;
     ssm::Session session_ ABSL_GUARDED_BY(mu_);
+    int64_t confirmed_ ABSL_GUARDED_BY(mu_) = 0;  // outputs the client has
+    std::optional<Captured> pending_ ABSL_GUARDED_BY(mu_);
+    bool capture_wanted_ ABSL_GUARDED_BY(mu_) = false;  // for Run, by the checkpointer
     // Store bookkeeping. position_ mirrors the session's position for the
     // checkpointer without its lock; the rest is the checkpointer's.
     std::string holder_;  // the lease holder token; set before registration
     std::atomic<int64_t> position_{0};
+    std::atomic<int64_t> confirmed_position_{0};  // confirmed_, for Stats
     std::atomic<int64_t> durable_position_{-1};
     std::atomic<bool> lost_{false};
     int64_t saved_position_ = -1;  // checkpointer only
@@ -170,7 +197,9 @@ class SessionManager {
     int64_t state_bytes = 0;     // all sessions' state
     uint64_t evicted_total = 0;  // since construction
     // With a store:
-    int unsaved = 0;                  // sessions whose state is ahead of the store
+    // Sessions with a state the client has confirmed that the store lacks
+    // (the outputs in flight are not counted: they cannot be saved yet).
+    int unsaved = 0;
     uint64_t store_writes_total = 0;  // snapshots written
     uint64_t store_bytes_total = 0;   // their bytes
     uint64_t store_errors_total = 0;  // failed store operations
@@ -255,8 +284,6 @@ class SessionManager {
   struct Slot {
     std::shared_ptr<Entry> entry;
     bool attached = false;
-    // With a store: detached, its last write pending; then it leaves.
-    bool flushing = false;
     absl::Time last_activity;
   };
   using Map = absl::flat_hash_map<std::string, Slot>;
@@ -276,8 +303,12 @@ class SessionManager {
   // deletes closed ones.
   void CheckpointLoop();
   void CheckpointOnce();
-  // One session's checkpoint; false when the store failed.
-  bool Save(Entry& entry, absl::Time now);
+  // One session's checkpoint (`final`: its last, see TakeCheckpoint); false
+  // when the store failed.
+  bool Save(Entry& entry, absl::Time now, bool final);
+  // Registry side of a detach: with a store the session leaves the registry
+  // for leaving_ (its last write and lease release are the checkpointer's).
+  void DetachLocked(Map::iterator it, absl::string_view why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void NoteStoreResult(const absl::Status& status, absl::string_view what);
   std::string NewHolder() const;
 
@@ -291,6 +322,10 @@ class SessionManager {
   uint64_t evicted_total_ ABSL_GUARDED_BY(mu_) = 0;
   // Closed sessions to delete from the store (id, holder).
   std::vector<std::pair<std::string, std::string>> to_delete_ ABSL_GUARDED_BY(mu_);
+  // With a store: detached sessions, out of the registry, whose last write
+  // and lease release are pending. A reattach meanwhile goes to the store
+  // and waits for the lease like any other replica.
+  std::vector<std::shared_ptr<Entry>> leaving_ ABSL_GUARDED_BY(mu_);
 
   // Store counters (the checkpointer and adopters write them).
   std::atomic<uint64_t> store_writes_{0}, store_bytes_{0}, store_errors_{0};

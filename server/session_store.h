@@ -55,9 +55,11 @@ class SessionStore {
   // True when taken (or already ours: then renewed), false when held.
   virtual absl::StatusOr<bool> AcquireLease(absl::string_view id, absl::string_view holder,
                                             absl::Duration ttl) = 0;
-  // Extends the lease if `holder` still holds it; false when it does not.
+  // Extends the lease if `holder` still holds it, and the record's expiry
+  // to `record_ttl` from now (a held session's record never expires, even
+  // when nothing new can be written); false when it does not hold it.
   virtual absl::StatusOr<bool> RenewLease(absl::string_view id, absl::string_view holder,
-                                          absl::Duration ttl) = 0;
+                                          absl::Duration ttl, absl::Duration record_ttl) = 0;
   // Drops the lease if `holder` holds it.
   virtual absl::Status ReleaseLease(absl::string_view id, absl::string_view holder) = 0;
 

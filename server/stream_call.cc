@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -81,7 +82,7 @@ class StreamInferProtocol {
         response->Clear();
         return HandleOpen(request.open(), response);
       case v1::StreamRequest::kChunk:
-        return HandleChunk(request.chunk(), request.want_state(), arrived, response);
+        return HandleChunk(request, arrived, response);
       default:
         return absl::InvalidArgumentError("a request must carry `open` or `chunk`");
     }
@@ -161,11 +162,22 @@ class StreamInferProtocol {
     return absl::OkStatus();
   }
 
-  absl::Status HandleChunk(const v1::Tensor& chunk, bool want_state, absl::Time arrived,
+  absl::Status HandleChunk(const v1::StreamRequest& request, absl::Time arrived,
                            v1::StreamResponse* response) {
     if (session_ == nullptr) {
       return absl::InvalidArgumentError(
           "the first request of a stream must be `open`; got a chunk");
+    }
+    const v1::Tensor& chunk = request.chunk();
+    const bool want_state = request.want_state();
+    std::optional<int64_t> received;
+    if (request.has_received()) {
+      if (request.received() < 0) {
+        return absl::InvalidArgumentError(absl::StrCat("received = ", request.received(),
+                                                       ": must be >= 0 (the steps of "
+                                                       "outputs this client has)"));
+      }
+      received = request.received();
     }
     const SessionManager::Entry& entry = *session_;
     absl::StatusOr<SequenceShape> shape =
@@ -192,8 +204,9 @@ class StreamInferProtocol {
     y_.resize(out_shape.size());
     SessionSnapshot snapshot;
     const absl::Time run_start = absl::Now();
-    absl::StatusOr<int64_t> position = session_->Run(
-        x_, static_cast<int>(shape->steps), absl::MakeSpan(y_), want_state ? &snapshot : nullptr);
+    absl::StatusOr<int64_t> position =
+        session_->Run(x_, static_cast<int>(shape->steps), absl::MakeSpan(y_),
+                      want_state ? &snapshot : nullptr, received);
     if (!position.ok()) return position.status();
     if (shape->steps < ssm::Session::kConvChunkThreshold && !want_state) {
       NoteStepCost(absl::ToInt64Nanoseconds(absl::Now() - run_start) / shape->steps);

@@ -2,12 +2,11 @@
 // when checkpoints are asked for, what is kept for replay, what a reopen
 // sends, and how many failures in a row it tolerates. The end-to-end
 // behaviour (a killed replica, a restarted server) is in tests/e2e.
-#include "client/resume.h"
-
 #include <optional>
 #include <utility>
 #include <vector>
 
+#include "client/resume.h"
 #include "gtest/gtest.h"
 
 namespace ssm::client::internal {
@@ -46,9 +45,9 @@ ssm::v1::StreamOpened Opened() {
 
 TEST(ResumeLogTest, DisabledDoesNothing) {
   ResumeLog log(ResumePolicy{});
-  log.Start(Snapshot(4), 4);
+  log.Start(Snapshot(4), 4, Opened());
   EXPECT_FALSE(log.CheckpointDue(4, 1000));
-  log.Answered(Chunk(2, 1), nullptr);
+  log.Answered(Chunk(2, 1), nullptr, -1);
   EXPECT_TRUE(log.answered().empty());
 }
 
@@ -56,7 +55,7 @@ TEST(ResumeLogTest, DisabledDoesNothing) {
 // next one k steps after that chunk's end (not after the due point).
 TEST(ResumeLogTest, CheckpointsEveryKStepsFromWhereAChunkEnds) {
   ResumeLog log(Enabled(10));
-  log.Start(std::nullopt, 5);  // due once 15 steps are sent
+  log.Start(std::nullopt, 5, Opened());    // due once 15 steps are sent
   EXPECT_FALSE(log.CheckpointDue(5, 4));   // 5..9
   EXPECT_FALSE(log.CheckpointDue(9, 5));   // ..14
   EXPECT_TRUE(log.CheckpointDue(14, 3));   // ..17: next due at 27
@@ -68,9 +67,9 @@ TEST(ResumeLogTest, CheckpointsEveryKStepsFromWhereAChunkEnds) {
 
 TEST(ResumeLogTest, ASnapshotReplacesTheChunksItCovers) {
   ResumeLog log(Enabled(100));
-  log.Start(std::nullopt, 0);
-  log.Answered(Chunk(2, 1), nullptr);
-  log.Answered(Chunk(3, 2), nullptr);
+  log.Start(std::nullopt, 0, Opened());
+  log.Answered(Chunk(2, 1), nullptr, -1);
+  log.Answered(Chunk(3, 2), nullptr, -1);
   ASSERT_EQ(log.answered().size(), 2u);
   EXPECT_EQ(log.answered()[1].input, std::vector<float>(3, 2));
   // Without a snapshot, a reopen starts a fresh session of the version the
@@ -84,9 +83,9 @@ TEST(ResumeLogTest, ASnapshotReplacesTheChunksItCovers) {
   EXPECT_EQ(log.ReopenPosition(), 0);
 
   ssm::v1::StateSnapshot s = Snapshot(9);
-  log.Answered(Chunk(4, 3), &s);
+  log.Answered(Chunk(4, 3), &s, -1);
   EXPECT_TRUE(log.answered().empty());
-  log.Answered(Chunk(1, 4), nullptr);
+  log.Answered(Chunk(1, 4), nullptr, -1);
   ASSERT_EQ(log.answered().size(), 1u);
   EXPECT_EQ(log.answered()[0].steps, 1);
   open = log.ReopenMessage(Opened());
@@ -98,7 +97,7 @@ TEST(ResumeLogTest, ASnapshotReplacesTheChunksItCovers) {
 
 TEST(ResumeLogTest, StartsFromTheGivenBase) {
   ResumeLog log(Enabled(8));
-  log.Start(Snapshot(40), 40);
+  log.Start(Snapshot(40), 40, Opened());
   EXPECT_EQ(log.ReopenPosition(), 40);
   EXPECT_EQ(log.ReopenMessage(Opened()).resume_from().data(), "state@40");
   EXPECT_FALSE(log.CheckpointDue(40, 7));
@@ -107,12 +106,49 @@ TEST(ResumeLogTest, StartsFromTheGivenBase) {
 
 TEST(ResumeLogTest, FailuresWithoutAnAnswerAreBounded) {
   ResumeLog log(Enabled(8, /*max_attempts=*/2));
-  log.Start(std::nullopt, 0);
+  log.Start(std::nullopt, 0, Opened());
   EXPECT_TRUE(log.MayRecover());
   EXPECT_TRUE(log.MayRecover());
   EXPECT_FALSE(log.MayRecover());
-  log.Answered(Chunk(1, 0), nullptr);  // progress resets the count
+  log.Answered(Chunk(1, 0), nullptr, -1);  // progress resets the count
   EXPECT_TRUE(log.MayRecover());
+}
+
+// Against a server with a session store the session is found again by its
+// id; the log keeps only the chunks the store does not have yet and never
+// asks for a snapshot.
+TEST(ResumeLogTest, ADurableSessionKeepsOnlyWhatTheStoreLacks) {
+  ssm::v1::StreamOpened opened = Opened();
+  opened.set_durable(true);
+  ResumeLog log(Enabled(4));
+  log.Start(Snapshot(10), 10, opened);  // a base is not needed
+  EXPECT_FALSE(log.CheckpointDue(10, 100));
+  log.Answered(Chunk(2, 1), nullptr, -1);  // 10..12, nothing stored yet
+  log.Answered(Chunk(3, 2), nullptr, 10);  // 12..15
+  ASSERT_EQ(log.answered().size(), 2u);
+  EXPECT_EQ(log.ReopenPosition(), 10);
+  log.Answered(Chunk(4, 3), nullptr, 12);  // 15..19: the first is stored
+  ASSERT_EQ(log.answered().size(), 2u);
+  EXPECT_EQ(log.answered()[0].input, std::vector<float>(3, 2));
+  EXPECT_EQ(log.ReopenPosition(), 12);
+  // A store position inside a chunk keeps the chunk (chunks replay whole).
+  log.Answered(Chunk(1, 4), nullptr, 17);
+  ASSERT_EQ(log.answered().size(), 2u);
+  EXPECT_EQ(log.ReopenPosition(), 15);
+  log.Answered(Chunk(1, 5), nullptr, 20);  // 20..21 is not stored yet
+  ASSERT_EQ(log.answered().size(), 1u);
+  EXPECT_EQ(log.answered()[0].input, std::vector<float>(1, 5));
+  EXPECT_EQ(log.ReopenPosition(), 20);
+  log.Answered(Chunk(1, 6), nullptr, 22);  // everything is stored
+  EXPECT_TRUE(log.answered().empty());
+  EXPECT_EQ(log.ReopenPosition(), 22);
+
+  const ssm::v1::StreamOpen open = log.ReopenMessage(opened);
+  EXPECT_EQ(open.session_id(), "abc");
+  EXPECT_FALSE(open.has_resume_from());
+  EXPECT_EQ(open.version(), 0);
+  EXPECT_EQ(open.model(), "s4-demo");
+  EXPECT_EQ(open.batch(), 2);
 }
 
 }  // namespace

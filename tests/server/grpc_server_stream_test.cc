@@ -2,13 +2,13 @@
 // errors that end a stream (and keep its session), pipelined chunks (order,
 // flow control, an error or a cancel in the middle).
 
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
 #include <cmath>
 #include <limits>
 #include <memory>
 #include <vector>
-
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
 
 #include "grpc_server_fixture.h"
 
@@ -220,6 +220,32 @@ TEST_F(GrpcServerTest, PipelinedErrorAnswersTheChunksBeforeIt) {
   v1::ExportStateResponse exported;
   ASSERT_TRUE(ExportState(s.opened.session_id(), &exported).ok());
   EXPECT_EQ(exported.state().position(), 12);
+}
+
+// `received` says how many outputs the client has: a negative count is a
+// bad request, named, and the session keeps the chunks before it; a count
+// past the position is taken as the position (the answers are in flight).
+TEST_F(GrpcServerTest, ANegativeReceivedCountIsInvalidArgument) {
+  const v1::Tensor input = MakeInput(1, 8);
+  OpenedStream s = Open(OpenModel("legt-delay"));
+  v1::StreamRequest first = ChunkRequest(Slice(input, 0, 2));
+  first.set_received(1000);  // more than it could have: harmless
+  ASSERT_TRUE(s.stream->Write(first));
+  v1::StreamResponse response;
+  ASSERT_TRUE(s.stream->Read(&response));
+  EXPECT_EQ(response.position(), 2);
+  v1::StreamRequest bad = ChunkRequest(Slice(input, 2, 4));
+  bad.set_received(-1);
+  ASSERT_TRUE(s.stream->Write(bad));
+  EXPECT_FALSE(s.stream->Read(&response));
+  const grpc::Status status = s.stream->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(status.error_message(),
+            "received = -1: must be >= 0 (the steps of outputs this client has)");
+  ASSERT_TRUE(WaitForDetached(1));
+  v1::ExportStateResponse exported;
+  ASSERT_TRUE(ExportState(s.opened.session_id(), &exported).ok());
+  EXPECT_EQ(exported.state().position(), 2);
 }
 
 // Cancelling a stream with chunks in flight: whatever ran is applied

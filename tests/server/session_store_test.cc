@@ -8,6 +8,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <memory>
 #include <optional>
@@ -86,14 +87,36 @@ class RedisStoreTest : public ::testing::Test {
   std::unique_ptr<SessionStore> store_;
 };
 
+// A held session's record lives as long as its lease is renewed, even
+// when nothing new is written; a renewal by anyone else extends nothing.
+TEST_F(RedisStoreTest, RenewingTheLeaseKeepsTheRecord) {
+  const std::string id = "00112233445566778899aabbccddeeff";
+  ASSERT_TRUE(*store_->AcquireLease(id, "a", absl::Seconds(10)));
+  ASSERT_TRUE(
+      store_->Put(id, "a", StoredSession{"", "mem", 1, 5, "x"}, absl::Milliseconds(400)).ok());
+  EXPECT_FALSE(*store_->RenewLease(id, "b", absl::Seconds(10), absl::Seconds(10)));
+  absl::SleepFor(absl::Milliseconds(200));
+  EXPECT_TRUE(*store_->RenewLease(id, "a", absl::Seconds(10), absl::Seconds(10)));
+  absl::SleepFor(absl::Milliseconds(400));  // past the write's expiry
+  EXPECT_TRUE(store_->Get(id)->has_value());
+  ASSERT_TRUE(store_->ReleaseLease(id, "a").ok());
+  // Without renewals the record goes with its expiry.
+  const std::string other = "ffeeddccbbaa99887766554433221100";
+  ASSERT_TRUE(*store_->AcquireLease(other, "a", absl::Seconds(10)));
+  ASSERT_TRUE(
+      store_->Put(other, "a", StoredSession{"", "mem", 1, 5, "x"}, absl::Milliseconds(200)).ok());
+  absl::SleepFor(absl::Milliseconds(400));
+  EXPECT_FALSE(store_->Get(other)->has_value());
+}
+
 TEST_F(RedisStoreTest, OneHolderAtATimeAndWritesAreFencedByTheLease) {
   const std::string id = "0123456789abcdef0123456789abcdef";
   const StoredSession record{"", "mem", 1, 5, "snapshot bytes"};
   EXPECT_TRUE(*store_->AcquireLease(id, "a", absl::Seconds(10)));
   EXPECT_TRUE(*store_->AcquireLease(id, "a", absl::Seconds(10)));  // ours: renewed
   EXPECT_FALSE(*store_->AcquireLease(id, "b", absl::Seconds(10)));
-  EXPECT_TRUE(*store_->RenewLease(id, "a", absl::Seconds(10)));
-  EXPECT_FALSE(*store_->RenewLease(id, "b", absl::Seconds(10)));
+  EXPECT_TRUE(*store_->RenewLease(id, "a", absl::Seconds(10), absl::Seconds(10)));
+  EXPECT_FALSE(*store_->RenewLease(id, "b", absl::Seconds(10), absl::Seconds(10)));
   EXPECT_EQ(store_->Put(id, "b", record, absl::Seconds(10)).code(),
             absl::StatusCode::kFailedPrecondition);
   EXPECT_FALSE(store_->Get(id)->has_value());
@@ -202,20 +225,43 @@ class ReplicasTest : public RedisStoreTest {
   }
 
   // `steps` single steps of input value 0.1 * (position + 1); the outputs.
-  static std::vector<double> Step(SessionManager::Entry& e, int steps) {
+  // `lag`: the client says it has the outputs of all but its last `lag`
+  // steps (a pipelined client); -1: it says nothing (one that reads each
+  // answer before it sends again).
+  static std::vector<double> Step(SessionManager::Entry& e, int steps, int lag = -1) {
     std::vector<double> all;
     for (int i = 0; i < steps; ++i) {
-      std::vector<double> x = {0.1 * (e.position() + 1)}, y(4);
-      EXPECT_TRUE(e.Run(x, 1, absl::MakeSpan(y), nullptr).ok());
+      const int64_t position = e.position();
+      std::vector<double> x = {0.1 * (position + 1)}, y(4);
+      std::optional<int64_t> received;
+      if (lag >= 0) received = std::max<int64_t>(position - lag, 0);
+      EXPECT_TRUE(e.Run(x, 1, absl::MakeSpan(y), nullptr, received).ok());
       all.insert(all.end(), y.begin(), y.end());
     }
     return all;
   }
 
-  static void WaitFor(const std::function<bool()>& done) {
+  // Single steps, paced, until the store has at least `position`.
+  static std::vector<double> StepUntilDurable(SessionManager::Entry& e, int64_t position,
+                                              int lag = -1) {
+    std::vector<double> all;
     const absl::Time deadline = absl::Now() + absl::Seconds(10);
-    while (!done() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(20));
-    EXPECT_TRUE(done());
+    while (e.durable_position() < position && absl::Now() < deadline) {
+      const std::vector<double> y = Step(e, 1, lag);
+      all.insert(all.end(), y.begin(), y.end());
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    EXPECT_GE(e.durable_position(), position);
+    return all;
+  }
+
+  static void WaitFor(const std::function<bool()>& done) {
+    // `done` is called until it says so and never again: it may have
+    // side effects (an open that succeeds).
+    const absl::Time deadline = absl::Now() + absl::Seconds(10);
+    bool ok = false;
+    while (!(ok = done()) && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(20));
+    EXPECT_TRUE(ok);
   }
 
   ModelCatalog catalog_{Repository()};
@@ -226,28 +272,34 @@ class ReplicasTest : public RedisStoreTest {
 
 TEST_F(ReplicasTest, ASessionMovesToAnotherReplicaByIdAndContinuesExactly) {
   // The reference: one session that never moves.
-  absl::StatusOr<std::shared_ptr<SessionManager::Entry>> ref = Open(*a_);
-  ASSERT_TRUE(ref.ok());
-  const std::vector<double> want = Step(**ref, 30);
-  a_->Close((*ref)->id());
-
   absl::StatusOr<std::shared_ptr<SessionManager::Entry>> s = Open(*a_);
   ASSERT_TRUE(s.ok()) << s.status();
   const std::string id = (*s)->id();
-  std::vector<double> got = Step(**s, 12);
-  WaitFor([&] { return (*s)->durable_position() == 12; });
+  std::vector<double> got = StepUntilDurable(**s, 6);
+  const int64_t last = (*s)->position();
   // Attached on a: b cannot take it.
   EXPECT_EQ(Open(*b_, id).status().code(), absl::StatusCode::kFailedPrecondition);
-  // The stream breaks on a: its last state goes to the store and a lets go.
+  // The stream breaks on a: its latest state whose outputs the client has
+  // (all but the last step's: nothing said otherwise) goes to the store
+  // and a lets go.
   a_->Detach(id, "test");
   WaitFor([&] { return a_->GetStats().detached == 0; });
   absl::StatusOr<std::shared_ptr<SessionManager::Entry>> moved = Open(*b_, id);
   ASSERT_TRUE(moved.ok()) << moved.status();
-  EXPECT_EQ((*moved)->position(), 12);
+  const int64_t at = (*moved)->position();
+  EXPECT_GE(at, 6);
+  EXPECT_LT(at, last);
   EXPECT_EQ((*moved)->id(), id);
-  const std::vector<double> rest = Step(**moved, 18);
+  // The client replays from there: the same outputs again.
+  const std::vector<double> replayed = Step(**moved, static_cast<int>(last - at));
+  EXPECT_EQ(replayed, std::vector<double>(got.begin() + at * 4, got.end()));
+  const int total = static_cast<int>(last) + 10;
+  const std::vector<double> rest = Step(**moved, total - static_cast<int>(last));
   got.insert(got.end(), rest.begin(), rest.end());
-  EXPECT_EQ(got, want);  // bit for bit
+  // The reference: one session that never moved, as long.
+  absl::StatusOr<std::shared_ptr<SessionManager::Entry>> ref = Open(*a_);
+  ASSERT_TRUE(ref.ok());
+  EXPECT_EQ(got, Step(**ref, total));  // bit for bit
   // Now a cannot take it back while b holds it; b closes it and it is gone.
   EXPECT_EQ(Open(*a_, id).status().code(), absl::StatusCode::kFailedPrecondition);
   b_->Close(id);
@@ -289,8 +341,8 @@ TEST_F(ReplicasTest, ALostLeaseStopsTheOldHolder) {
   absl::StatusOr<std::shared_ptr<SessionManager::Entry>> s = Open(*a_);
   ASSERT_TRUE(s.ok());
   const std::string id = (*s)->id();
-  Step(**s, 3);
-  WaitFor([&] { return (*s)->durable_position() == 3; });
+  StepUntilDurable(**s, 3);
+  const int64_t durable = (*s)->durable_position();
   ASSERT_EQ(Cli(absl::StrCat("SET ssm:lease:", id, " someone-else")), 0);
   WaitFor([&] { return (*s)->lost(); });
   std::vector<double> x = {1}, y(4);
@@ -301,7 +353,7 @@ TEST_F(ReplicasTest, ALostLeaseStopsTheOldHolder) {
   EXPECT_EQ(a_->GetStats().detached + a_->GetStats().attached, 0);
   absl::StatusOr<std::shared_ptr<SessionManager::Entry>> moved = Open(*b_, id);
   ASSERT_TRUE(moved.ok()) << moved.status();
-  EXPECT_EQ((*moved)->position(), 3);
+  EXPECT_EQ((*moved)->position(), durable);
 }
 
 // The store stops answering (SIGSTOP): steps go on, unsaved and errors say
@@ -309,8 +361,7 @@ TEST_F(ReplicasTest, ALostLeaseStopsTheOldHolder) {
 TEST_F(ReplicasTest, AHungStoreNeverStopsSteppingAndIsCaughtUpAfter) {
   absl::StatusOr<std::shared_ptr<SessionManager::Entry>> s = Open(*a_);
   ASSERT_TRUE(s.ok());
-  Step(**s, 2);
-  WaitFor([&] { return (*s)->durable_position() == 2; });
+  StepUntilDurable(**s, 2);
   redis_->Pause();
   const absl::Time start = absl::Now();
   Step(**s, 50);
@@ -319,9 +370,77 @@ TEST_F(ReplicasTest, AHungStoreNeverStopsSteppingAndIsCaughtUpAfter) {
   EXPECT_EQ(a_->GetStats().unsaved, 1);
   EXPECT_FALSE(a_->GetStats().store_healthy);
   redis_->Resume();
-  WaitFor([&] { return (*s)->durable_position() == 52; });
-  EXPECT_EQ(a_->GetStats().unsaved, 0);
+  // The client says it has all 52 outputs; the store catches up.
+  std::vector<double> x = {1}, y(4);
+  ASSERT_TRUE((*s)->Run(x, 1, absl::MakeSpan(y), nullptr, (*s)->position()).ok());
+  WaitFor([&] { return (*s)->durable_position() >= 52; });
+  WaitFor([&] { return a_->GetStats().unsaved == 0; });
   EXPECT_TRUE(a_->GetStats().store_healthy);
+}
+
+// A client that keeps steps in flight says how many outputs it has: the
+// store never gets a state past that, however the stream ends, so a
+// reattach replays what the client lacks instead of skipping it.
+TEST_F(ReplicasTest, TheStoreNeverGetsAStatePastWhatTheClientHas) {
+  absl::StatusOr<std::shared_ptr<SessionManager::Entry>> s = Open(*a_);
+  ASSERT_TRUE(s.ok());
+  const std::string id = (*s)->id();
+  constexpr int kLag = 7;
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while ((*s)->durable_position() < 20 && absl::Now() < deadline) {
+    Step(**s, 1, kLag);
+    // The store's position is one the client had confirmed.
+    EXPECT_LE((*s)->durable_position(), std::max<int64_t>((*s)->position() - 1 - kLag, 0));
+    absl::SleepFor(absl::Milliseconds(2));
+  }
+  ASSERT_GE((*s)->durable_position(), 20);
+  const int64_t confirmed = (*s)->position() - 1 - kLag;
+  a_->Detach(id, "the connection broke");
+  WaitFor([&] { return a_->GetStats().detached == 0; });
+  absl::StatusOr<std::optional<StoredSession>> record = store_->Get(id);
+  ASSERT_TRUE(record.ok() && record->has_value());
+  EXPECT_LE((*record)->position, confirmed);
+  absl::StatusOr<std::shared_ptr<SessionManager::Entry>> moved = Open(*b_, id);
+  ASSERT_TRUE(moved.ok()) << moved.status();
+  EXPECT_EQ((*moved)->position(), (*record)->position);
+}
+
+// A stream that breaks before the first checkpoint, with nothing answered
+// that the client confirmed, leaves the session where it started.
+TEST_F(ReplicasTest, ABrokenStreamBeforeAnyCheckpointLeavesItsStart) {
+  SessionManager::Options o;
+  o.store = store_.get();
+  o.checkpoint_interval = absl::Hours(1);
+  auto slow = std::make_unique<SessionManager>(o);
+  absl::StatusOr<std::shared_ptr<SessionManager::Entry>> s = Open(*slow);
+  ASSERT_TRUE(s.ok());
+  const std::string id = (*s)->id();
+  Step(**s, 5, /*lag=*/100);  // five answers in flight
+  slow->Detach(id, "the connection broke");
+  WaitFor([&] { return slow->GetStats().detached == 0; });
+  absl::StatusOr<std::shared_ptr<SessionManager::Entry>> moved = Open(*b_, id);
+  ASSERT_TRUE(moved.ok()) << moved.status();
+  EXPECT_EQ((*moved)->position(), 0);
+}
+
+// The same replica: a reattach by id right after the stream broke waits for
+// the last write (the lease) and continues from the confirmed state.
+TEST_F(ReplicasTest, AReattachOnTheSameReplicaContinuesFromTheConfirmedState) {
+  absl::StatusOr<std::shared_ptr<SessionManager::Entry>> s = Open(*a_);
+  ASSERT_TRUE(s.ok());
+  const std::string id = (*s)->id();
+  StepUntilDurable(**s, 4);
+  Step(**s, 3, /*lag=*/3);  // the last three answers never arrived
+  const int64_t confirmed = (*s)->position() - 3;
+  a_->Detach(id, "the connection broke");
+  absl::StatusOr<std::shared_ptr<SessionManager::Entry>> again;
+  WaitFor([&] {
+    again = Open(*a_, id);
+    return again.ok() || again.status().code() != absl::StatusCode::kFailedPrecondition;
+  });
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_LE((*again)->position(), confirmed);
+  EXPECT_GE((*again)->position(), 4);
 }
 
 }  // namespace
