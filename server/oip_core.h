@@ -60,18 +60,11 @@
 #include "inference/model_config.pb.h"
 #include "server/limits.h"
 #include "server/model_catalog.h"
+#include "server/oip_names.h"
 #include "server/sequences.h"
 #include "server/tensor_codec.h"
 
 namespace ssm::server::oip {
-
-inline constexpr char kInputName[] = "input";
-inline constexpr char kOutputName[] = "output";
-inline constexpr char kServerName[] = "ssmserve";
-inline constexpr char kPlatform[] = "ssmserve";
-// The protocol extensions ServerMetadata lists.
-inline constexpr const char* kExtensions[] = {"binary_tensor_data", "model_configuration",
-                                              "sequence", "sequence(string_id)"};
 
 // The server's version (the project's), for ServerMetadata.
 const char* ServerVersion();

@@ -9,7 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
 #include "server/echo.h"
-#include "server/oip_core.h"
+#include "server/oip_names.h"
 
 namespace ssm::server::oip {
 namespace {
