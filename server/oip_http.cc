@@ -1,6 +1,7 @@
 #include "server/oip_http.h"  // first: Eigen comes in before cpp-httplib's <resolv.h>
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <httplib.h>
 #include <netinet/in.h>
 #include <openssl/pem.h>
@@ -193,6 +194,36 @@ absl::Status SplitAddress(const std::string& address, std::string* host, int* po
   }
   if (host->empty()) *host = "0.0.0.0";
   return absl::OkStatus();
+}
+
+// Shuts down (never closes: the descriptors stay cpp-httplib's) this
+// process's connected sockets on local port `port`. A connection idle in
+// cpp-httplib's keep-alive wait ignores stop() until its keep-alive timeout;
+// a shut-down socket reads as closed at once, so its thread lets go.
+void ShutdownConnections(int port) {
+  DIR* dir = opendir("/proc/self/fd");
+  if (dir == nullptr) return;
+  while (const dirent* entry = readdir(dir)) {
+    int fd = 0;
+    if (!absl::SimpleAtoi(entry->d_name, &fd) || fd == dirfd(dir)) continue;
+    sockaddr_storage local{};
+    socklen_t length = sizeof(local);
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &length) != 0) continue;
+    int local_port = -1;
+    if (local.ss_family == AF_INET) {
+      local_port = ntohs(reinterpret_cast<const sockaddr_in*>(&local)->sin_port);
+    } else if (local.ss_family == AF_INET6) {
+      local_port = ntohs(reinterpret_cast<const sockaddr_in6*>(&local)->sin6_port);
+    }
+    int listening = 0;
+    socklen_t flag_length = sizeof(listening);
+    if (local_port != port ||
+        getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &flag_length) != 0 || listening) {
+      continue;
+    }
+    shutdown(fd, SHUT_RDWR);
+  }
+  closedir(dir);
 }
 
 // What a handler answers: a status and a body, or a failure.
@@ -416,6 +447,11 @@ void OipHttpServer::Stop() {
   if (listener_.joinable()) {
     WaitUntilListening();
     server_->stop();
+    // The listener joins its connection threads before it returns. Running
+    // requests are done by now (the drain waited for them, or its time is
+    // up); idle keep-alive connections would hold their threads, and the
+    // exit, for up to their timeout.
+    ShutdownConnections(port_);
     listener_.join();
   }
 }

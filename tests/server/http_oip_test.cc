@@ -9,6 +9,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "absl/time/clock.h"
 #include "nlohmann/json.hpp"
 #include "oip_fixture.h"
 
@@ -337,6 +338,15 @@ TEST_F(OipTest, RestCallsAreCounted) {
   const std::string text = server_->metrics().Text();
   EXPECT_THAT(text, HasSubstr(R"(ssm_rpc_requests_total{code="OK",rpc="REST ModelInfer"} 1)"));
   EXPECT_THAT(text, HasSubstr(R"(ssm_rpc_requests_total{code="NOT_FOUND",rpc="REST ModelMetadata"} 1)"));
+}
+
+TEST_F(OipTest, AnIdleKeepAliveConnectionDoesNotHoldTheShutdown) {
+  http_->set_keep_alive(true);
+  ASSERT_EQ(http_->Get("/v2/health/live")->status, 200);
+  // The connection now waits in cpp-httplib's keep-alive loop (5 s).
+  const absl::Time start = absl::Now();
+  server_->Shutdown(absl::ZeroDuration());
+  EXPECT_LT(absl::Now() - start, absl::Seconds(2));
 }
 
 }  // namespace
