@@ -14,6 +14,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libprotobuf-dev protobuf-compiler nlohmann-json3-dev
   libgrpc++-dev protobuf-compiler-grpc prometheus-cpp-dev libssl-dev libhiredis-dev
+  libcpp-httplib-dev
 )
 test=false container=false
 for arg in "$@"; do
@@ -37,12 +38,13 @@ fi
 # setuptools and wheel (installing the package, no PyPI) and PyTorch
 # (README's checkpoint walk-through); the security tests make certificates
 # with the openssl command; the durable-session tests run a real
-# redis-server.
+# redis-server; the Open Inference Protocol's tests drive the REST port
+# with curl.
 if $test; then
   packages+=(python3-numpy python3-torch python3-protobuf python3-omegaconf
              python3-grpcio yamllint python3-yaml
              python3-pytest python3-matplotlib
-             python3-pip python3-setuptools python3-wheel openssl redis-server)
+             python3-pip python3-setuptools python3-wheel openssl redis-server curl)
   # The libFuzzer harnesses (tests/fuzz) build with clang++-14; its
   # sanitizer and libFuzzer runtimes (libclang-rt-14-dev) are only a
   # recommendation of clang-14, so they are named here.

@@ -20,6 +20,7 @@
 #include "server/limits.h"
 #include "server/metrics.h"
 #include "server/model_catalog.h"
+#include "server/sequences.h"
 #include "server/session_manager.h"
 #include "server/worker_pool.h"
 
@@ -55,6 +56,9 @@ struct ServiceEnv {
   // Who is calling and what they may do (auth.h); disabled without
   // --auth_callers. Never null in a running server.
   Authorizer* auth = nullptr;
+  // The Open Inference Protocol's client-named sequences (sequences.h),
+  // shared by its gRPC and REST transports.
+  SequenceTable* sequences = nullptr;
 
   bool Draining() const { return draining != nullptr && draining->load(std::memory_order_acquire); }
 };

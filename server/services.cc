@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "server/forward.h"
 #include "server/math_handlers.h"
 #include "server/model_config.h"
 #include "server/session_open.h"
@@ -19,15 +20,6 @@ namespace ssm::server {
 namespace {
 
 namespace v1 = ::ssm::v1;
-
-// Forward runs an Infer in pieces of whole sequences of at most this many
-// (sequence x step) rows, the bound a session applies to its own slices of
-// time (which serve return_state): the model's scratch (about 7 x rows x
-// d_model doubles for an S4 stack) stays bounded whatever the batch, and a
-// cancelled call or a passed deadline stops the work between pieces instead
-// of after the whole call. 8 x 4096 is one piece, so the benchmark's call
-// is unchanged.
-constexpr int64_t kInferPieceRows = ssm::Session::kMaxRowsPerPass;
 
 // The checks an Infer passes before any work is scheduled, in the order a
 // client fixes them: the input's shape (the model's d_input), the server's
@@ -114,22 +106,13 @@ grpc::ServerUnaryReactor* InferenceService::Infer(grpc::CallbackServerContext* c
       }
       WriteStateSnapshot(SnapshotOf(*session, served.name, served.version, signer),
                          response->mutable_state());
-    } else {
-      // Sequences are independent: pieces of whole sequences.
-      const int d_in = served.model->d_input(), d_out = served.model->d_output();
-      const int rows = static_cast<int>(std::max<int64_t>(1, kInferPieceRows / steps));
-      for (int b0 = 0; b0 < batch; b0 += rows) {
-        if (absl::Status s = CallStopped(context, b0, batch, "sequences"); !s.ok()) return s;
-        const int n = std::min(rows, batch - b0);
-        const size_t in_at = static_cast<size_t>(b0) * steps * d_in;
-        const size_t out_at = static_cast<size_t>(b0) * steps * d_out;
-        if (absl::Status s = served.model->Forward(
-                absl::MakeConstSpan(&x[in_at], static_cast<size_t>(n) * steps * d_in), n, steps,
-                absl::MakeSpan(&y[out_at], static_cast<size_t>(n) * steps * d_out));
-            !s.ok()) {
-          return s;
-        }
-      }
+    } else if (absl::Status s =
+                   ForwardInPieces(*served.model, x, batch, steps, absl::MakeSpan(y),
+                                   [&](int done) {
+                                     return CallStopped(context, done, batch, "sequences");
+                                   });
+               !s.ok()) {
+      return s;
     }
     if (absl::Status s = CheckWireValues(y, out_shape, "output"); !s.ok()) return s;
     WriteSequenceTensor(y, out_shape, response->mutable_output());

@@ -50,6 +50,7 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
            at_least("max_math_queue", o.max_math_queue, 0),
            at_least("max_sessions", o.max_sessions, 1),
            at_least("max_connections", o.max_connections, 0),
+           at_least("http_threads", o.http_threads, 1),
            at_least("max_batch", o.limits.max_batch, 1),
            at_least("max_chunk_steps", o.limits.max_chunk_steps, 1),
            at_least("max_unary_length", o.limits.max_unary_length, 1),
@@ -250,6 +251,8 @@ absl::StatusOr<std::unique_ptr<SsmServer>> SsmServer::Start(ServerOptions option
   session_options.ttl = o.session_ttl;
   if (o.clock) session_options.clock = o.clock;
   self->sessions_ = std::make_unique<SessionManager>(std::move(session_options));
+  self->sequences_ =
+      std::make_unique<SequenceTable>(self->catalog_.get(), self->sessions_.get(), o.limits);
   // One count for both the workers and the core's parallel loops: the
   // CPUs this server may use, not the node's.
   const int threads = o.threads > 0 ? o.threads : ssm::DefaultThreads();
@@ -294,8 +297,10 @@ absl::StatusOr<std::unique_ptr<SsmServer>> SsmServer::Start(ServerOptions option
   self->env_.draining = &self->draining_;
   self->env_.calls = &self->calls_;
   self->env_.auth = self->auth_.get();
+  self->env_.sequences = self->sequences_.get();
   self->inference_ = std::make_unique<InferenceService>(&self->env_);
   self->math_ = std::make_unique<MathService>(&self->env_);
+  self->oip_ = std::make_unique<OipService>(&self->env_);
 
   // Both are process-wide switches read by the next BuildAndStart.
   grpc::EnableDefaultHealthCheckService(true);
@@ -328,6 +333,7 @@ absl::StatusOr<std::unique_ptr<SsmServer>> SsmServer::Start(ServerOptions option
   builder.SetMaxSendMessageSize(static_cast<int>(o.limits.max_message_bytes));
   builder.RegisterService(self->inference_.get());
   builder.RegisterService(self->math_.get());
+  builder.RegisterService(self->oip_.get());  // the Open Inference Protocol
   self->server_ = builder.BuildAndStart();
   if (self->server_ == nullptr || self->port_ == 0) {
     if (self->server_ != nullptr) self->server_->Shutdown();
@@ -353,9 +359,31 @@ absl::StatusOr<std::unique_ptr<SsmServer>> SsmServer::Start(ServerOptions option
           absl::StrCat("cannot listen on --health_address=", o.health_address));
     }
   }
+  if (!o.http_address.empty()) {
+    OipHttpServer::Options http;
+    http.address = o.http_address;
+    http.threads = o.http_threads;
+    http.cert_file = o.tls.cert_file;
+    http.key_file = o.tls.key_file;
+    http.client_ca_file = o.tls.client_ca_file;
+    using Auth = ServerOptions::Tls::ClientAuth;
+    using HttpAuth = OipHttpServer::Options::ClientAuth;
+    http.client_auth = o.tls.client_auth == Auth::kRequire   ? HttpAuth::kRequire
+                       : o.tls.client_auth == Auth::kRequest ? HttpAuth::kRequest
+                                                             : HttpAuth::kNone;
+    http.tls_refresh = o.tls.refresh;
+    absl::StatusOr<std::unique_ptr<OipHttpServer>> server =
+        OipHttpServer::Start(std::move(http), &self->env_);
+    if (!server.ok()) {
+      self->Shutdown(absl::ZeroDuration());
+      return server.status();
+    }
+    self->http_ = *std::move(server);
+  }
   self->SetHealth("", true);
   self->SetHealth("ssm.v1.Inference", true);
   self->SetHealth("ssm.v1.Math", true);
+  self->SetHealth("inference.GRPCInferenceService", true);
   for (const ModelListing& model : self->catalog_->List()) {
     self->SetHealth(absl::StrCat("ssm.v1.Inference/", model.name), !model.versions.empty());
   }
@@ -427,6 +455,8 @@ void SsmServer::Shutdown(absl::Duration grace) {
   // they finish the calls whose jobs they hold.
   server_->Shutdown(absl::ToChronoTime(absl::Now()));
   if (health_server_ != nullptr) health_server_->Shutdown(absl::ToChronoTime(absl::Now()));
+  // Before the workers stop: a REST request still running waits for its job.
+  if (http_ != nullptr) http_->Stop();
   stop_eviction_.Notify();
   if (eviction_thread_.joinable()) eviction_thread_.join();
   // The streams have detached: every session this replica held goes to the

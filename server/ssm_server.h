@@ -43,6 +43,9 @@
 #include "server/metrics.h"
 #include "server/model_catalog.h"
 #include "server/model_repository.h"
+#include "server/oip_http.h"
+#include "server/oip_service.h"
+#include "server/sequences.h"
 #include "server/services.h"
 #include "server/session_manager.h"
 #include "server/snapshot_keys.h"
@@ -106,6 +109,11 @@ struct ServerOptions {
   int quota_sessions = 0;  // per principal, with auth_callers; 0: none
   // Snapshot signing keys (snapshot_keys.h); empty: unsigned snapshots.
   std::string snapshot_keys;
+  // "host:port" of the Open Inference Protocol's REST port (oip_http.h),
+  // HTTPS with `tls`'s files when TLS is on; empty: none. `http_threads`:
+  // connections it serves at once.
+  std::string http_address;
+  int http_threads = 8;
 
   // Durable sessions: "redis://[user:password@]host:port[/db]"; empty:
   // sessions live in this process only.
@@ -153,6 +161,8 @@ class SsmServer {
   int metrics_port() const { return metrics_port_; }
   // The health-only port bound, 0 without one.
   int health_port() const { return health_port_; }
+  // The REST port bound, 0 without one.
+  int http_port() const { return http_ != nullptr ? http_->port() : 0; }
   const ServerOptions& options() const { return options_; }
   const ModelCatalog& catalog() const { return *catalog_; }
   SessionManager& sessions() { return *sessions_; }
@@ -193,14 +203,17 @@ class SsmServer {
   std::unique_ptr<ModelCatalog> catalog_;
   std::unique_ptr<SessionStore> store_;
   std::unique_ptr<SessionManager> sessions_;
+  std::unique_ptr<SequenceTable> sequences_;
   std::unique_ptr<WorkerPool> pool_;
   CallCounter calls_;
   ServiceEnv env_;
   std::unique_ptr<InferenceService> inference_;
   std::unique_ptr<MathService> math_;
+  std::unique_ptr<OipService> oip_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<grpc::CallbackGenericService> health_only_;
   std::unique_ptr<grpc::Server> health_server_;
+  std::unique_ptr<OipHttpServer> http_;
   std::unique_ptr<ConnectionGuard> connections_;  // read by the exposer's scrapes
   std::unique_ptr<prometheus::Exposer> exposer_;
   absl::Notification stop_eviction_;

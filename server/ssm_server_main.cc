@@ -110,6 +110,10 @@ ABSL_FLAG(absl::Duration, session_store_timeout, absl::Seconds(2),
 ABSL_FLAG(bool, session_store_required, false,
           "health NOT_SERVING while the session store fails (default: keep serving; sessions "
           "step on and writes retry)");
+ABSL_FLAG(std::string, http_address, "",
+          "host:port of the Open Inference Protocol's REST port (KServe v2 over HTTP; HTTPS "
+          "with --tls_cert/--tls_key); empty: off. The gRPC binding is always on --address");
+ABSL_FLAG(int, http_threads, 8, "REST connections served at once (more wait in a queue)");
 ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(20),
           "on SIGTERM/SIGINT, how long running calls may take before they are cancelled");
 
@@ -169,6 +173,18 @@ void PrintBanner(const ssm::server::SsmServer& server, const std::string& addres
                         "health: grpc.health.v1.Health (\"\", \"ssm.v1.Inference/<model>\"); "
                         "server reflection %s\n",
                         o.reflection ? "on" : "off");
+  absl::StrAppend(&text,
+                  "Open Inference Protocol: inference.GRPCInferenceService on the gRPC port\n");
+  if (server.http_port() != 0) {
+    const std::string http = o.http_address.substr(0, o.http_address.rfind(':'));
+    absl::StrAppendFormat(&text, "Open Inference Protocol REST: %s://%s:%d/v2\n",
+                          tls ? "https" : "http", http, server.http_port());
+    if (!tls && !ssm::server::IsLoopback(o.http_address)) {
+      absl::StrAppend(&text, "WARNING: plaintext HTTP on ", o.http_address,
+                      ", which is not loopback: serve TLS (--tls_cert, --tls_key) or listen on "
+                      "127.0.0.1\n");
+    }
+  }
   if (server.health_port() != 0) {
     absl::StrAppendFormat(&text, "health only, plaintext: %s:%d\n",
                           o.health_address.substr(0, o.health_address.rfind(':')),
@@ -196,7 +212,9 @@ void PrintBanner(const ssm::server::SsmServer& server, const std::string& addres
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "Serves state-space models over gRPC (ssm.v1.Inference, ssm.v1.Math).\n"
+      "Serves state-space models over gRPC (ssm.v1.Inference, ssm.v1.Math, and the Open "
+      "Inference Protocol's inference.GRPCInferenceService) and, with --http_address, the Open "
+      "Inference Protocol's REST binding.\n"
       "Usage: ssm_server [--address=127.0.0.1:50051] [--model_repository=models] [flags]");
   absl::ParseCommandLine(argc, argv);
   // Debian's Abseil is built without NDEBUG, so every absl::Mutex lock also
@@ -255,6 +273,8 @@ int main(int argc, char** argv) {
   options.session_lease = absl::GetFlag(FLAGS_session_lease);
   options.session_store_timeout = absl::GetFlag(FLAGS_session_store_timeout);
   options.session_store_required = absl::GetFlag(FLAGS_session_store_required);
+  options.http_address = absl::GetFlag(FLAGS_http_address);
+  options.http_threads = absl::GetFlag(FLAGS_http_threads);
   options.limits.max_batch = absl::GetFlag(FLAGS_max_batch);
   options.limits.max_chunk_steps = absl::GetFlag(FLAGS_max_chunk_steps);
   options.limits.max_unary_length = absl::GetFlag(FLAGS_max_unary_length);
