@@ -33,8 +33,8 @@ absl::StatusOr<int64_t> SequenceTable::Run(const SequenceRequest& r) {
         "a sequence request needs a sequence_id (0 and \"\" mean no sequence)");
   }
   if (r.id.is_string && r.id.text.size() > kMaxSequenceIdBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("sequence_id is ", r.id.text.size(),
-                                                   " bytes; at most ", kMaxSequenceIdBytes));
+    return absl::InvalidArgumentError(
+        absl::StrCat("sequence_id is ", r.id.text.size(), " bytes; at most ", kMaxSequenceIdBytes));
   }
   if (r.served == nullptr || r.batch < 1 || r.steps < 1) {
     return absl::InvalidArgumentError("a sequence request needs a model and a chunk");
@@ -67,7 +67,8 @@ absl::StatusOr<int64_t> SequenceTable::Start(const SequenceRequest& r, const Key
     open.model = served.name;
     open.version = served.version;
     open.batch = r.batch;
-    open.attach = false;  // held detached between requests
+    open.attach = false;   // held detached between requests
+    open.sequence = true;  // by this replica: the table naming it is ours
     open.owner = r.owner;
     absl::StatusOr<std::shared_ptr<SessionManager::Entry>> entry =
         OpenSession(open, *catalog_, *sessions_, limits_);
@@ -115,9 +116,9 @@ absl::StatusOr<int64_t> SequenceTable::Continue(const SequenceRequest& r, const 
     return NotLive(r);
   }
   if (r.batch != live.batch) {
-    return absl::InvalidArgumentError(absl::StrCat(r.batch_field, " = ", r.batch,
-                                                   " but sequence ", r.id.ToString(),
-                                                   " started with batch ", live.batch));
+    return absl::InvalidArgumentError(absl::StrCat(r.batch_field, " = ", r.batch, " but sequence ",
+                                                   r.id.ToString(), " started with batch ",
+                                                   live.batch));
   }
   absl::StatusOr<int64_t> position = (*entry)->Run(r.x, r.steps, r.y, /*snapshot=*/nullptr);
   if (!position.ok()) return position.status();
@@ -133,8 +134,7 @@ absl::StatusOr<int64_t> SequenceTable::Continue(const SequenceRequest& r, const 
 
 absl::Status SequenceTable::NotLive(const SequenceRequest& r) const {
   return absl::InvalidArgumentError(absl::StrCat(
-      "sequence ", r.id.ToString(), " of model '", r.served->name, "' version ",
-      r.served->version,
+      "sequence ", r.id.ToString(), " of model '", r.served->name, "' version ", r.served->version,
       " is not active (never started, already ended, or idle longer than --session_ttl=",
       absl::FormatDuration(sessions_->options().ttl),
       "): its first request must set sequence_start"));

@@ -26,6 +26,8 @@ const char* OriginText(SessionManager::Origin origin) {
       return "imported (detached)";
     case SessionManager::Origin::kAdopted:
       return "taken over from the session store";
+    case SessionManager::Origin::kSequence:
+      return "opened for a sequence";
   }
   return "opened";
 }
@@ -156,7 +158,8 @@ absl::StatusOr<std::shared_ptr<SessionManager::Entry>> SessionManager::Add(
     std::string owner, const Adopted* adopted) {
   const int batch = session.batch();
   const int64_t position = session.position();
-  if (options_.store != nullptr && !attached) {
+  const bool stored = options_.store != nullptr && origin != Origin::kSequence;
+  if (stored && !attached) {
     // A detached session lives in the store only: written now, so any
     // replica can reattach it as soon as this returns.
     auto entry = std::make_shared<Entry>(NewSessionId(), std::move(owner), std::move(model_name),
@@ -222,7 +225,8 @@ absl::StatusOr<std::shared_ptr<SessionManager::Entry>> SessionManager::Add(
   }
   auto entry = std::make_shared<Entry>(id, std::move(owner), std::move(model_name), version,
                                        std::move(session), options_.signer);
-  if (options_.store != nullptr) {
+  entry->stored_ = stored;
+  if (stored) {
     // The checkpointer takes the lease of a new session with its first
     // write; an adopted one came with its lease and its stored position.
     entry->holder_ = adopted != nullptr ? adopted->holder : NewHolder();
@@ -235,7 +239,7 @@ absl::StatusOr<std::shared_ptr<SessionManager::Entry>> SessionManager::Add(
   // A state the store does not have yet is kept until written: without it
   // a stream that broke with outputs in flight before the first checkpoint
   // would leave nothing its client could continue from.
-  entry->Attached(/*keep=*/options_.store != nullptr && adopted == nullptr);
+  entry->Attached(/*keep=*/stored && adopted == nullptr);
   sessions_.emplace(id, Slot{entry, attached, now});
   ++per_owner_[entry->owner()];
   if (attached) ++attached_;
@@ -306,7 +310,7 @@ void SessionManager::DetachLocked(Map::iterator it, absl::string_view why) {
   it->second.attached = false;
   it->second.last_activity = options_.clock();
   --attached_;
-  if (options_.store != nullptr) {
+  if (it->second.entry->stored_) {
     if (it->second.entry->lost()) {
       LogfLimited("session detached", "session %s detached (%s); another replica holds it now",
                   SessionTag(it->first), why);
@@ -331,7 +335,7 @@ void SessionManager::Close(absl::string_view id) {
   auto it = sessions_.find(id);
   if (it == sessions_.end()) return;
   LogfLimited("session closed", "session %s closed", SessionTag(it->first));
-  if (options_.store != nullptr && !it->second.entry->lost()) {
+  if (it->second.entry->stored_ && !it->second.entry->lost()) {
     to_delete_.emplace_back(it->first, it->second.entry->holder_);
   }
   EraseLocked(it);
@@ -362,7 +366,7 @@ SessionManager::Stats SessionManager::GetStats() const {
   if (options_.store != nullptr) {
     for (const auto& [id, slot] : sessions_) {
       const Entry& e = *slot.entry;
-      if (!e.lost() &&
+      if (e.stored_ && !e.lost() &&
           e.durable_position() < e.confirmed_position_.load(std::memory_order_relaxed)) {
         ++stats.unsaved;
       }
@@ -487,7 +491,9 @@ void SessionManager::CheckpointOnce() {
   {
     absl::MutexLock lock(&mu_);
     attached.reserve(sessions_.size());
-    for (const auto& [id, slot] : sessions_) attached.push_back(slot.entry);
+    for (const auto& [id, slot] : sessions_) {
+      if (slot.entry->stored_) attached.push_back(slot.entry);
+    }
     leaving = leaving_;
     deletes.swap(to_delete_);
   }
@@ -636,7 +642,10 @@ bool SessionManager::FlushAll(absl::Time deadline) {
     CheckpointOnce();
     {
       absl::MutexLock lock(&mu_);
-      if (sessions_.empty() && leaving_.empty()) return true;
+      // Sessions the store does not keep (sequences) die with the process.
+      const bool written =
+          absl::c_none_of(sessions_, [](const auto& slot) { return slot.second.entry->stored_; });
+      if (written && leaving_.empty()) return true;
     }
     if (options_.clock() >= deadline) return false;
     absl::SleepFor(absl::Milliseconds(50));

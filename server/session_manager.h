@@ -108,7 +108,11 @@ class SessionManager {
   };
 
   // How a session came to be, for the log.
-  enum class Origin { kNew, kResumed, kImported, kAdopted };
+  // kSequence: a new session that a per-replica table names (the Open
+  // Inference Protocol's sequences, sequences.h), held detached here
+  // between its requests and never written to the store: nothing on
+  // another replica could name it.
+  enum class Origin { kNew, kResumed, kImported, kAdopted, kSequence };
 
   // One registered session. Its identity is immutable; the core session
   // behind it is reached only through Run and Export, under its lock.
@@ -186,6 +190,7 @@ class SessionManager {
     std::atomic<int64_t> confirmed_position_{0};  // confirmed_, for Stats
     std::atomic<int64_t> durable_position_{-1};
     std::atomic<bool> lost_{false};
+    bool stored_ = false;          // kept in the store (set before registration)
     int64_t saved_position_ = -1;  // checkpointer only
     absl::Time saved_at_ = absl::InfinitePast();
     absl::Time renewed_at_ = absl::InfinitePast();

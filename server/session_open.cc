@@ -100,7 +100,7 @@ absl::StatusOr<std::shared_ptr<SessionManager::Entry>> OpenSession(const OpenSes
 
   const SessionManager::Origin origin =
       !r.has_snapshot
-          ? SessionManager::Origin::kNew
+          ? (r.sequence ? SessionManager::Origin::kSequence : SessionManager::Origin::kNew)
           : (r.attach ? SessionManager::Origin::kResumed : SessionManager::Origin::kImported);
   if (r.has_snapshot) {
     if (r.snapshot.empty()) {

@@ -55,6 +55,9 @@ struct OpenSessionRequest {
   absl::string_view snapshot_model;      // the model the snapshot message names
   absl::string_view snapshot_signature;  // its HMAC, when the server signs
   bool attach = true;                    // false: registered detached (ImportState)
+  // A new session held detached for a sequence a per-replica table names
+  // (sequences.h): registered here and never written to a session store.
+  bool sequence = false;
   // The caller (authentication's principal; "" without it): a new session
   // is theirs, and only their own sessions can be reattached.
   absl::string_view owner;

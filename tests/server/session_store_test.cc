@@ -20,6 +20,7 @@
 #include "absl/time/time.h"
 #include "server/log.h"
 #include "server/model_catalog.h"
+#include "server/sequences.h"
 #include "server/session_manager.h"
 #include "server/session_open.h"
 #include "ssm/model.h"
@@ -441,6 +442,42 @@ TEST_F(ReplicasTest, AReattachOnTheSameReplicaContinuesFromTheConfirmedState) {
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_LE((*again)->position(), confirmed);
   EXPECT_GE((*again)->position(), 4);
+}
+
+// The Open Inference Protocol's sequences are named by this replica's
+// table: their sessions stay in its registry between requests (a store
+// would take a detached session out of it) and are never written, and a
+// drain does not wait for them.
+TEST_F(ReplicasTest, SequencesStayOnTheirReplicaAndOutOfTheStore) {
+  SequenceTable table(&catalog_, a_.get(), limits_);
+  absl::StatusOr<ServedModel> served = catalog_.Find("mem", 0);
+  ASSERT_TRUE(served.ok());
+  auto run = [&](bool start, bool end) {
+    std::vector<double> x = {0.5}, y(4);
+    SequenceRequest r;
+    r.id = SequenceId::Number(7);
+    r.start = start;
+    r.end = end;
+    r.served = &*served;
+    r.batch = 1;
+    r.steps = 1;
+    r.x = x;
+    r.y = absl::MakeSpan(y);
+    absl::StatusOr<int64_t> position = table.Run(r);
+    EXPECT_TRUE(position.ok()) << position.status();
+    return position.ok() ? *position : -1;
+  };
+  ASSERT_EQ(run(true, false), 1);
+  absl::SleepFor(absl::Milliseconds(350));  // a few checkpointer ticks
+  ASSERT_EQ(run(false, false), 2);
+  EXPECT_EQ(a_->GetStats().detached, 1);
+  EXPECT_EQ(a_->GetStats().store_writes_total, 0u);
+  EXPECT_EQ(a_->GetStats().unsaved, 0);
+  const absl::Time start = absl::Now();
+  EXPECT_TRUE(a_->FlushAll(start + absl::Seconds(5)));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(1));
+  ASSERT_EQ(run(false, true), 3);
+  EXPECT_EQ(a_->GetStats().detached, 0);
 }
 
 }  // namespace
