@@ -24,11 +24,23 @@ std::recursive_mutex& PlannerMutex() {
   return *mu;
 }
 
+template <typename T>
+struct CachedPlan {
+  std::shared_ptr<const FftPlan<T>> plan;
+  uint64_t last_used = 0;  // PlanCache::clock at the latest request
+};
+
+template <typename T>
+struct PlanCache {
+  std::map<std::pair<int, FftType>, CachedPlan<T>> plans;
+  uint64_t clock = 0;
+};
+
 // Guarded by PlannerMutex(). Leaked like the worker pool: a plan handed out
 // stays valid even for threads still running at exit.
 template <typename T>
-std::map<std::pair<int, FftType>, std::shared_ptr<const FftPlan<T>>>& Cache() {
-  static auto* cache = new std::map<std::pair<int, FftType>, std::shared_ptr<const FftPlan<T>>>;
+PlanCache<T>& Cache() {
+  static auto* cache = new PlanCache<T>;
   return *cache;
 }
 
@@ -40,10 +52,14 @@ fftw_plan_s* MakePlan(double*, int n, FftType type) {
   auto* cb = reinterpret_cast<fftw_complex*>(b.data());
   auto* real = reinterpret_cast<double*>(a.data());
   switch (type) {
-    case FftType::kR2c: return fftw_plan_dft_r2c_1d(n, real, cb, FFTW_ESTIMATE);
-    case FftType::kC2r: return fftw_plan_dft_c2r_1d(n, cb, real, FFTW_ESTIMATE);
-    case FftType::kC2cForward: return fftw_plan_dft_1d(n, ca, cb, FFTW_FORWARD, FFTW_ESTIMATE);
-    case FftType::kC2cBackward: return fftw_plan_dft_1d(n, ca, cb, FFTW_BACKWARD, FFTW_ESTIMATE);
+    case FftType::kR2c:
+      return fftw_plan_dft_r2c_1d(n, real, cb, FFTW_ESTIMATE);
+    case FftType::kC2r:
+      return fftw_plan_dft_c2r_1d(n, cb, real, FFTW_ESTIMATE);
+    case FftType::kC2cForward:
+      return fftw_plan_dft_1d(n, ca, cb, FFTW_FORWARD, FFTW_ESTIMATE);
+    case FftType::kC2cBackward:
+      return fftw_plan_dft_1d(n, ca, cb, FFTW_BACKWARD, FFTW_ESTIMATE);
   }
   return nullptr;
 }
@@ -54,20 +70,28 @@ fftwf_plan_s* MakePlan(float*, int n, FftType type) {
   auto* cb = reinterpret_cast<fftwf_complex*>(b.data());
   auto* real = reinterpret_cast<float*>(a.data());
   switch (type) {
-    case FftType::kR2c: return fftwf_plan_dft_r2c_1d(n, real, cb, FFTW_ESTIMATE);
-    case FftType::kC2r: return fftwf_plan_dft_c2r_1d(n, cb, real, FFTW_ESTIMATE);
-    case FftType::kC2cForward: return fftwf_plan_dft_1d(n, ca, cb, FFTW_FORWARD, FFTW_ESTIMATE);
-    case FftType::kC2cBackward: return fftwf_plan_dft_1d(n, ca, cb, FFTW_BACKWARD, FFTW_ESTIMATE);
+    case FftType::kR2c:
+      return fftwf_plan_dft_r2c_1d(n, real, cb, FFTW_ESTIMATE);
+    case FftType::kC2r:
+      return fftwf_plan_dft_c2r_1d(n, cb, real, FFTW_ESTIMATE);
+    case FftType::kC2cForward:
+      return fftwf_plan_dft_1d(n, ca, cb, FFTW_FORWARD, FFTW_ESTIMATE);
+    case FftType::kC2cBackward:
+      return fftwf_plan_dft_1d(n, ca, cb, FFTW_BACKWARD, FFTW_ESTIMATE);
   }
   return nullptr;
 }
 
 const char* TypeName(FftType type) {
   switch (type) {
-    case FftType::kR2c: return "r2c";
-    case FftType::kC2r: return "c2r";
-    case FftType::kC2cForward: return "forward c2c";
-    case FftType::kC2cBackward: return "backward c2c";
+    case FftType::kR2c:
+      return "r2c";
+    case FftType::kC2r:
+      return "c2r";
+    case FftType::kC2cForward:
+      return "forward c2c";
+    case FftType::kC2cBackward:
+      return "backward c2c";
   }
   return "?";
 }
@@ -116,15 +140,13 @@ void FftwPlanDeleter::operator()(fftwf_plan_s* plan) const {
 template <>
 void FftPlan<double>::R2c(const double* in, Complex* out) const {
   assert(type_ == FftType::kR2c);
-  fftw_execute_dft_r2c(plan_.get(), const_cast<double*>(in),
-                       reinterpret_cast<fftw_complex*>(out));
+  fftw_execute_dft_r2c(plan_.get(), const_cast<double*>(in), reinterpret_cast<fftw_complex*>(out));
 }
 
 template <>
 void FftPlan<float>::R2c(const float* in, Complex* out) const {
   assert(type_ == FftType::kR2c);
-  fftwf_execute_dft_r2c(plan_.get(), const_cast<float*>(in),
-                        reinterpret_cast<fftwf_complex*>(out));
+  fftwf_execute_dft_r2c(plan_.get(), const_cast<float*>(in), reinterpret_cast<fftwf_complex*>(out));
 }
 
 template <>
@@ -156,13 +178,15 @@ void FftPlan<float>::C2c(const Complex* in, Complex* out) const {
 template <typename T>
 absl::StatusOr<std::shared_ptr<const FftPlan<T>>> GetFftPlan(int size, FftType type) {
   if (size < 1 || size > (1 << 30)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("FFT size must be in [1, 2^30], got ", size));
+    return absl::InvalidArgumentError(absl::StrCat("FFT size must be in [1, 2^30], got ", size));
   }
   std::lock_guard<std::recursive_mutex> lock(PlannerMutex());
-  auto& cache = Cache<T>();
+  PlanCache<T>& cache = Cache<T>();
   const auto key = std::make_pair(size, type);
-  if (auto it = cache.find(key); it != cache.end()) return it->second;
+  if (auto it = cache.plans.find(key); it != cache.plans.end()) {
+    it->second.last_used = ++cache.clock;
+    return it->second.plan;
+  }
   std::unique_ptr<typename FftPlan<T>::Plan, FftwPlanDeleter> plan(
       MakePlan(static_cast<T*>(nullptr), size, type));
   if (plan == nullptr) {
@@ -170,11 +194,27 @@ absl::StatusOr<std::shared_ptr<const FftPlan<T>>> GetFftPlan(int size, FftType t
         absl::StrCat("FFTW returned no ", TypeName(type), " plan for size ", size));
   }
   auto shared = std::make_shared<const FftPlan<T>>(size, type, std::move(plan));
-  cache.emplace(key, shared);
+  if (static_cast<int>(cache.plans.size()) >= kMaxCachedFftPlans) {
+    // The least recently used goes; whoever holds it keeps a working plan
+    // (the shared_ptr), destroyed when the last holder lets go.
+    auto oldest = std::min_element(
+        cache.plans.begin(), cache.plans.end(),
+        [](const auto& a, const auto& b) { return a.second.last_used < b.second.last_used; });
+    cache.plans.erase(oldest);
+  }
+  cache.plans.emplace(key, CachedPlan<T>{shared, ++cache.clock});
   return shared;
+}
+
+template <typename T>
+int CachedFftPlans() {
+  std::lock_guard<std::recursive_mutex> lock(PlannerMutex());
+  return static_cast<int>(Cache<T>().plans.size());
 }
 
 template absl::StatusOr<std::shared_ptr<const FftPlan<float>>> GetFftPlan<float>(int, FftType);
 template absl::StatusOr<std::shared_ptr<const FftPlan<double>>> GetFftPlan<double>(int, FftType);
+template int CachedFftPlans<float>();
+template int CachedFftPlans<double>();
 
 }  // namespace ssm::internal

@@ -65,8 +65,7 @@ class FftwBuffer {
  public:
   FftwBuffer() = default;
   explicit FftwBuffer(size_t size)
-      : data_(size == 0 ? nullptr : static_cast<T*>(FftwMalloc(size * sizeof(T)))),
-        size_(size) {}
+      : data_(size == 0 ? nullptr : static_cast<T*>(FftwMalloc(size * sizeof(T)))), size_(size) {}
 
   T* data() const { return data_.get(); }
   size_t size() const { return size_; }
@@ -151,12 +150,20 @@ template <>
 void FftPlan<float>::C2c(const Complex* in, Complex* out) const;
 
 // The shared plan for (T, size, type), planned on the first request and
-// reused by every later one (the same object). Callers may keep the pointer
-// as long as they like; the cache keeps every plan for the process's
-// lifetime. Thread-safe. InvalidArgument for size < 1 or > 2^30; Internal if
-// FFTW returns no plan (not expected with FFTW_ESTIMATE).
+// reused by later ones (the same object while it stays cached). Callers may
+// keep the pointer as long as they like. The cache holds the
+// kMaxCachedFftPlans most recently used plans per precision: sizes come
+// from requests (sequence lengths, Math RPCs), and a plan's twiddles grow
+// with its size, so an unbounded cache would let callers grow the process
+// without limit; a server's working set of sizes is far smaller.
+// Thread-safe. InvalidArgument for size < 1 or > 2^30; Internal if FFTW
+// returns no plan (not expected with FFTW_ESTIMATE).
+inline constexpr int kMaxCachedFftPlans = 64;
 template <typename T>
 absl::StatusOr<std::shared_ptr<const FftPlan<T>>> GetFftPlan(int size, FftType type);
+// Plans of precision T the cache holds now (for tests).
+template <typename T>
+int CachedFftPlans();
 
 }  // namespace ssm::internal
 

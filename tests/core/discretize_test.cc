@@ -1,22 +1,22 @@
 #include "ssm/discretize.h"
 
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <Eigen/Eigenvalues>
 #include <cmath>
 #include <complex>
 #include <limits>
-
-#include <Eigen/Eigenvalues>
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
 
 #include "core/test_util.h"
 
 namespace ssm {
 namespace {
 
-using ::testing::HasSubstr;
 using Eigen::MatrixXcd;
 using Eigen::MatrixXd;
 using Eigen::VectorXd;
+using ::testing::HasSubstr;
 using testing::MatrixXld;
 using testing::RelMaxError;
 using cd = std::complex<double>;
@@ -36,9 +36,7 @@ ContinuousSystem RandomSystem(int n, uint64_t seed) {
   return {testing::RandomMatrix(n, n, seed), testing::RandomMatrix(n, 1, seed + 1)};
 }
 
-double SpectralRadius(const MatrixXd& a) {
-  return testing::Eigenvalues(a).cwiseAbs().maxCoeff();
-}
+double SpectralRadius(const MatrixXd& a) { return testing::Eigenvalues(a).cwiseAbs().maxCoeff(); }
 
 TEST(DiscretizeTest, GbtEndpointsAreTheEulerMethods) {
   const ContinuousSystem s = Hippo(Measure::kLegS, 7);
@@ -109,8 +107,7 @@ TEST(DiscretizeTest, ZohOfDiagonalIsElementwiseExp) {
   lam << -0.5, -3.0, 0.0, 1.25;  // includes a singular (0) and unstable mode
   const VectorXd b = VectorXd::LinSpaced(4, 1.0, 2.0);
   const double dt = 0.37;
-  const DiscreteSystem d =
-      Disc({MatrixXd(lam.asDiagonal()), b}, dt, Discretization::Zoh());
+  const DiscreteSystem d = Disc({MatrixXd(lam.asDiagonal()), b}, dt, Discretization::Zoh());
   for (int i = 0; i < 4; ++i) {
     EXPECT_NEAR(d.A(i, i), std::exp(dt * lam(i)), 1e-15);
     const double bb = lam(i) == 0 ? dt * b(i) : std::expm1(dt * lam(i)) / lam(i) * b(i);
@@ -164,11 +161,10 @@ TEST(DiscretizeTest, ZohWorksForSingularA) {
 // A-stable methods keep every HiPPO system stable at any step. FouT's
 // decoupled zero mode (even N) maps to exactly one eigenvalue 1, allowed.
 TEST(DiscretizeTest, DiscretizedHippoSystemsAreStable) {
-  const Measure measures[] = {Measure::kLegS, Measure::kLegT, Measure::kLmu,
-                              Measure::kLagT, Measure::kFouT};
+  const Measure measures[] = {Measure::kLegS, Measure::kLegT, Measure::kLmu, Measure::kLagT,
+                              Measure::kFouT};
   const Discretization methods[] = {Discretization::Bilinear(), Discretization::Zoh(),
-                                    Discretization::BackwardEuler(),
-                                    Discretization::Gbt(0.75)};
+                                    Discretization::BackwardEuler(), Discretization::Gbt(0.75)};
   for (Measure m : measures) {
     for (int n : {1, 7, 16, 64}) {
       const ContinuousSystem s = Hippo(m, n);
@@ -184,8 +180,7 @@ TEST(DiscretizeTest, DiscretizedHippoSystemsAreStable) {
             }
             EXPECT_LT(std::abs(ev(i)), 1.0)
                 << MeasureName(m) << " N=" << n << " alpha=" << method.alpha
-                << " zoh=" << (method.kind == Discretization::Kind::kZoh)
-                << " dt=" << dt;
+                << " zoh=" << (method.kind == Discretization::Kind::kZoh) << " dt=" << dt;
           }
           EXPECT_EQ(unit, m == Measure::kFouT && n % 2 == 0 ? 1 : 0);
         }
@@ -289,9 +284,7 @@ TEST(DiscretizeTest, ParsesNames) {
   EXPECT_EQ(ParseDiscretization("backward")->alpha, 1.0);
   EXPECT_EQ(ParseDiscretization("gbt:0.25")->alpha, 0.25);
   for (const char* bad : {"gbt:1.5", "gbt:x", "trapezoid", ""}) {
-    EXPECT_EQ(ParseDiscretization(bad).status().code(),
-              absl::StatusCode::kInvalidArgument)
-        << bad;
+    EXPECT_EQ(ParseDiscretization(bad).status().code(), absl::StatusCode::kInvalidArgument) << bad;
   }
   EXPECT_THAT(ParseDiscretization("gbt:1.5").status().message(), HasSubstr("alpha"));
 }
@@ -308,12 +301,15 @@ TEST(DiscretizeTest, RejectsBadArguments) {
   for (double alpha : {-0.1, 1.1, std::nan("")}) {
     expect_invalid(Discretize(s, 0.1, Discretization::Gbt(alpha)).status(), "alpha");
   }
-  expect_invalid(Discretize({MatrixXd::Zero(3, 4), VectorXd::Zero(3)}, 0.1,
-                            Discretization::Zoh()).status(), "A must be square");
-  expect_invalid(Discretize({MatrixXd::Zero(0, 0), VectorXd::Zero(0)}, 0.1,
-                            Discretization::Zoh()).status(), "A must be square");
-  expect_invalid(Discretize({MatrixXd::Zero(3, 3), VectorXd::Zero(2)}, 0.1,
-                            Discretization::Zoh()).status(), "B must have N = 3");
+  expect_invalid(
+      Discretize({MatrixXd::Zero(3, 4), VectorXd::Zero(3)}, 0.1, Discretization::Zoh()).status(),
+      "A must be square");
+  expect_invalid(
+      Discretize({MatrixXd::Zero(0, 0), VectorXd::Zero(0)}, 0.1, Discretization::Zoh()).status(),
+      "A must be square");
+  expect_invalid(
+      Discretize({MatrixXd::Zero(3, 3), VectorXd::Zero(2)}, 0.1, Discretization::Zoh()).status(),
+      "B must have N = 3");
   ContinuousSystem nan_a = s;
   nan_a.A(2, 1) = std::nan("");
   expect_invalid(Discretize(nan_a, 0.1, Discretization::Zoh()).status(), "A has a non-finite");
@@ -322,7 +318,26 @@ TEST(DiscretizeTest, RejectsBadArguments) {
   expect_invalid(Discretize(inf_b, 0.1, Discretization::Bilinear()).status(), "B has a non-finite");
   // I - alpha dt A singular: A = 2, alpha = 1, dt = 1/2.
   expect_invalid(Discretize({MatrixXd::Constant(1, 1, 2.0), VectorXd::Ones(1)}, 0.5,
-                            Discretization::BackwardEuler()).status(), "singular");
+                            Discretization::BackwardEuler())
+                     .status(),
+                 "singular");
+
+  // Finite arguments whose discrete system overflows: every step would be
+  // Inf or NaN. ZOH of an unstable A, Euler with a huge dt, the per-channel
+  // form naming its channel, and the diagonal one.
+  expect_invalid(
+      Discretize({MatrixXd::Constant(1, 1, 1000.0), VectorXd::Ones(1)}, 1.0, Discretization::Zoh())
+          .status(),
+      "overflows at dt = 1 (Ab");
+  expect_invalid(Discretize(s, 1e308, Discretization::ForwardEuler()).status(),
+                 "Ab has a non-finite entry");
+  VectorXd steps(2);
+  steps << 0.1, 1e308;
+  expect_invalid(Discretize(s, steps, Discretization::ForwardEuler()).status(), "overflows");
+  expect_invalid(DiscretizeDiagonal({MatrixXcd::Constant(2, 3, cd(800, 0)), MatrixXcd::Ones(2, 3)},
+                                    VectorXd::Constant(2, 1.0), Discretization::Zoh())
+                     .status(),
+                 "overflows at dt[0] = 1");
 
   VectorXd dts(3);
   dts << 0.1, -1.0, 0.2;
@@ -332,12 +347,16 @@ TEST(DiscretizeTest, RejectsBadArguments) {
   const MatrixXcd lam = MatrixXcd::Constant(2, 3, cd(-1, 1));
   const MatrixXcd b = MatrixXcd::Ones(2, 3);
   const VectorXd dt2 = VectorXd::Constant(2, 0.1);
-  expect_invalid(DiscretizeDiagonal({lam, MatrixXcd::Ones(3, 2)}, dt2,
-                                    Discretization::Zoh()).status(), "B must be 2 x 3");
-  expect_invalid(DiscretizeDiagonal({lam, b}, VectorXd::Constant(3, 0.1),
-                                    Discretization::Zoh()).status(), "dt must have H = 2");
-  expect_invalid(DiscretizeDiagonal({MatrixXcd(0, 3), MatrixXcd(0, 3)}, VectorXd(0),
-                                    Discretization::Zoh()).status(), "Lambda");
+  expect_invalid(
+      DiscretizeDiagonal({lam, MatrixXcd::Ones(3, 2)}, dt2, Discretization::Zoh()).status(),
+      "B must be 2 x 3");
+  expect_invalid(
+      DiscretizeDiagonal({lam, b}, VectorXd::Constant(3, 0.1), Discretization::Zoh()).status(),
+      "dt must have H = 2");
+  expect_invalid(
+      DiscretizeDiagonal({MatrixXcd(0, 3), MatrixXcd(0, 3)}, VectorXd(0), Discretization::Zoh())
+          .status(),
+      "Lambda");
   MatrixXcd lam_nan = lam;
   lam_nan(1, 2) = cd(0, std::nan(""));
   expect_invalid(DiscretizeDiagonal({lam_nan, b}, dt2, Discretization::Zoh()).status(),
@@ -347,8 +366,9 @@ TEST(DiscretizeTest, RejectsBadArguments) {
   expect_invalid(DiscretizeDiagonal({lam, b}, dt_bad, Discretization::Zoh()).status(), "dt[1]");
   expect_invalid(DiscretizeDiagonal({lam, b}, dt2, Discretization::Gbt(2)).status(), "alpha");
   expect_invalid(DiscretizeDiagonal({MatrixXcd::Constant(1, 1, cd(2, 0)), MatrixXcd::Ones(1, 1)},
-                                    VectorXd::Constant(1, 0.5),
-                                    Discretization::BackwardEuler()).status(), "zero");
+                                    VectorXd::Constant(1, 0.5), Discretization::BackwardEuler())
+                     .status(),
+                 "zero");
 
   expect_invalid(MatrixExp(MatrixXd::Zero(2, 3)).status(), "square");
   MatrixXd inf_m = MatrixXd::Zero(2, 2);

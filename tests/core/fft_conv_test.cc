@@ -1,5 +1,8 @@
 #include "ssm/fft_conv.h"
 
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
 #include <cmath>
 #include <complex>
 #include <cstdint>
@@ -9,9 +12,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
 
 #include "fftw_plans.h"
 
@@ -59,8 +59,8 @@ struct Problem {
 // first `steps` samples of each row of u (stored with row length `steps`).
 template <typename T>
 std::vector<long double> DirectConv(const Eigen::Ref<const RowMatrixXf>& k,
-                                    const Eigen::VectorXf& d, const std::vector<T>& u,
-                                    int batch, int steps) {
+                                    const Eigen::VectorXf& d, const std::vector<T>& u, int batch,
+                                    int steps) {
   const int h_count = static_cast<int>(k.rows());
   std::vector<long double> y(u.size());
   for (int b = 0; b < batch; ++b) {
@@ -90,7 +90,7 @@ double RelError(const std::vector<T>& y, const std::vector<long double>& ref) {
 
 template <typename T>
 std::vector<T> Convolve(const FftConvolver<T>& conv, const std::vector<T>& u, int batch,
-                   int steps) {
+                        int steps) {
   std::vector<T> y(u.size(), T(-7));
   const absl::Status s = conv.Apply(u, batch, steps, absl::MakeSpan(y));
   EXPECT_TRUE(s.ok()) << s;
@@ -99,8 +99,8 @@ std::vector<T> Convolve(const FftConvolver<T>& conv, const std::vector<T>& u, in
 
 template <typename T>
 FftConvolver<T> Make(const Problem& p) {
-  absl::StatusOr<FftConvolver<T>> conv = FftConvolver<T>::Create(
-      p.k.cast<T>(), p.d.cast<T>(), p.length);
+  absl::StatusOr<FftConvolver<T>> conv =
+      FftConvolver<T>::Create(p.k.cast<T>(), p.d.cast<T>(), p.length);
   EXPECT_TRUE(conv.ok()) << conv.status();
   return *std::move(conv);
 }
@@ -147,6 +147,35 @@ TEST(FftPlanTest, PlansAreSharedPerPrecisionSizeAndType) {
   EXPECT_EQ(GetFftPlan<float>(210, FftType::kR2c)->get(), f->get());
 }
 
+// Sizes come from requests: the cache keeps the most recently used plans
+// only, and a plan it dropped still works for whoever holds it.
+TEST(FftPlanTest, TheCacheIsBoundedAndKeepsWhatIsInUse) {
+  using internal::FftType;
+  using internal::GetFftPlan;
+  const auto held = GetFftPlan<double>(97, FftType::kC2cForward);
+  ASSERT_TRUE(held.ok());
+  const auto hot = GetFftPlan<double>(98, FftType::kR2c);
+  for (int n = 1000; n < 1000 + 3 * internal::kMaxCachedFftPlans; ++n) {
+    ASSERT_TRUE(GetFftPlan<double>(n, FftType::kC2cForward).ok());
+    // 98 stays in use, so it stays cached.
+    EXPECT_EQ(GetFftPlan<double>(98, FftType::kR2c)->get(), hot->get());
+    EXPECT_LE(internal::CachedFftPlans<double>(), internal::kMaxCachedFftPlans);
+  }
+  EXPECT_EQ(internal::CachedFftPlans<double>(), internal::kMaxCachedFftPlans);
+  // 97 was dropped: a new plan, and the old one still transforms.
+  EXPECT_NE(GetFftPlan<double>(97, FftType::kC2cForward)->get(), held->get());
+  // (FFTW runs on arrays aligned as the planner's: its own allocator.)
+  internal::FftwBuffer<std::complex<double>> in(97), out(97);
+  for (int k = 0; k < 97; ++k) in.data()[k] = {std::cos(0.3 * k), std::sin(0.7 * k)};
+  (*held)->C2c(in.data(), out.data());
+  std::complex<long double> want = 0;
+  for (int k = 0; k < 97; ++k) {
+    want += std::complex<long double>(in.data()[k].real(), in.data()[k].imag());
+  }
+  EXPECT_NEAR(out.data()[0].real(), static_cast<double>(want.real()), 1e-12);
+  EXPECT_NEAR(out.data()[0].imag(), static_cast<double>(want.imag()), 1e-12);
+}
+
 TEST(FftPlanTest, BadSizesAreInvalidArgument) {
   for (int n : {0, -1, (1 << 30) + 1}) {
     const auto plan = internal::GetFftPlan<float>(n, internal::FftType::kC2cForward);
@@ -168,8 +197,8 @@ TEST(FftPlanTest, TransformsMatchTheDirectDft) {
       for (int j = 0; j < n; ++j) {
         CL acc = 0;
         for (int t = 0; t < n; ++t) {
-          const long double ang = sign * 2 * std::numbers::pi_v<long double> *
-                                  ((int64_t{j} * t) % n) / n;
+          const long double ang =
+              sign * 2 * std::numbers::pi_v<long double> * ((int64_t{j} * t) % n) / n;
           acc += x[t] * CL(std::cos(ang), std::sin(ang));
         }
         out[j] = acc;
@@ -245,8 +274,7 @@ TEST(FftConvTest, MatchesDirectConvolution) {
     for (int batch : {1, 3}) {
       for (int h : {1, 5}) {
         const Problem p(batch, h, length, 1000 * length + 10 * batch + h);
-        const std::vector<long double> ref =
-            DirectConv(p.k, p.d, p.u, batch, length);
+        const std::vector<long double> ref = DirectConv(p.k, p.d, p.u, batch, length);
         const FftConvolver<double> cd = Make<double>(p);
         const FftConvolver<float> cf = Make<float>(p);
         EXPECT_EQ(cd.channels(), h);
@@ -368,8 +396,7 @@ TEST(FftConvTest, EveryRowPairingMatches) {
         EXPECT_EQ(cd.fft_size() % 2, length == 64 ? 0 : 1);
         EXPECT_LT(RelError(Convolve(cd, p.Input<double>(), batch, length), ref), 1e-12)
             << "L=" << length << " " << batch << " x " << h;
-        EXPECT_LT(RelError(Convolve(Make<float>(p), p.Input<float>(), batch, length), ref),
-                  1e-5)
+        EXPECT_LT(RelError(Convolve(Make<float>(p), p.Input<float>(), batch, length), ref), 1e-5)
             << "L=" << length << " " << batch << " x " << h;
       }
     }
@@ -428,9 +455,11 @@ TEST(FftConvTest, ConcurrentAppliesMatchSequential) {
         const size_t k = (i + rep) % problems.size();
         const Problem& p = problems[k];
         if (i % 2 == 0) {
-          if (Convolve(floats[k], p.Input<float>(), p.batch, p.length) != want_f[k]) ++mismatches[i];
+          if (Convolve(floats[k], p.Input<float>(), p.batch, p.length) != want_f[k])
+            ++mismatches[i];
         } else {
-          if (Convolve(doubles[k], p.Input<double>(), p.batch, p.length) != want_d[k]) ++mismatches[i];
+          if (Convolve(doubles[k], p.Input<double>(), p.batch, p.length) != want_d[k])
+            ++mismatches[i];
         }
       }
     });
@@ -468,8 +497,7 @@ TEST(FftConvTest, CreateRejectsBadArguments) {
   ExpectInvalid(Conv::Create(k, bad_d, 10).status(), "D");
   RowMatrixXf bad_kf = RowMatrixXf::Ones(3, 10);
   bad_kf(0, 0) = -std::numeric_limits<float>::infinity();
-  ExpectInvalid(FftConvolver<float>::Create(bad_kf, Eigen::VectorXf::Ones(3), 10).status(),
-                "K");
+  ExpectInvalid(FftConvolver<float>::Create(bad_kf, Eigen::VectorXf::Ones(3), 10).status(), "K");
 }
 
 TEST(FftConvTest, ApplyRejectsBadArgumentsAndLeavesYUntouched) {
@@ -495,8 +523,7 @@ TEST(FftConvTest, ApplyRejectsBadArgumentsAndLeavesYUntouched) {
   ExpectInvalid(conv.Apply(u, batch, absl::MakeSpan(y_long)), "y");
 
   // Non-finite inputs anywhere, reported with their (b, h, t).
-  for (float bad : {std::numeric_limits<float>::quiet_NaN(),
-                    std::numeric_limits<float>::infinity(),
+  for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
                     -std::numeric_limits<float>::infinity()}) {
     std::vector<float> ub = u;
     ub[(size_t(1) * h + 2) * length + 7] = bad;

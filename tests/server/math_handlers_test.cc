@@ -1,6 +1,11 @@
 // The Math service's logic, called directly: the wire messages carry
 // exactly what the core computes, and bad requests get exact codes.
 
+#include "server/math_handlers.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -8,12 +13,8 @@
 #include <string>
 #include <vector>
 
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
-
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "server/math_handlers.h"
 #include "ssm/discretize.h"
 #include "ssm/dplr.h"
 #include "ssm/hippo.h"
@@ -140,6 +141,15 @@ TEST(BuildHippoTest, BadRequestsNameTheField) {
   request.set_measure(v1::HIPPO_MEASURE_LMU);
   request.set_theta(-1);  // the core names it
   EXPECT_EQ(BuildHippo(request).status().code(), absl::StatusCode::kInvalidArgument);
+
+  // A finite dt whose discrete matrices overflow: refused, never Inf/NaN
+  // entries with OK.
+  request.set_measure(v1::HIPPO_MEASURE_LEGS);
+  request.set_dt(1e308);
+  request.mutable_discretization()->set_alpha(0);  // forward Euler
+  s = BuildHippo(request).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("overflows at dt = 1e+308"));
 }
 
 v1::ComputeKernelRequest S4InitRequest(v1::KernelMethod method, int length) {
@@ -481,8 +491,8 @@ TEST(MathAdmissionTest, TheIssuesOversizedRequestIsRefusedBeforeAnythingIsBuilt)
   limits.max_message_bytes = int64_t{1} << 40;
   s = ComputeKernel(request, limits, stop).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_THAT(s.message(),
-              HasSubstr(absl::StrFormat("about %.3g multiply-adds", EstimateWork(request)->total())));
+  EXPECT_THAT(s.message(), HasSubstr(absl::StrFormat("about %.3g multiply-adds",
+                                                     EstimateWork(request)->total())));
   EXPECT_THAT(s.message(), HasSubstr("--max_math_work=8000000000"));
   EXPECT_EQ(stop.polls(), 0);
 }
@@ -497,11 +507,10 @@ TEST(MathAdmissionTest, AHugeZohStepIsRefused) {
   hippo.mutable_discretization()->set_kind(v1::DISCRETIZATION_KIND_ZOH);
   absl::Status s = BuildHippo(hippo).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_THAT(s.message(),
-              HasSubstr(absl::StrFormat("BuildHippo would take about %.3g multiply-adds (the "
-                                        "matrices %.3g), more than --max_math_work=",
-                                        EstimateWork(hippo)->total(),
-                                        EstimateWork(hippo)->kernel)));
+  EXPECT_THAT(s.message(), HasSubstr(absl::StrFormat(
+                               "BuildHippo would take about %.3g multiply-adds (the "
+                               "matrices %.3g), more than --max_math_work=",
+                               EstimateWork(hippo)->total(), EstimateWork(hippo)->kernel)));
 
   const DplrSystem system = *MakeS4dInit(S4dInit::kLin, 512, 1, 1e-3, 1e-1, 3);
   v1::ComputeKernelRequest request;
@@ -525,8 +534,7 @@ TEST(MathAdmissionTest, RequestsJustUnderTheLimitAreAdmittedAndCorrect) {
     absl::StatusOr<v1::ComputeKernelResponse> admitted = ComputeKernel(request, limits);
     EXPECT_TRUE(admitted.ok()) << admitted.status();
     limits.max_work -= 1;
-    EXPECT_EQ(ComputeKernel(request, limits).status().code(),
-              absl::StatusCode::kResourceExhausted);
+    EXPECT_EQ(ComputeKernel(request, limits).status().code(), absl::StatusCode::kResourceExhausted);
     return admitted.ok() ? admitted->kernel() : v1::Matrix();
   };
   // S4: C~ then DPLR, against NAIVE.

@@ -9,8 +9,10 @@
 //               exponential of dt [[A, B], [0, 0]], so a singular A is fine.
 //
 // Errors: InvalidArgument naming the argument for dt <= 0 or non-finite,
-// alpha outside [0, 1], non-finite or mis-shaped A/B/Lambda, and a singular
-// I - alpha dt A. Thread safety: every function is pure.
+// alpha outside [0, 1], non-finite or mis-shaped A/B/Lambda, a singular
+// I - alpha dt A, and a discrete system that overflows (an entry of Ab or Bb
+// not finite: dt too large for the method, e.g. ZOH of an unstable A).
+// Thread safety: every function is pure.
 
 #ifndef SSM_DISCRETIZE_H_
 #define SSM_DISCRETIZE_H_
