@@ -145,6 +145,8 @@ class Session(common.SessionFacts):
         self._export_base = export_base
         self._unacked = collections.deque()
         self._call = None
+        self._writes = None  # the current call's requests, for its writer
+        self._writer = None
         self._opened = None
         self._last_state = None
         self._resumes = 0
@@ -193,7 +195,35 @@ class Session(common.SessionFacts):
         except errors.SsmError:
             call.cancel()
             raise
+        self._stop_writer()
         self._call, self._opened = call, opened
+        self._start_writer()
+
+    # Chunks go through a queue to a writer task of the call, so sending
+    # never waits on the network: in grpc.aio (1.51) a write that fails
+    # because the call ended waits for the call's status, which comes only
+    # once the responses still unread have been read - by the same
+    # coroutine, when a session pipelines. The reader sees the end of the
+    # call (its status) instead, and recovers.
+    def _start_writer(self):
+        call, queue = self._call, asyncio.Queue()
+
+        async def pump():
+            while True:
+                request = await queue.get()
+                if request is None:
+                    return
+                try:
+                    await call.write(request)
+                except Exception:  # noqa: BLE001 - the call is over; the reader says why
+                    return
+
+        self._writes, self._writer = queue, asyncio.ensure_future(pump())
+
+    def _stop_writer(self):
+        if self._writer is not None:
+            self._writer.cancel()
+            self._writer = self._writes = None
 
     async def _open_first(self, open_message):
         try:
@@ -225,12 +255,12 @@ class Session(common.SessionFacts):
             raise errors.Internal(f"resumed at position {self._opened.position}, expected "
                                   f"{expected}")
         for chunk in self._log.answered:
-            await self._write(chunk.request(False))
+            self._write(chunk.request(False))
             resp = await self._read_raw()
             common.check_answer(resp, chunk, expected, self._opened)
             expected += chunk.steps
         for chunk in self._unacked:
-            await self._write(chunk.request(chunk.want_state or chunk.forced_state))
+            self._write(chunk.request(chunk.want_state or chunk.forced_state))
         self._resumes += 1
 
     async def _recover(self, failure):
@@ -248,15 +278,8 @@ class Session(common.SessionFacts):
                 failure = e
         raise failure
 
-    async def _write(self, request):
-        try:
-            await self._call.write(request)
-        except grpc.RpcError as e:
-            self._call.cancel()
-            raise errors.from_rpc_error(e) from None
-        except asyncio.InvalidStateError:
-            # The call already ended; its status comes with the next read.
-            pass
+    def _write(self, request):
+        self._writes.put_nowait(request)
 
     async def _read_raw(self):
         try:
@@ -280,10 +303,7 @@ class Session(common.SessionFacts):
             ask, chunk.forced_state = True, not want_state
         self._unacked.append(chunk)
         self._sent += chunk.steps
-        try:
-            await self._write(chunk.request(ask))
-        except errors.SsmError:
-            pass  # the reader sees the call's end and recovers (or raises)
+        self._write(chunk.request(ask))
 
     async def _receive(self):
         while True:
@@ -303,6 +323,7 @@ class Session(common.SessionFacts):
 
     def _fail(self):
         self._done = True
+        self._stop_writer()
         if self._call is not None:
             self._call.cancel()
 
@@ -347,6 +368,10 @@ class Session(common.SessionFacts):
         if self._done:
             return
         self._done = True
+        if self._writer is not None:
+            self._writes.put_nowait(None)  # after any write still queued
+            await self._writer
+            self._writer = self._writes = None
         try:
             await self._call.done_writing()
             resp = await self._call.read()
