@@ -154,11 +154,18 @@ class Session(common.SessionFacts):
         self._done = False
 
     async def open(self):
-        if self._export_base is not None and self._policy is not None:
-            self._base = (await self._client.export_state(self._export_base)).to_proto()
         await self._open_first(self._open_message)
         self._position = self._sent = int(self._opened.position)
-        self._log.start(self._base, self._position)
+        # A reattached session's starting point, unless the server keeps
+        # it in a store (then its id is enough).
+        if (self._export_base is not None and self._policy is not None
+                and not self._opened.durable):
+            try:
+                self._base = (await self._client.export_state(self._export_base)).to_proto()
+            except BaseException:
+                self._fail()
+                raise
+        self._log.start(self._base, self._opened)
         return self
 
     def __await__(self):
@@ -247,21 +254,33 @@ class Session(common.SessionFacts):
 
     async def _reopen(self):
         open_ = self._log.reopen_message(self._opened)
-        expected = self._log.reopen_position()
         await self._open(open_, wait_for_ready=True, timeout=self._policy.connect_timeout,
                          reopen=True)
-        if self._opened.position != expected:
+        try:
+            expected, replay = self._log.replay_after(int(self._opened.position))
+        except errors.SsmError:
             self._call.cancel()
-            raise errors.Internal(f"resumed at position {self._opened.position}, expected "
-                                  f"{expected}")
-        for chunk in self._log.answered:
-            self._write(chunk.request(False))
+            raise
+        received = self._position
+        for chunk in replay:
+            self._write(chunk.request(False, received))
             resp = await self._read_raw()
             common.check_answer(resp, chunk, expected, self._opened)
             expected += chunk.steps
         for chunk in self._unacked:
-            self._write(chunk.request(chunk.want_state or chunk.forced_state))
+            self._write(chunk.request(chunk.want_state or chunk.forced_state, received))
         self._resumes += 1
+
+    async def _reopen_waiting_for_lease(self):
+        deadline = asyncio.get_running_loop().time() + self._policy.lease_wait
+        while True:
+            try:
+                return await self._reopen()
+            except errors.FailedPrecondition:
+                if (not self._log.durable
+                        or asyncio.get_running_loop().time() >= deadline):
+                    raise
+            await asyncio.sleep(_resume.LEASE_POLL)
 
     async def _recover(self, failure):
         if (self._policy is None or self._done or not isinstance(failure, errors.Unavailable)
@@ -272,7 +291,7 @@ class Session(common.SessionFacts):
             await asyncio.sleep(delay)
             delay *= 2
             try:
-                await self._reopen()
+                await self._reopen_waiting_for_lease()
                 return
             except errors.Unavailable as e:
                 failure = e
@@ -303,7 +322,7 @@ class Session(common.SessionFacts):
             ask, chunk.forced_state = True, not want_state
         self._unacked.append(chunk)
         self._sent += chunk.steps
-        self._write(chunk.request(ask))
+        self._write(chunk.request(ask, self._position))
 
     async def _receive(self):
         while True:
@@ -318,7 +337,7 @@ class Session(common.SessionFacts):
         self._position = int(resp.position)
         if state is not None:
             self._last_state = state
-        self._log.on_answer(chunk, state)
+        self._log.on_answer(chunk, state, int(resp.durable_position))
         return y, (state if chunk.want_state else None)
 
     def _fail(self):
