@@ -4,8 +4,11 @@ one run on one machine (bench/README.md, "Durable sessions").
 
     /usr/bin/python3 bench/store_load.py [--runs 5] [--concurrency 64]
         [--steps 5000] [--inflight 1] [--checkpoint 1s] [--idle 512]
+        [--aof]
 
-Starts a redis-server (no persistence) and two ssm_servers on free
+Starts a redis-server (no persistence; with --aof, deploy/overlays/
+durable's: an append-only file fsynced before each answer, in a temporary
+folder) and two ssm_servers on free
 loopback ports, identical but for `--session_store` (and the checkpoint
 interval) on one, and runs `ssm_client bench --mode=stream` against each
 in turn, alternating, so the machine's drift touches both alike. For each
@@ -14,9 +17,11 @@ run it prints steps/s, p99, the server's CPU per step (user + system from
 of state the server wrote (`ssm_session_store_bytes_total` over the run,
 per second) and Redis's memory while the streams ran (INFO's used_memory
 over the run's start, per session record). Then it holds `--idle`
-sessions open (`bench --mode=idle`) on the store server and measures
-Redis's memory per session again, with more sessions to average over,
-and `MEMORY USAGE` of one record. Prints medians and ranges at the end.
+sessions open (`bench --mode=idle`) on each server: Redis's memory per
+session again, with more sessions to average over, `MEMORY USAGE` of one
+record, and each server's resident memory per session (the store keeps a
+copy of a new session's state until its first write). Prints medians and
+ranges at the end.
 
 Needs a build (build/server/ssm_server, build/client/ssm_client),
 redis-server and redis-cli (Debian: redis-server). Every process it starts
@@ -80,12 +85,13 @@ class Processes:
 
 
 class Redis:
-    def __init__(self, procs, cli):
+    def __init__(self, procs, cli, aof):
         self.port, self.cli = free_port(), cli
+        persistence = (["--appendonly", "yes", "--appendfsync", "always"] if aof
+                       else ["--appendonly", "no"])
         self.proc = procs.start("redis", [
             shutil.which("redis-server"), "--bind", "127.0.0.1", "--port", str(self.port),
-            "--save", "", "--appendonly", "no", "--protected-mode", "no",
-            "--dir", str(procs.work)])
+            "--save", "", *persistence, "--protected-mode", "no", "--dir", str(procs.work)])
         for _ in range(100):
             if self.command("PING") == "PONG":
                 return
@@ -201,8 +207,9 @@ def stream_run(server, redis, args):
 
 
 def idle_memory(server, redis, args):
-    """Redis's memory per session with --idle sessions held open."""
-    mem0 = redis.used_memory()
+    """With --idle sessions held open: the server's resident memory per
+    session and, with a store, Redis's."""
+    mem0 = redis.used_memory() if redis else 0
     out = {}
 
     def sample_redis():
@@ -213,11 +220,16 @@ def idle_memory(server, redis, args):
         out["usage"] = redis.memory_usage(keys[0]) if keys else None
         out["value"] = redis.value_bytes(keys[0]) if keys else None
 
-    sampler = threading.Thread(target=sample_redis)
-    sampler.start()
-    bench(server, args, ["--mode=idle", f"--concurrency={args.idle}",
-                         f"--hold_seconds={args.idle_hold}"])
-    sampler.join()
+    sampler = threading.Thread(target=sample_redis) if redis else None
+    if sampler:
+        sampler.start()
+    report = bench(server, args, ["--mode=idle", f"--concurrency={args.idle}",
+                                  f"--hold_seconds={args.idle_hold}",
+                                  f"--server_pid={server.proc.pid}"])
+    if sampler:
+        sampler.join()
+    out["server_kib"] = ((report["server_rss_held_kib"] - report["server_rss_before_kib"])
+                         / args.idle)
     return out
 
 
@@ -243,6 +255,8 @@ def main():
     p.add_argument("--idle", type=int, default=512, help="sessions held open (0: skip)")
     p.add_argument("--idle_hold", type=float, default=4.0)
     p.add_argument("--server_flags", default="", help="more flags for both servers")
+    p.add_argument("--aof", action="store_true",
+                   help="Redis keeps an append-only file, fsynced before each answer")
     args = p.parse_args()
     cli = shutil.which("redis-cli")
     if not shutil.which("redis-server") or not cli:
@@ -254,7 +268,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="store_load.") as work:
         procs = Processes(Path(work))
         try:
-            redis = Redis(procs, cli)
+            redis = Redis(procs, cli, args.aof)
             common = args.server_flags.split()
             off = Server(procs, "off", args.server, args.client, common)
             on = Server(procs, "on", args.server, args.client,
@@ -262,7 +276,8 @@ def main():
                                   f"--session_checkpoint={args.checkpoint}"])
             print(f"load average before: {Path('/proc/loadavg').read_text().split()[:3]}")
             print(f"{args.concurrency} streams x {args.steps} steps of {args.model}, chunk "
-                  f"{args.chunk}, {args.inflight} in flight; store: {redis.url}, checkpoint "
+                  f"{args.chunk}, {args.inflight} in flight; store: {redis.url}"
+                  f"{' (append-only file, fsync always)' if args.aof else ''}, checkpoint "
                   f"every {args.checkpoint}; {args.runs} runs each, alternating")
             rows = {"off": [], "on": []}
             for r in range(args.runs):
@@ -300,11 +315,13 @@ def main():
                       f" KiB per record (used_memory over the run's start / records); one "
                       f"record: value {u['value']} B, MEMORY USAGE {u['usage']} B")
             if args.idle:
+                m_off = idle_memory(off, None, args)
                 m = idle_memory(on, redis, args)
                 print(f"{args.idle} idle sessions: {m['records']} records, used_memory "
                       f"+{m['mem'] / 2**20:.1f} MiB = {m['mem'] / max(m['records'], 1) / 1024:.1f}"
                       f" KiB per session; one record: value {m['value']} B, MEMORY USAGE "
-                      f"{m['usage']} B")
+                      f"{m['usage']} B; server RSS per session {m_off['server_kib']:.0f} KiB "
+                      f"without the store, {m['server_kib']:.0f} KiB with it")
         finally:
             procs.stop()
 

@@ -605,6 +605,11 @@ class Checker:
             self.error("the session store must keep an append-only file "
                        "(appendonly yes): a restarted Redis would lose every "
                        "session")
+        elif settings.get("appendfsync", "everysec") != "always":
+            self.error("the session store must fsync each write before it "
+                       "answers (appendfsync always): clients drop the chunks "
+                       "before the durable position the servers report once "
+                       "Redis answered")
         if settings.get("port", str(REDIS_PORT)) != str(port):
             self.error(f"redis.conf's port {settings.get('port')} is not "
                        f"--session_store's {port}")
@@ -947,6 +952,8 @@ STORE_MUTATIONS = [
      lambda d: _sts(d)["spec"].update(replicas=2)),
     ("no append-only file", "appendonly yes",
      lambda d: _redis_conf(d, "appendonly", "no")),
+    ("fsync once a second", "appendfsync always",
+     lambda d: _redis_conf(d, "appendfsync", "everysec")),
     ("an eviction policy", "maxmemory-policy noeviction",
      lambda d: _redis_conf(d, "maxmemory-policy", "volatile-lru")),
     ("maxmemory above the limit", "is not below the container's limit",
