@@ -45,6 +45,10 @@ ABSL_BUILTIN_FLAGS = {"flagfile", "fromenv", "tryfromenv", "undefok"}
 IDLE_BYTES = 62e6             # idle after start-up
 SPECTRA_BYTES = 70e6          # s4-demo's kernel spectra at max length
 SESSION_BYTES = 86 * 1024     # one idle batch-1 s4-demo session
+SESSION_BYTES_STORED = 128 * 1024  # the same with --session_store: a copy of
+                              # the state until its first write, and the
+                              # write buffers the allocator keeps (+35-45
+                              # KiB measured, bench/store_load.py)
 ROW_BYTES = 58.5e6            # one batch row of a max-length s4-demo call
 PASS_ROWS = 2                 # rows of it held at once: a call runs in passes
                               # of 32768 sequence x step rows (= 2 x 16384)
@@ -365,7 +369,8 @@ class Checker:
                           + max_batch * max_length * VALUES_PER_STEP
                           * IO_BYTES_PER_VALUE)
             budget = (IDLE_BYTES + SPECTRA_BYTES
-                      + int(flags.get("max_sessions", "1024")) * SESSION_BYTES
+                      + int(flags.get("max_sessions", "1024"))
+                      * (SESSION_BYTES_STORED if flags.get("session_store") else SESSION_BYTES)
                       + max(threads, 1) * per_worker)
             memory = parse_quantity(limits.get("memory", "0"))
             if memory < HEADROOM * budget:
