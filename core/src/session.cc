@@ -79,10 +79,10 @@ uint32_t Crc32cTable(std::string_view bytes, uint32_t c) {
 #if defined(__x86_64__)
 // SSE4.2's crc32 instruction computes this very CRC (the reflected
 // Castagnoli polynomial, no inversion of its own), 8 bytes at a time:
-// ~40x the table's speed, which matters to a server that checkpoints
-// every session's 64 KiB state every second (the table took ~280 us per
-// s4-demo snapshot). Compiled for SSE4.2 whatever -march says and used
-// only where the CPU has it.
+// 9 us instead of the table's 240 for a 64 KiB s4-demo snapshot, which
+// matters to a server that checkpoints every session's state every
+// second. Compiled for SSE4.2 whatever -march says and used only where
+// the CPU has it.
 __attribute__((target("sse4.2"))) uint32_t Crc32cSse42(std::string_view bytes, uint32_t c) {
   const char* p = bytes.data();
   size_t n = bytes.size();
