@@ -211,6 +211,24 @@ def test_lock_step_sessions_confirm_what_they_read(stand_in):
     assert impl.reopened_at[0] >= 60 - 2 - impl.every
 
 
+def test_reattaching_a_durable_session_asks_for_no_snapshot(stand_in):
+    # The stand-in has no ExportState (UNIMPLEMENTED): a reattach with
+    # resume that asked for the state would fail.
+    impl, address = stand_in(fail_after=10**6)
+    x = STAND_IN_X[:60]
+    with stand_in_client(ssmserve, address) as client:
+        s = client.session("stand-in", resume=STAND_IN_POLICY)
+        head = s.run(x[:30], chunk=3)
+        s.step(x[30:33])  # confirms the 30 before it
+        sid = s.detach()
+        stored, _ = impl.store[sid]
+        with client.reattach(sid, resume=STAND_IN_POLICY) as again:
+            assert again.durable and again.session_id == sid and again.position == stored
+            tail = again.run(x[stored:], chunk=4)
+    np.testing.assert_array_equal(np.concatenate([head, tail[30 - stored:]]),
+                                  np.cumsum(x, axis=0))
+
+
 def test_a_lease_that_stays_held_ends_the_wait(stand_in):
     impl, address = stand_in(fail_after=10, refusals=10**6)
     policy = ssmserve.Resume(max_attempts=2, backoff=0.01, connect_timeout=2.0, lease_wait=0.6)

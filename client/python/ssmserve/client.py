@@ -150,10 +150,10 @@ class Client:
         """The session `session_id`, detached on the server (a stream that
         broke, or Session.detach()), continued where it stopped. NotFound
         when the server does not hold it (another replica, or its TTL
-        passed). With resume, its state is exported first: a starting
-        point that outlives the server holding it (not needed, so not
-        asked for, when the server keeps sessions in a store: it is found
-        again by its id)."""
+        passed). With resume, on a server without a session store its
+        state is exported once it is reattached: a starting point that
+        outlives the server holding it (a durable session needs none: it
+        is found again by its id)."""
         open_ = common.open_message("", 0, 1, session_id=session_id)
         return Session(self, open_, resume, base=None, export_base=session_id)
 
