@@ -11,7 +11,8 @@ durable's: an append-only file fsynced before each answer, in a temporary
 folder) and two ssm_servers on free
 loopback ports, identical but for `--session_store` (and the checkpoint
 interval) on one, and runs `ssm_client bench --mode=stream` against each
-in turn, alternating, so the machine's drift touches both alike. For each
+in turn, alternating and swapping which goes first every round (off, on;
+on, off; ...), so the machine's drift touches both alike. For each
 run it prints steps/s, p99, the server's CPU per step (user + system from
 /proc over the run) and, with the store, Redis's CPU per step, the bytes
 of state the server wrote (`ssm_session_store_bytes_total` over the run,
@@ -165,6 +166,12 @@ def stream_run(server, redis, args):
     rcpu0 = cpu_seconds(redis.proc.pid) if store else 0.0
     bytes0 = server.metric("ssm_session_store_bytes_total") if store else 0.0
     writes0 = server.metric("ssm_session_store_writes_total") if store else 0.0
+    if store:
+        # The previous run's sessions are deleted on the checkpointer's
+        # next tick after they close: the baseline is taken without them.
+        deadline = time.monotonic() + 5
+        while redis.sessions() and time.monotonic() < deadline:
+            time.sleep(0.1)
     mem0 = redis.used_memory() if store else 0
     sample = {}
 
@@ -278,10 +285,12 @@ def main():
             print(f"{args.concurrency} streams x {args.steps} steps of {args.model}, chunk "
                   f"{args.chunk}, {args.inflight} in flight; store: {redis.url}"
                   f"{' (append-only file, fsync always)' if args.aof else ''}, checkpoint "
-                  f"every {args.checkpoint}; {args.runs} runs each, alternating")
+                  f"every {args.checkpoint}; {args.runs} runs each, alternating (off first, "
+                  f"then on first, ...)")
             rows = {"off": [], "on": []}
+            sides = [("off", off, None), ("on", on, redis)]
             for r in range(args.runs):
-                for label, server, store in (("off", off, None), ("on", on, redis)):
+                for label, server, store in (sides if r % 2 == 0 else sides[::-1]):
                     row = stream_run(server, store, args)
                     rows[label].append(row)
                     line = (f"{label:3} {row['steps_per_s']:8.0f} steps/s  p99 "
