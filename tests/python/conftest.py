@@ -9,7 +9,13 @@ as its own entry (tests/python/CMakeLists.txt):
 """
 
 import os
+import shutil
+import signal
+import socket
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +77,73 @@ def max_relative_diff(a, b):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     assert a.shape == b.shape, (a.shape, b.shape)
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+class RedisServer:
+    """A real redis-server (Debian's) on 127.0.0.1 at a free port, nothing
+    persisted, stopped by its PID; it dies with the test process where
+    setpriv exists. For the durable-session tests (--session_store)."""
+
+    BINARY = "/usr/bin/redis-server"
+
+    def __init__(self):
+        self.port = ssmserve.free_port()
+        self.process = None
+        self._log = None
+
+    @property
+    def url(self):
+        return f"redis://127.0.0.1:{self.port}"
+
+    def start(self, timeout=10.0):
+        args = [self.BINARY, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+                "--appendonly", "no", "--protected-mode", "no", "--dir", tempfile.gettempdir()]
+        setpriv = shutil.which("setpriv")
+        if setpriv:
+            args = [setpriv, "--pdeathsig", "KILL", "--"] + args
+        self._log = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            try:
+                if self.command("PING") == b"+PONG":
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        self._log.seek(0)
+        raise RuntimeError(f"redis-server did not answer PING on port {self.port}:\n"
+                           f"{self._log.read().decode(errors='replace')}")
+
+    def command(self, *words):
+        """One command, its reply's first line (enough for PING and
+        integer replies)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2.0) as s:
+            s.sendall(b"*%d\r\n" % len(words) + b"".join(
+                b"$%d\r\n%s\r\n" % (len(w.encode()), w.encode()) for w in words))
+            reply = b""
+            while not reply.endswith(b"\r\n"):
+                part = s.recv(4096)
+                if not part:
+                    break
+                reply += part
+        return reply.split(b"\r\n", 1)[0]
+
+    def stop(self):
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+    def __enter__(self):
+        return self.start() if self.process is None else self
+
+    def __exit__(self, *exc):
+        self.stop()

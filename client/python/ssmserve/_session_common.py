@@ -56,8 +56,15 @@ class SessionFacts:
 
     @property
     def session_id(self):
-        """The server's id of the session (a new one after each resume)."""
+        """The server's id of the session (the same throughout on a durable
+        server; otherwise a new one after each resume)."""
         return self._opened.session_id
+
+    @property
+    def durable(self):
+        """The server keeps the session in a store shared by its replicas
+        (--session_store): it resumes by its id alone, on any of them."""
+        return bool(self._opened.durable)
 
     @property
     def model(self):

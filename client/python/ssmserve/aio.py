@@ -145,6 +145,8 @@ class Session(common.SessionFacts):
         self._export_base = export_base
         self._unacked = collections.deque()
         self._call = None
+        self._writes = None  # the current call's requests, for its writer
+        self._writer = None
         self._opened = None
         self._last_state = None
         self._resumes = 0
@@ -152,11 +154,18 @@ class Session(common.SessionFacts):
         self._done = False
 
     async def open(self):
-        if self._export_base is not None and self._policy is not None:
-            self._base = (await self._client.export_state(self._export_base)).to_proto()
         await self._open_first(self._open_message)
         self._position = self._sent = int(self._opened.position)
-        self._log.start(self._base, self._position)
+        # A reattached session's starting point, unless the server keeps
+        # it in a store (then its id is enough).
+        if (self._export_base is not None and self._policy is not None
+                and not self._opened.durable):
+            try:
+                self._base = (await self._client.export_state(self._export_base)).to_proto()
+            except BaseException:
+                self._fail()
+                raise
+        self._log.start(self._base, self._opened)
         return self
 
     def __await__(self):
@@ -193,7 +202,35 @@ class Session(common.SessionFacts):
         except errors.SsmError:
             call.cancel()
             raise
+        self._stop_writer()
         self._call, self._opened = call, opened
+        self._start_writer()
+
+    # Chunks go through a queue to a writer task of the call, so sending
+    # never waits on the network: in grpc.aio (1.51) a write that fails
+    # because the call ended waits for the call's status, which comes only
+    # once the responses still unread have been read - by the same
+    # coroutine, when a session pipelines. The reader sees the end of the
+    # call (its status) instead, and recovers.
+    def _start_writer(self):
+        call, queue = self._call, asyncio.Queue()
+
+        async def pump():
+            while True:
+                request = await queue.get()
+                if request is None:
+                    return
+                try:
+                    await call.write(request)
+                except Exception:  # noqa: BLE001 - the call is over; the reader says why
+                    return
+
+        self._writes, self._writer = queue, asyncio.ensure_future(pump())
+
+    def _stop_writer(self):
+        if self._writer is not None:
+            self._writer.cancel()
+            self._writer = self._writes = None
 
     async def _open_first(self, open_message):
         try:
@@ -217,21 +254,33 @@ class Session(common.SessionFacts):
 
     async def _reopen(self):
         open_ = self._log.reopen_message(self._opened)
-        expected = self._log.reopen_position()
         await self._open(open_, wait_for_ready=True, timeout=self._policy.connect_timeout,
                          reopen=True)
-        if self._opened.position != expected:
+        try:
+            expected, replay = self._log.replay_after(int(self._opened.position))
+        except errors.SsmError:
             self._call.cancel()
-            raise errors.Internal(f"resumed at position {self._opened.position}, expected "
-                                  f"{expected}")
-        for chunk in self._log.answered:
-            await self._write(chunk.request(False))
+            raise
+        received = self._position
+        for chunk in replay:
+            self._write(chunk.request(False, received))
             resp = await self._read_raw()
             common.check_answer(resp, chunk, expected, self._opened)
             expected += chunk.steps
         for chunk in self._unacked:
-            await self._write(chunk.request(chunk.want_state or chunk.forced_state))
+            self._write(chunk.request(chunk.want_state or chunk.forced_state, received))
         self._resumes += 1
+
+    async def _reopen_waiting_for_lease(self):
+        deadline = asyncio.get_running_loop().time() + self._policy.lease_wait
+        while True:
+            try:
+                return await self._reopen()
+            except errors.FailedPrecondition:
+                if (not self._log.durable
+                        or asyncio.get_running_loop().time() >= deadline):
+                    raise
+            await asyncio.sleep(_resume.LEASE_POLL)
 
     async def _recover(self, failure):
         if (self._policy is None or self._done or not isinstance(failure, errors.Unavailable)
@@ -242,21 +291,14 @@ class Session(common.SessionFacts):
             await asyncio.sleep(delay)
             delay *= 2
             try:
-                await self._reopen()
+                await self._reopen_waiting_for_lease()
                 return
             except errors.Unavailable as e:
                 failure = e
         raise failure
 
-    async def _write(self, request):
-        try:
-            await self._call.write(request)
-        except grpc.RpcError as e:
-            self._call.cancel()
-            raise errors.from_rpc_error(e) from None
-        except asyncio.InvalidStateError:
-            # The call already ended; its status comes with the next read.
-            pass
+    def _write(self, request):
+        self._writes.put_nowait(request)
 
     async def _read_raw(self):
         try:
@@ -280,10 +322,7 @@ class Session(common.SessionFacts):
             ask, chunk.forced_state = True, not want_state
         self._unacked.append(chunk)
         self._sent += chunk.steps
-        try:
-            await self._write(chunk.request(ask))
-        except errors.SsmError:
-            pass  # the reader sees the call's end and recovers (or raises)
+        self._write(chunk.request(ask, self._position))
 
     async def _receive(self):
         while True:
@@ -298,11 +337,12 @@ class Session(common.SessionFacts):
         self._position = int(resp.position)
         if state is not None:
             self._last_state = state
-        self._log.on_answer(chunk, state)
+        self._log.on_answer(chunk, state, int(resp.durable_position))
         return y, (state if chunk.want_state else None)
 
     def _fail(self):
         self._done = True
+        self._stop_writer()
         if self._call is not None:
             self._call.cancel()
 
@@ -347,6 +387,10 @@ class Session(common.SessionFacts):
         if self._done:
             return
         self._done = True
+        if self._writer is not None:
+            self._writes.put_nowait(None)  # after any write still queued
+            await self._writer
+            self._writer = self._writes = None
         try:
             await self._call.done_writing()
             resp = await self._call.read()

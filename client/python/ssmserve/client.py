@@ -131,9 +131,10 @@ class Client:
 
         batch: independent streams in the session (chunks are then
         [batch, T, d]). resume: True or a ssmserve.Resume to survive
-        UNAVAILABLE (a replica that dies or drains): the session reopens
-        from its last snapshot, possibly on another server, and replays
-        what it must; the outputs are unchanged."""
+        UNAVAILABLE (a replica that dies or drains): the session reopens,
+        possibly on another server - by its id where the servers keep
+        sessions in a store (Session.durable), else from its last
+        snapshot - and replays what it must; the outputs are unchanged."""
         return Session(self, common.open_message(model, version, batch), resume, base=None)
 
     def resume(self, snapshot, *, model="", version=0, resume=False):
@@ -149,13 +150,12 @@ class Client:
         """The session `session_id`, detached on the server (a stream that
         broke, or Session.detach()), continued where it stopped. NotFound
         when the server does not hold it (another replica, or its TTL
-        passed). With resume, its state is exported first: a starting
-        point that outlives the server holding it."""
-        base = None
-        if _resume.policy(resume) is not None:
-            base = self.export_state(session_id).to_proto()
+        passed). With resume, on a server without a session store its
+        state is exported once it is reattached: a starting point that
+        outlives the server holding it (a durable session needs none: it
+        is found again by its id)."""
         open_ = common.open_message("", 0, 1, session_id=session_id)
-        return Session(self, open_, resume, base=base)
+        return Session(self, open_, resume, base=None, export_base=session_id)
 
     def export_state(self, session_id):
         """The Snapshot of a session this server holds (attached or detached)."""
@@ -242,7 +242,7 @@ class Session(common.SessionFacts):
     exit and leaves it detached on the server (reattachable for the
     server's --session_ttl) when the block raises."""
 
-    def __init__(self, client, open_message, resume, base):
+    def __init__(self, client, open_message, resume, base, export_base=None):
         self._client = client
         self._policy = _resume.policy(resume)
         self._log = _resume.ResumeLog(self._policy)
@@ -254,7 +254,13 @@ class Session(common.SessionFacts):
         self._done = False
         self._open_first(open_message)
         self._position = self._sent = int(self._opened.position)
-        self._log.start(base, self._position)
+        if export_base is not None and self._policy is not None and not self._opened.durable:
+            try:
+                base = self._client.export_state(export_base).to_proto()
+            except BaseException:
+                self._fail()
+                raise
+        self._log.start(base, self._opened)
 
     # -- opening -----------------------------------------------------------
 
@@ -315,22 +321,38 @@ class Session(common.SessionFacts):
 
     def _reopen(self):
         open_ = self._log.reopen_message(self._opened)
-        expected = self._log.reopen_position()
         self._open(open_, wait_for_ready=True, timeout=self._policy.connect_timeout, reopen=True)
-        if self._opened.position != expected:
+        try:
+            expected, replay = self._log.replay_after(int(self._opened.position))
+        except errors.SsmError:
             self._call.cancel()
-            raise errors.Internal(f"resumed at position {self._opened.position}, expected "
-                                  f"{expected}")
-        # Answered since the snapshot: replayed one at a time, outputs dropped.
-        for chunk in self._log.answered:
-            self._call.write(chunk.request(False))
+            raise
+        received = self._position
+        # Answered but not in the reopened state: replayed one at a time
+        # (reading each answer keeps flow control from stalling a long
+        # replay), outputs dropped.
+        for chunk in replay:
+            self._call.write(chunk.request(False, received))
             resp = self._read_raw()
             common.check_answer(resp, chunk, expected, self._opened)
             expected += chunk.steps
         # In flight: sent again; their answers go to the caller as usual.
         for chunk in self._unacked:
-            self._call.write(chunk.request(chunk.want_state or chunk.forced_state))
+            self._call.write(chunk.request(chunk.want_state or chunk.forced_state, received))
         self._resumes += 1
+
+    def _reopen_waiting_for_lease(self):
+        # A durable session whose previous replica still holds its lease
+        # (it died, or drains and has not written it yet): ask again until
+        # the lease has run out.
+        deadline = time.monotonic() + self._policy.lease_wait
+        while True:
+            try:
+                return self._reopen()
+            except errors.FailedPrecondition:
+                if not self._log.durable or time.monotonic() >= deadline:
+                    raise
+            time.sleep(_resume.LEASE_POLL)
 
     def _recover(self, failure):
         if (self._policy is None or self._done or not isinstance(failure, errors.Unavailable)
@@ -341,7 +363,7 @@ class Session(common.SessionFacts):
             time.sleep(delay)
             delay *= 2
             try:
-                self._reopen()
+                self._reopen_waiting_for_lease()
                 return
             except errors.Unavailable as e:
                 failure = e
@@ -368,7 +390,9 @@ class Session(common.SessionFacts):
             ask, chunk.forced_state = True, not want_state
         self._unacked.append(chunk)
         self._sent += chunk.steps
-        self._call.write(chunk.request(ask))
+        # What the caller has read: a durable server stores no state past
+        # it, so a failure never costs an output that was in flight.
+        self._call.write(chunk.request(ask, self._position))
 
     def _receive(self):
         while True:
@@ -383,7 +407,7 @@ class Session(common.SessionFacts):
         self._position = int(resp.position)
         if state is not None:
             self._last_state = state
-        self._log.on_answer(chunk, state)
+        self._log.on_answer(chunk, state, int(resp.durable_position))
         return y, (state if chunk.want_state else None)
 
     def _fail(self):
