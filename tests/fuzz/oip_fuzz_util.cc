@@ -69,11 +69,7 @@ absl::Status OipServer::Infer(const ModelInferRequest& request, absl::string_vie
                            response);
   }
   if (!status.ok()) {
-    CheckCode(status,
-              {absl::StatusCode::kInvalidArgument, absl::StatusCode::kNotFound,
-               absl::StatusCode::kFailedPrecondition, absl::StatusCode::kResourceExhausted},
-              "ModelInfer");
-    CheckBoundedMessage(status, "ModelInfer");
+    CheckInferRefusal(status, "ModelInfer");
     CheckLive();
     return status;
   }
