@@ -4,6 +4,9 @@
 #include <optional>
 #include <utility>
 
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
+
 #include "absl/strings/str_cat.h"
 #include "absl/types/span.h"
 #include "fuzz_util.h"
@@ -176,6 +179,17 @@ std::vector<float> OutputValues(const ModelInferResponse& response) {
   }
   const auto& values = response.outputs(0).contents().fp32_contents();
   return std::vector<float>(values.begin(), values.end());
+}
+
+std::string SerializeForSeed(const google::protobuf::Message& message) {
+  std::string out;
+  {
+    google::protobuf::io::StringOutputStream stream(&out);
+    google::protobuf::io::CodedOutputStream coded(&stream);
+    coded.SetSerializationDeterministic(true);
+    if (!message.SerializeToCodedStream(&coded)) Fail("SerializeForSeed");
+  }
+  return out;
 }
 
 ModelInferRequest OipRequest(const std::string& model, const std::string& version,

@@ -86,6 +86,10 @@ class OipServer {
 // The values of an accepted response's one output (raw or typed).
 std::vector<float> OutputValues(const inference::ModelInferResponse& response);
 
+// `message`'s bytes with its maps (parameters) in a fixed order, so that
+// writing the seeds again changes no file.
+std::string SerializeForSeed(const google::protobuf::Message& message);
+
 // Seed builders. An "input" tensor of `shape` holding Wave values, typed
 // (fp32_contents / fp64_contents) or raw.
 struct OipInput {

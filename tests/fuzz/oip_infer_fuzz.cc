@@ -60,7 +60,7 @@ void WriteSeeds(const std::string& dir) {
   const auto seed = [&](const std::string& name, uint8_t owners,
                         const std::vector<ModelInferRequest>& requests) {
     std::vector<std::string> frames;
-    for (const ModelInferRequest& r : requests) frames.push_back(r.SerializeAsString());
+    for (const ModelInferRequest& r : requests) frames.push_back(SerializeForSeed(r));
     WriteSeed(dir, name, std::string(1, static_cast<char>(owners)) + JoinFrames(frames));
   };
   const auto one = [&](const std::string& name, const ModelInferRequest& r) { seed(name, 0, {r}); };
@@ -121,12 +121,15 @@ void WriteSeeds(const std::string& dir) {
   }
   seed("seq-too-many", 0b10000, starts);
   // "delay" gives its input back: FP64 input beyond float32's range makes an
-  // output the wire cannot carry, refused without moving the sequence.
+  // output the wire cannot carry, refused without moving the sequence,
+  // whether it continues the sequence, restarts it or is a sequence of one.
   ModelInferRequest huge = OipRequest("delay", "", f64);
   for (int i = 0; i < 6; ++i) huge.mutable_inputs(0)->mutable_contents()->set_fp64_contents(i, 1e300);
   seed("seq-refused-chunk", 0,
        {InSequence(OipRequest("delay", "", f32), Uint64Id(2), true, false),
         InSequence(huge, Uint64Id(2), false, false),
+        InSequence(huge, Uint64Id(2), true, false),
+        InSequence(huge, Uint64Id(2), true, true),
         InSequence(OipRequest("delay", "", f32), Uint64Id(2), false, true)});
   seed("seq-chunk-past-limit", 0,
        {InSequence(OipRequest("legs", "", f32), Uint64Id(4), true, false),
