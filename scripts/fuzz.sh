@@ -9,7 +9,8 @@
 #   scripts/fuzz.sh long [RUNS]            every harness for RUNS executions
 #                                          (default 10^7), one after another, niced;
 #                                          logs in build-fuzz/long/HARNESS.log
-# Harnesses: safetensors snapshot model_config infer_request stream_request.
+# Harnesses: safetensors snapshot model_config infer_request stream_request
+# oip_infer oip_json.
 # New inputs a run finds go to build-fuzz/work/HARNESS, never into the
 # repository's corpus; a crash leaves build-fuzz/crash-* (add it to the
 # corpus as regress-NAME, with its regression test).
@@ -17,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 out=$root/build-fuzz
-harnesses=(safetensors snapshot model_config infer_request stream_request)
+harnesses=(safetensors snapshot model_config infer_request stream_request oip_infer oip_json)
 # The flags every run uses (the test command's too, tests/fuzz/run_harness.sh):
 # inputs up to 4 KiB, 10 s per input at most; -entropic=0 because the
 # entropic scheduler's bookkeeping halves the speed of these harnesses.
@@ -68,7 +69,7 @@ case ${1:-} in
     done
     ;;
   *)
-    sed -n '2,16p' "$0" >&2
+    sed -n '2,17p' "$0" >&2
     exit 2
     ;;
 esac

@@ -19,7 +19,6 @@
 #include "server/echo.h"
 #include "server/forward.h"
 #include "server/model_config.h"
-#include "server/status.h"
 
 #ifndef SSM_VERSION
 #define SSM_VERSION "unknown"

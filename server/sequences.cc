@@ -27,6 +27,21 @@ int SequenceTable::size() const {
   return static_cast<int>(live_.size());
 }
 
+std::optional<int64_t> SequenceTable::Position(absl::string_view owner, const ServedModel& served,
+                                              const SequenceId& id) const {
+  const Key key{std::string(owner), served.name, served.version, id};
+  std::string session_id;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = live_.find(key);
+    if (it == live_.end()) return std::nullopt;
+    session_id = it->second.session_id;
+  }
+  absl::StatusOr<std::shared_ptr<SessionManager::Entry>> entry = sessions_->Peek(session_id, owner);
+  if (!entry.ok()) return std::nullopt;
+  return (*entry)->position();
+}
+
 absl::StatusOr<int64_t> SequenceTable::Run(const SequenceRequest& r) {
   if (r.id.empty()) {
     return absl::InvalidArgumentError(

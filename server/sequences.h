@@ -50,6 +50,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -120,6 +121,13 @@ class SequenceTable {
   // Runs one request of a sequence (the rules above) and returns the
   // sequence's position after it (steps consumed since its start).
   absl::StatusOr<int64_t> Run(const SequenceRequest& request);
+
+  // The position (steps since its start) of `owner`'s live sequence `id`
+  // of `served`, without counting as activity (its idle clock runs on);
+  // nullopt when that sequence is not live. For tests and the fuzz
+  // harnesses, which check that a refused request moves no sequence.
+  std::optional<int64_t> Position(absl::string_view owner, const ServedModel& served,
+                                  const SequenceId& id) const;
 
   // Live sequences this table still names (some may have expired in the
   // registry and not been pruned yet). For tests and metrics.

@@ -1,13 +1,10 @@
 #include "server/services.h"
 
-#include <algorithm>
 #include <memory>
 #include <string>
 #include <utility>
-#include <vector>
 
-#include "absl/strings/str_cat.h"
-#include "server/forward.h"
+#include "server/infer.h"
 #include "server/math_handlers.h"
 #include "server/model_config.h"
 #include "server/session_open.h"
@@ -17,51 +14,8 @@
 #include "ssm/threads.h"
 
 namespace ssm::server {
-namespace {
 
 namespace v1 = ::ssm::v1;
-
-// The checks an Infer passes before any work is scheduled, in the order a
-// client fixes them: the input's shape (the model's d_input), the server's
-// limits, the model's own max_length, the response's size, and whether
-// return_state is possible. Returns the input's shape.
-absl::StatusOr<SequenceShape> CheckInfer(const v1::InferRequest& request, const ServedModel& served,
-                                         const RequestLimits& limits) {
-  const ssm::Model& model = *served.model;
-  absl::StatusOr<SequenceShape> shape =
-      CheckSequenceShape(request.input(), "input", model.d_input(), served.name);
-  if (!shape.ok()) return shape.status();
-  if (absl::Status s = CheckBatchLimit(shape->batch, "input.shape[0]", limits); !s.ok()) {
-    return s;
-  }
-  if (shape->steps > limits.max_unary_length) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("input.shape[1] = ", shape->steps,
-                     " steps exceeds --max_unary_length=", limits.max_unary_length));
-  }
-  if (shape->steps > model.max_length()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "input.shape[1] = ", shape->steps, " steps exceeds model '", served.name, "''s max_length ",
-        model.max_length(), " (StreamInfer takes sequences of any length)"));
-  }
-  const int64_t out_values = shape->batch * shape->steps * model.d_output();
-  if (absl::Status s = CheckResponseBytes(
-          out_values * 4 + (request.return_state()
-                                ? static_cast<int64_t>(model.state_bytes()) * shape->batch
-                                : 0),
-          "the output", limits);
-      !s.ok()) {
-    return s;
-  }
-  if (request.return_state() && !model.streamable()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("return_state: model '", served.name,
-                     "' has no state to continue from: ", model.not_streamable_reason()));
-  }
-  return shape;
-}
-
-}  // namespace
 
 grpc::ServerUnaryReactor* InferenceService::Infer(grpc::CallbackServerContext* context,
                                                   const grpc::ByteBuffer* raw_request,
@@ -82,43 +36,13 @@ grpc::ServerUnaryReactor* InferenceService::Infer(grpc::CallbackServerContext* c
     call->Complete(shape.status());
     return call;
   }
-  const SequenceShape out_shape{shape->batch, shape->steps, served->model->d_output()};
-  call->CompleteOnPool([context, served = *std::move(served), shape = *shape, out_shape, request,
-                        response, signer = env_->sessions->options().signer]() -> absl::Status {
-    std::vector<double> x;
-    if (absl::Status s = ReadFiniteValues(request->input(), "input", &x); !s.ok()) return s;
-    std::vector<double> y(out_shape.size());
-    const int batch = static_cast<int>(shape.batch);
-    const int steps = static_cast<int>(shape.steps);
-    if (request->return_state()) {
-      // The session's chunked convolution gives Forward's outputs (to
-      // rounding) and, unlike Forward, the state after the last step. It
-      // runs in slices of time of at most kMaxRowsPerPass rows; the call
-      // stops between two if it is no longer wanted.
-      absl::StatusOr<ssm::Session> session = ssm::Session::Create(served.model, batch);
-      if (!session.ok()) return session.status();
-      session->set_output_limit(kMaxWireValue);
-      if (absl::Status s =
-              session->Run(x, steps, absl::MakeSpan(y),
-                           [&](int done) { return CallStopped(context, done, steps, "steps"); });
-          !s.ok()) {
-        return s;
-      }
-      WriteStateSnapshot(SnapshotOf(*session, served.name, served.version, signer),
-                         response->mutable_state());
-    } else if (absl::Status s =
-                   ForwardInPieces(*served.model, x, batch, steps, absl::MakeSpan(y),
-                                   [&](int done) {
-                                     return CallStopped(context, done, batch, "sequences");
-                                   });
-               !s.ok()) {
-      return s;
-    }
-    if (absl::Status s = CheckWireValues(y, out_shape, "output"); !s.ok()) return s;
-    WriteSequenceTensor(y, out_shape, response->mutable_output());
-    response->set_model(served.name);
-    response->set_version(served.version);
-    return absl::OkStatus();
+  call->CompleteOnPool([context, served = *std::move(served), shape = *shape, request, response,
+                        signer = env_->sessions->options().signer]() -> absl::Status {
+    return RunInfer(*request, served, shape, signer,
+                    [context](int64_t done, int64_t total, const char* unit) {
+                      return CallStopped(context, done, total, unit);
+                    },
+                    response);
   });
   return call;
 }

@@ -21,21 +21,12 @@
 
 #include <grpcpp/support/status.h>
 
-#include <cstddef>
-#include <string>
-
 #include "absl/status/status.h"
-#include "absl/strings/string_view.h"
+#include "server/echo.h"  // BoundedMessage, kMaxStatusMessageBytes
 
 namespace ssm::server {
 
-inline constexpr size_t kMaxStatusMessageBytes = 1024;
-
 grpc::Status ToGrpcStatus(const absl::Status& status);
-
-// `message` if it fits in `max` bytes, else its first bytes (never half a
-// UTF-8 character) and " ... [N more bytes]", within `max` bytes in all.
-std::string BoundedMessage(absl::string_view message, size_t max = kMaxStatusMessageBytes);
 
 }  // namespace ssm::server
 

@@ -144,6 +144,14 @@ void CheckBoundedMessage(const absl::Status& status, absl::string_view where) {
                     status.message().substr(0, 300), "..."));
 }
 
+void CheckInferRefusal(const absl::Status& status, absl::string_view where) {
+  CheckCode(status,
+            {absl::StatusCode::kInvalidArgument, absl::StatusCode::kNotFound,
+             absl::StatusCode::kResourceExhausted, absl::StatusCode::kFailedPrecondition},
+            where);
+  CheckBoundedMessage(status, where);
+}
+
 void FixSnapshotCrc(std::string& snapshot) {
   if (snapshot.size() < 4) return;
   const uint32_t crc = Crc32c(std::string_view(snapshot).substr(0, snapshot.size() - 4));

@@ -73,6 +73,10 @@ void CheckCode(const absl::Status& status, std::initializer_list<absl::StatusCod
 // longer than kMaxWireMessageBytes.
 inline constexpr size_t kMaxWireMessageBytes = 1024;
 void CheckBoundedMessage(const absl::Status& status, absl::string_view where);
+// A unary inference request's refusal (ssm.v1 Infer, the Open Inference
+// Protocol's ModelInfer): InvalidArgument, NotFound, ResourceExhausted or
+// FailedPrecondition, with a bounded message.
+void CheckInferRefusal(const absl::Status& status, absl::string_view where);
 
 // Replaces the trailing CRC-32C of a snapshot (Session::ExportState bytes)
 // with the checksum of what precedes it, so mutated bytes get past the

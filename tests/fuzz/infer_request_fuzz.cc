@@ -1,24 +1,19 @@
 // Fuzzes the unary request path without gRPC: arbitrary bytes parsed as an
-// ssm.v1.InferRequest (as MessageCall::Parse does), the catalog lookup,
-// the checks Infer makes before scheduling work (CheckSequenceShape, the
+// ssm.v1.InferRequest (as MessageCall::Parse does), the catalog lookup, then
+// the server's own Infer (server/infer.h): CheckInfer (the shape, the
 // limits, max_length, the response size, return_state on a bidirectional
-// model), then ReadFiniteValues and the model run itself (Forward in pieces
-// of whole sequences, or a Session for return_state), CheckWireValues and
-// the response tensor, all on the tiny models.
-//
-// services.cc keeps its checks (CheckInfer) and the run in an anonymous
-// namespace of a file that needs gRPC; CheckInferRequest below follows it
-// step for step. Keep the two in step (or move CheckInfer to a gRPC-free
-// file and call it from here).
+// model) and RunInfer (the input's values, the model run in pieces of whole
+// sequences or as a Session for return_state, the output tensor and the
+// state), all on the tiny models. The transport (gRPC, the pool,
+// cancellation) is out of scope: `stop` never stops.
 //
 // Contracts checked besides the sanitizers':
 //   - every refusal is InvalidArgument, NotFound, ResourceExhausted or
 //     FailedPrecondition, with a bounded message (it reaches the client
 //     and the log);
-//   - an accepted request's output has the promised shape, and a returned
-//     state imports again.
+//   - an accepted request's output has the promised shape, names the
+//     model version that ran, and a returned state imports again.
 
-#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <string>
@@ -26,9 +21,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "fuzz_util.h"
-#include "server/limits.h"
-#include "server/session_manager.h"
-#include "server/tensor_codec.h"
+#include "server/infer.h"
 #include "ssm/session.h"
 #include "ssm/v1/ssm_service.pb.h"
 
@@ -37,83 +30,14 @@ namespace {
 
 namespace v1 = ::ssm::v1;
 
-// services.cc's CheckInfer.
-absl::StatusOr<server::SequenceShape> CheckInferRequest(const v1::InferRequest& request,
-                                                        const server::ServedModel& served,
-                                                        const server::RequestLimits& limits) {
-  const Model& model = *served.model;
-  absl::StatusOr<server::SequenceShape> shape =
-      server::CheckSequenceShape(request.input(), "input", model.d_input(), served.name);
-  if (!shape.ok()) return shape.status();
-  if (absl::Status s = server::CheckBatchLimit(shape->batch, "input.shape[0]", limits); !s.ok()) {
-    return s;
-  }
-  if (shape->steps > limits.max_unary_length) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("input.shape[1] = ", shape->steps,
-                     " steps exceeds --max_unary_length=", limits.max_unary_length));
-  }
-  if (shape->steps > model.max_length()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("input.shape[1] = ", shape->steps, " steps exceeds model's max_length"));
-  }
-  const int64_t out_values = shape->batch * shape->steps * model.d_output();
-  if (absl::Status s = server::CheckResponseBytes(
-          out_values * 4 + (request.return_state()
-                                ? static_cast<int64_t>(model.state_bytes()) * shape->batch
-                                : 0),
-          "the output", limits);
-      !s.ok()) {
-    return s;
-  }
-  if (request.return_state() && !model.streamable()) {
-    return absl::FailedPreconditionError("return_state: model is bidirectional");
-  }
-  return shape;
-}
-
-// services.cc's Infer work, minus the cancellation checks.
-absl::Status RunInfer(const v1::InferRequest& request, const server::ServedModel& served,
-                      const server::SequenceShape& shape, v1::InferResponse* response) {
-  const server::SequenceShape out_shape{shape.batch, shape.steps, served.model->d_output()};
-  std::vector<double> x;
-  if (absl::Status s = server::ReadFiniteValues(request.input(), "input", &x); !s.ok()) return s;
-  std::vector<double> y(out_shape.size());
-  const int batch = static_cast<int>(shape.batch);
-  const int steps = static_cast<int>(shape.steps);
-  if (request.return_state()) {
-    absl::StatusOr<Session> session = Session::Create(served.model, batch);
-    if (!session.ok()) return session.status();
-    session->set_output_limit(server::kMaxWireValue);
-    if (absl::Status s = session->Run(x, steps, absl::MakeSpan(y)); !s.ok()) return s;
-    server::WriteStateSnapshot(server::SnapshotOf(*session, served.name, served.version, nullptr),
-                               response->mutable_state());
-  } else {
-    const int d_in = served.model->d_input(), d_out = served.model->d_output();
-    const int rows = static_cast<int>(std::max<int64_t>(1, Session::kMaxRowsPerPass / steps));
-    for (int b0 = 0; b0 < batch; b0 += rows) {
-      const int n = std::min(rows, batch - b0);
-      const size_t in_at = static_cast<size_t>(b0) * steps * d_in;
-      const size_t out_at = static_cast<size_t>(b0) * steps * d_out;
-      if (absl::Status s = served.model->Forward(
-              absl::MakeConstSpan(&x[in_at], static_cast<size_t>(n) * steps * d_in), n, steps,
-              absl::MakeSpan(&y[out_at], static_cast<size_t>(n) * steps * d_out));
-          !s.ok()) {
-        return s;
-      }
-    }
-  }
-  if (absl::Status s = server::CheckWireValues(y, out_shape, "output"); !s.ok()) return s;
-  server::WriteSequenceTensor(y, out_shape, response->mutable_output());
-  return absl::OkStatus();
-}
-
 absl::Status Infer(const v1::InferRequest& request, v1::InferResponse* response) {
   absl::StatusOr<server::ServedModel> served = Catalog().Find(request.model(), request.version());
   if (!served.ok()) return served.status();
-  absl::StatusOr<server::SequenceShape> shape = CheckInferRequest(request, *served, Limits());
+  absl::StatusOr<server::SequenceShape> shape = server::CheckInfer(request, *served, Limits());
   if (!shape.ok()) return shape.status();
-  absl::Status status = RunInfer(request, *served, *shape, response);
+  absl::Status status = server::RunInfer(
+      request, *served, *shape, /*signer=*/nullptr,
+      [](int64_t, int64_t, const char*) { return absl::OkStatus(); }, response);
   if (!status.ok()) return status;
   // The response is what was promised.
   const v1::Tensor& out = response->output();
@@ -121,6 +45,8 @@ absl::Status Infer(const v1::InferRequest& request, v1::InferResponse* response)
             out.shape(2) == served->model->d_output() &&
             out.values_size() == shape->batch * shape->steps * served->model->d_output(),
         "Infer output has the wrong shape");
+  Check(response->model() == served->name && response->version() == served->version,
+        "Infer names another model version than the one that ran");
   if (request.return_state()) {
     absl::StatusOr<Session> again = Session::Import(served->model, response->state().data());
     Check(again.ok() && again->position() == shape->steps, "a returned state does not import");
@@ -187,12 +113,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (!request.ParseFromArray(data, static_cast<int>(size))) return 0;
   ssm::v1::InferResponse response;
   const absl::Status status = Infer(request, &response);
-  if (!status.ok()) {
-    CheckCode(status,
-              {absl::StatusCode::kInvalidArgument, absl::StatusCode::kNotFound,
-               absl::StatusCode::kResourceExhausted, absl::StatusCode::kFailedPrecondition},
-              "Infer");
-    CheckBoundedMessage(status, "Infer");
-  }
+  if (!status.ok()) CheckInferRefusal(status, "Infer");
   return 0;
 }

@@ -271,6 +271,32 @@ TEST_F(SequencesTest, ExpiredSequencesArePrunedFromTheTable) {
   EXPECT_EQ(table.size(), 10);
 }
 
+TEST_F(SequencesTest, PositionIsTheLiveSequencesAndDoesNotCountAsActivity) {
+  std::vector<double> y;
+  const SequenceId id = SequenceId::String("p");
+  EXPECT_EQ(table_.Position("", s4_, id), std::nullopt);
+  ASSERT_TRUE(Run(id, true, false, Input(2, 7), 2, &y).ok());
+  EXPECT_EQ(table_.Position("", s4_, id), 7);
+  ASSERT_TRUE(Run(id, false, false, Input(2, 5), 2, &y).ok());
+  EXPECT_EQ(table_.Position("", s4_, id), 12);
+  // A refused continue (the wrong batch) moves nothing.
+  ASSERT_FALSE(Run(id, false, false, Input(1, 5), 1, &y).ok());
+  EXPECT_EQ(table_.Position("", s4_, id), 12);
+  // Another caller's, another model's and another id's are not this one.
+  EXPECT_EQ(table_.Position("bob", s4_, id), std::nullopt);
+  EXPECT_EQ(table_.Position("", legt_, id), std::nullopt);
+  EXPECT_EQ(table_.Position("", s4_, SequenceId::Number(1)), std::nullopt);
+  // Asking does not keep the sequence alive.
+  clock_.Advance(absl::Seconds(9));
+  EXPECT_EQ(table_.Position("", s4_, id), 12);
+  clock_.Advance(absl::Seconds(1));
+  EXPECT_EQ(table_.Position("", s4_, id), std::nullopt);
+  // An ended sequence has none.
+  ASSERT_TRUE(Run(id, true, false, Input(2, 3), 2, &y).ok());
+  ASSERT_TRUE(Run(id, false, true, Input(2, 3), 2, &y).ok());
+  EXPECT_EQ(table_.Position("", s4_, id), std::nullopt);
+}
+
 TEST_F(SequencesTest, AFailedRequestChangesNothing) {
   // legt-delay reads its input back: an input beyond float32's range (the
   // sessions run in double) gives an output float32 cannot carry, which
