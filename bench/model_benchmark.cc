@@ -4,8 +4,11 @@
 //   BM_SessionChunk/s4-demo/<T>      one chunk of T steps, batch 1
 //   BM_SessionStepMany/s4-demo/<S>   one step of each of S sessions in turn
 //                                    (what a server with S lock-step streams
-//                                    does: S x 64 KiB of state cycles
+//                                    did: S x 64 KiB of state cycles
 //                                    through the caches); steps/s
+//   BM_StepBatch/s4-demo/<S>         the same S steps in one call
+//                                    (Session::RunBatch: what the server's
+//                                    gathering does), on one thread; steps/s
 
 #include <memory>
 #include <string>
@@ -16,6 +19,7 @@
 #include "server/model_config.h"
 #include "ssm/model.h"
 #include "ssm/session.h"
+#include "ssm/threads.h"
 
 namespace ssm {
 namespace {
@@ -92,7 +96,37 @@ void BM_SessionStepMany(benchmark::State& state) {
   // items_per_second: steps per second, comparable with BM_SessionStep's.
   state.SetItemsProcessed(state.iterations() * count);
 }
-BENCHMARK(BM_SessionStepMany)->Name("BM_SessionStepMany/s4-demo")->Arg(1)->Arg(64)
+BENCHMARK(BM_SessionStepMany)->Name("BM_SessionStepMany/s4-demo")->Arg(1)->Arg(16)->Arg(64)
+    ->Unit(benchmark::kMicrosecond);
+
+void BM_StepBatchModel(benchmark::State& state) {
+  const std::shared_ptr<const Model>& m = S4Demo();
+  if (m == nullptr) return state.SkipWithError("cannot load models/s4-demo");
+  const int count = static_cast<int>(state.range(0));
+  std::vector<Session> sessions;
+  for (int i = 0; i < count; ++i) sessions.push_back(*Session::Create(m, 1));
+  std::vector<double> x(count, 0.25), y(count);
+  std::vector<Session::Chunk> chunks(count);
+  for (int i = 0; i < count; ++i) {
+    chunks[i] = {&sessions[i], absl::MakeConstSpan(&x[i], 1), absl::MakeSpan(&y[i], 1),
+                 absl::OkStatus()};
+  }
+  // One core, as a server whose other cores serve its connections (and
+  // comparable with BM_SessionStepMany, whose single steps are too small to
+  // split): CPU time is then the whole cost.
+  ThreadLimit one_thread(1);
+  Session::RunBatch(absl::MakeSpan(chunks), 1);
+  for (const Session::Chunk& c : chunks) {
+    if (!c.status.ok()) return state.SkipWithError("run");
+  }
+  for (auto _ : state) {
+    Session::RunBatch(absl::MakeSpan(chunks), 1);
+    benchmark::ClobberMemory();
+  }
+  // items_per_second: steps per second, as BM_SessionStepMany's.
+  state.SetItemsProcessed(state.iterations() * count);
+}
+BENCHMARK(BM_StepBatchModel)->Name("BM_StepBatch/s4-demo")->Arg(1)->Arg(16)->Arg(64)
     ->Unit(benchmark::kMicrosecond);
 
 }  // namespace

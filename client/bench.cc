@@ -5,13 +5,17 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <thread>
 #include <utility>
 #include <vector>
 
+#include <grpcpp/alarm.h>
 #include <grpcpp/grpcpp.h>
 #include <nlohmann/json.hpp>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -50,6 +54,47 @@ float Signal(int64_t step, int stream, int feature) {
 using ssm::v1::StreamRequest;
 using ssm::v1::StreamResponse;
 
+// VmRSS of a local process in KiB, -1 if unreadable.
+int64_t ResidentKb(int pid) {
+  std::FILE* f = std::fopen(absl::StrCat("/proc/", pid, "/status").c_str(), "r");
+  if (f == nullptr) return -1;
+  char line[256];
+  int64_t kb = -1;
+  while (std::fgets(line, sizeof(line), f) != nullptr) {
+    long long v = 0;
+    if (std::sscanf(line, "VmRSS: %lld kB", &v) == 1) kb = v;
+  }
+  std::fclose(f);
+  return kb;
+}
+
+// CPU time (user + system) a local process has used, from
+// /proc/<pid>/stat; negative if unreadable.
+absl::Duration ProcessCpu(int pid) {
+  std::FILE* f = std::fopen(absl::StrCat("/proc/", pid, "/stat").c_str(), "r");
+  if (f == nullptr) return -absl::Seconds(1);
+  char buf[1024];
+  const size_t n = std::fread(buf, 1, sizeof(buf) - 1, f);
+  std::fclose(f);
+  buf[n] = '\0';
+  // The command name (field 2) may hold spaces: count fields after its ')'.
+  const char* p = std::strrchr(buf, ')');
+  unsigned long long utime = 0, stime = 0;
+  if (p == nullptr ||
+      std::sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime,
+                  &stime) != 2) {
+    return -absl::Seconds(1);
+  }
+  return absl::Seconds(static_cast<double>(utime + stime) / sysconf(_SC_CLK_TCK));
+}
+
+// This process's CPU time (user + system, every thread).
+absl::Duration SelfCpu() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return absl::DurationFromTimeval(u.ru_utime) + absl::DurationFromTimeval(u.ru_stime);
+}
+
 // After --max_seconds the streams stop sending, collect what is in flight
 // and close cleanly (so the server ends their sessions instead of keeping
 // them detached for --session_ttl). Those still running this long after
@@ -60,12 +105,15 @@ class BenchStream {
  public:
   // A completion's tag is the stream's address with the operation in its
   // low bits.
-  enum Op : uintptr_t { kStart, kRead, kWrite, kWritesDone, kFinish };
+  enum Op : uintptr_t { kStart, kRead, kWrite, kWritesDone, kFinish, kAlarm };
   static constexpr uintptr_t kOpMask = 7;
 
-  BenchStream(const BenchOptions& o, int index, const Client& client)
+  // `epoch`: when the run started (paced streams' schedule counts from it).
+  BenchStream(const BenchOptions& o, int index, const Client& client, absl::Time epoch)
       : o_(o),
         index_(index),
+        epoch_(epoch),
+        phase_(static_cast<double>(index) / o.concurrency),
         n_chunks_((o.steps + o.chunk - 1) / o.chunk),
         window_(static_cast<int>(std::min<int64_t>(o.inflight, n_chunks_))),
         in_flight_(window_) {
@@ -85,12 +133,23 @@ class BenchStream {
             static_cast<Op>(bits & kOpMask)};
   }
 
+  // Opens the stream now, or (paced) at its place in the schedule.
   void Start(ssm::v1::Inference::Stub* stub, grpc::CompletionQueue* cq) {
-    call_ = stub->PrepareAsyncStreamInfer(&context_, cq);
+    stub_ = stub;
+    cq_ = cq;
+    if (o_.rate > 0) {
+      SetAlarm(Due(-1));
+      return;
+    }
+    StartCall();
+  }
+
+  void StartCall() {
+    call_ = stub_->PrepareAsyncStreamInfer(&context_, cq_);
     // StartCall sends the headers with the write operation set: the open
     // is written once it completes.
     call_->StartCall(Tag(kStart));
-    pending_ = 1;
+    ++pending_;
     write_busy_ = true;
   }
 
@@ -100,6 +159,17 @@ class BenchStream {
   bool Handle(Op op, bool ok, bool stop) {
     --pending_;
     switch (op) {
+      case kAlarm:
+        alarm_set_ = false;
+        if (call_ == nullptr) {  // the paced open's time
+          if (stop) {
+            finished_ = true;  // never opened: nothing to conclude
+            break;
+          }
+          StartCall();
+          return false;
+        }
+        break;
       case kStart:
         if (ok) {
           StartWrite();  // the open
@@ -138,7 +208,7 @@ class BenchStream {
     }
     // Finish once nothing more can be read: every response is in and the
     // writes are done, or a read failed, or this side gave up.
-    if (!finish_called_ && !read_busy_ && (broken_ || writes_done_)) {
+    if (call_ != nullptr && !finish_called_ && !read_busy_ && (broken_ || writes_done_)) {
       finish_called_ = true;
       call_->Finish(&status_, Tag(kFinish));
       ++pending_;
@@ -152,6 +222,12 @@ class BenchStream {
   void CancelStraggler() {
     cancelled_ = true;
     context_.TryCancel();
+  }
+
+  // The run stops: a paced stream waiting for its next chunk's time stops
+  // waiting (the alarm completes at once, not ok).
+  void StopPacing() {
+    if (alarm_set_) alarm_.Cancel();
   }
 
   WorkerResult& result() { return result_; }
@@ -168,6 +244,17 @@ class BenchStream {
 
   void StartWrite() {
     call_->Write(request_, Tag(kWrite));
+    ++pending_;
+  }
+
+  // When chunk `i` is due on a paced stream (-1: the open).
+  absl::Time Due(int64_t i) const {
+    return epoch_ + absl::Seconds((static_cast<double>(i + 1) + phase_) / o_.rate);
+  }
+
+  void SetAlarm(absl::Time when) {
+    alarm_.Set(cq_, absl::ToChronoTime(when), Tag(kAlarm));
+    alarm_set_ = true;
     ++pending_;
   }
 
@@ -228,6 +315,13 @@ class BenchStream {
   void Next(bool stop) {
     if (!opened_ || write_busy_ || writes_done_) return;
     if (!stop && sent_ < n_chunks_ && sent_ - received_ < window_) {
+      if (o_.rate > 0) {
+        const absl::Time due = Due(sent_);
+        if (absl::Now() < due) {
+          if (!alarm_set_) SetAlarm(due);
+          return;
+        }
+      }
       const int64_t t0 = sent_ * o_.chunk;
       const int64_t t = std::min<int64_t>(o_.chunk, o_.steps - t0);
       ssm::v1::Tensor* chunk = request_.mutable_chunk();  // drops `open`
@@ -280,11 +374,17 @@ class BenchStream {
 
   const BenchOptions& o_;
   const int index_;
+  const absl::Time epoch_;
+  const double phase_;  // paced: this stream's offset, in periods
   const int64_t n_chunks_;
   const int window_;  // chunks in flight at most
   grpc::ClientContext context_;
+  ssm::v1::Inference::Stub* stub_ = nullptr;
+  grpc::CompletionQueue* cq_ = nullptr;
   std::unique_ptr<grpc::ClientAsyncReaderWriter<StreamRequest, StreamResponse>>
       call_;
+  grpc::Alarm alarm_;  // paced streams: the next chunk's (or the open's) time
+  bool alarm_set_ = false;
   // The one request being written (one write at a time) and the one
   // response being read, each reused for the whole stream.
   StreamRequest request_;
@@ -304,9 +404,10 @@ class BenchStream {
 };
 
 // Runs the stream workload to its counts or `deadline`; true if the
-// deadline cut it short.
+// deadline cut it short. With a server PID, samples the server's resident
+// memory about every 250 ms into `rss_max_kb`.
 bool RunStreams(Client& client, const BenchOptions& o, absl::Time deadline,
-                std::vector<WorkerResult>* results) {
+                std::vector<WorkerResult>* results, int64_t* rss_max_kb) {
   static_assert(alignof(BenchStream) > BenchStream::kOpMask);
   std::unique_ptr<ssm::v1::Inference::Stub> stub =
       ssm::v1::Inference::NewStub(client.channel());
@@ -314,21 +415,27 @@ bool RunStreams(Client& client, const BenchOptions& o, absl::Time deadline,
   std::vector<std::unique_ptr<BenchStream>> streams;
   streams.reserve(o.concurrency);
   for (int i = 0; i < o.concurrency; ++i) {
-    streams.push_back(std::make_unique<BenchStream>(o, i, client));
+    streams.push_back(std::make_unique<BenchStream>(o, i, client, absl::Now()));
   }
   for (std::unique_ptr<BenchStream>& s : streams) s->Start(stub.get(), &cq);
 
   int running = o.concurrency;
   bool stop = false;
   bool cancelled = false;
+  absl::Time next_sample = absl::InfinitePast();
   while (running > 0) {
     // The clock, not only a wait's timeout, ends each phase: a queue that
     // always has an event ready never times out.
     const absl::Time now = absl::Now();
+    if (o.server_pid > 0 && !stop && now >= next_sample) {
+      *rss_max_kb = std::max(*rss_max_kb, ResidentKb(o.server_pid));
+      next_sample = now + absl::Milliseconds(250);
+    }
     if (!stop && now >= deadline) {
       // Every running stream has an operation pending, so each sees `stop`
-      // at its next completion.
+      // at its next completion (paced ones waiting for their time at once).
       stop = true;
+      for (std::unique_ptr<BenchStream>& s : streams) s->StopPacing();
     }
     if (stop && !cancelled && now >= deadline + kDrainGrace) {
       cancelled = true;
@@ -394,20 +501,6 @@ absl::Duration Percentile(const std::vector<absl::Duration>& sorted,
   return sorted[std::clamp<size_t>(rank, 1, sorted.size()) - 1];
 }
 
-// VmRSS of a local process in KiB, -1 if unreadable.
-int64_t ResidentKb(int pid) {
-  std::FILE* f = std::fopen(absl::StrCat("/proc/", pid, "/status").c_str(), "r");
-  if (f == nullptr) return -1;
-  char line[256];
-  int64_t kb = -1;
-  while (std::fgets(line, sizeof(line), f) != nullptr) {
-    long long v = 0;
-    if (std::sscanf(line, "VmRSS: %lld kB", &v) == 1) kb = v;
-  }
-  std::fclose(f);
-  return kb;
-}
-
 // Opens the sessions one at a time on this thread (the sync API holds no
 // thread per open stream), one step each, then holds them.
 void IdleSessions(Client& client, const BenchOptions& o, absl::Time deadline,
@@ -457,6 +550,9 @@ absl::StatusOr<BenchReport> RunBench(Client& client,
         "--concurrency, --steps, --chunk, --inflight, --calls, --batch and "
         "--length must be >= 1");
   }
+  if (!(o.rate >= 0) || !std::isfinite(o.rate)) {
+    return absl::InvalidArgumentError("--rate must be a finite number >= 0");
+  }
   if (o.max_duration <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("--max_seconds must be > 0");
   }
@@ -472,18 +568,26 @@ absl::StatusOr<BenchReport> RunBench(Client& client,
   const absl::Time start = absl::Now();
   const absl::Time deadline = start + o.max_duration;
   BenchReport report;
-  if (o.mode == "idle") {
-    if (o.server_pid > 0) report.rss_before_kb = ResidentKb(o.server_pid);
-    IdleSessions(client, o, deadline, &report, &results[0]);
-  }
+  const absl::Duration client_cpu0 = SelfCpu();
+  const absl::Duration server_cpu0 =
+      o.server_pid > 0 ? ProcessCpu(o.server_pid) : -absl::Seconds(1);
+  if (o.server_pid > 0 && o.mode != "unary") report.rss_before_kb = ResidentKb(o.server_pid);
+  if (o.mode == "idle") IdleSessions(client, o, deadline, &report, &results[0]);
   bool stopped = false;
-  if (o.mode == "stream") stopped = RunStreams(client, o, deadline, &results);
+  if (o.mode == "stream") {
+    stopped = RunStreams(client, o, deadline, &results, &report.rss_held_kb);
+  }
   for (int i = 0; i < o.concurrency && o.mode == "unary"; ++i) {
     workers.emplace_back(UnaryWorker, std::ref(client), std::cref(o),
                          model->config().d_input(), deadline, &next_call,
                          &results[i]);
   }
   for (std::thread& t : workers) t.join();
+  report.client_cpu = SelfCpu() - client_cpu0;
+  if (server_cpu0 >= absl::ZeroDuration()) {
+    const absl::Duration server_cpu1 = ProcessCpu(o.server_pid);
+    if (server_cpu1 >= absl::ZeroDuration()) report.server_cpu = server_cpu1 - server_cpu0;
+  }
 
   report.options = o;
   report.elapsed = absl::Now() - start;
@@ -526,7 +630,13 @@ std::string FormatBenchTable(const BenchReport& r) {
   } else if (stream) {
     absl::StrAppend(&out, "bench stream: model ", o.model, ", ", o.concurrency,
                     " streams x ", o.steps, " steps, chunk ", o.chunk,
-                    ", in flight ", o.inflight, "\n");
+                    ", in flight ", o.inflight,
+                    o.rate > 0 ? absl::StrFormat(", %g chunks/s each", o.rate) : "", "\n");
+    if (r.rss_before_kb >= 0 && r.rss_held_kb >= 0) {
+      absl::StrAppend(&out, absl::StrFormat(
+          "  server RSS %.1f MiB before, %.1f MiB at most while streaming\n",
+          r.rss_before_kb / 1024.0, r.rss_held_kb / 1024.0));
+    }
   } else {
     absl::StrAppend(&out, "bench unary: model ", o.model, ", ", o.calls,
                     " calls of [", o.batch, ", ", o.length, "], ",
@@ -544,6 +654,16 @@ std::string FormatBenchTable(const BenchReport& r) {
   absl::StrAppend(&out, absl::StrFormat("  errors     %d%s\n", r.errors,
                                         r.errors ? " (first: " + r.first_error + ")"
                                                  : ""));
+  // CPU per completed chunk (call, session), microseconds.
+  auto per = [&](absl::Duration d) {
+    return r.completed > 0 ? absl::StrFormat("%.1f", absl::ToDoubleMicroseconds(d) / r.completed)
+                           : std::string("-");
+  };
+  absl::StrAppend(&out, "  cpu        client ", per(r.client_cpu), " us, server ",
+                  r.server_cpu >= absl::ZeroDuration() ? per(r.server_cpu) + " us"
+                                                       : std::string("not measured"),
+                  " per ", o.mode == "idle" ? "session" : stream ? "chunk" : "call",
+                  " (user + system)\n");
   absl::StrAppend(&out, "  latency (ms, per ",
                   o.mode == "idle" ? "open + first step" : stream ? "chunk round trip" : "call",
                   ")\n");
@@ -562,6 +682,7 @@ std::string FormatBenchJson(const BenchReport& r) {
   auto number = [](double x) { return std::isfinite(x) ? Json(x) : Json(nullptr); };
   auto us = [](absl::Duration d) { return absl::ToDoubleMicroseconds(d); };
   auto kib = [](int64_t kb) { return kb >= 0 ? Json(kb) : Json(nullptr); };
+  const bool measured = r.server_cpu >= absl::ZeroDuration();
   Json report = {
       {"mode", o.mode},
       {"model", o.model},
@@ -569,6 +690,7 @@ std::string FormatBenchJson(const BenchReport& r) {
       {"steps_per_stream", o.steps},
       {"chunk", o.chunk},
       {"inflight", o.inflight},
+      {"rate", o.rate},
       {"calls", o.calls},
       {"batch", o.batch},
       {"length", o.length},
@@ -585,10 +707,18 @@ std::string FormatBenchJson(const BenchReport& r) {
       {"errors", r.errors},
       {"first_error", r.first_error},
       {"stopped_by_max_seconds", r.hit_max_duration},
-      // The server's resident memory (idle with --server_pid), null when
-      // not measured.
+      // The server's resident memory (idle and stream with --server_pid),
+      // null when not measured.
       {"server_rss_before_kib", kib(r.rss_before_kb)},
       {"server_rss_held_kib", kib(r.rss_held_kb)},
+      // CPU time over the run (user + system): this process's, and the
+      // server's with --server_pid (else null), in total and per completed
+      // chunk (call, session).
+      {"client_cpu_seconds", absl::ToDoubleSeconds(r.client_cpu)},
+      {"server_cpu_seconds", measured ? Json(absl::ToDoubleSeconds(r.server_cpu)) : Json(nullptr)},
+      {"client_cpu_us_per_completed", number(us(r.client_cpu) / r.completed)},
+      {"server_cpu_us_per_completed",
+       measured ? number(us(r.server_cpu) / r.completed) : Json(nullptr)},
   };
   // A server's error message may hold bytes that are not UTF-8: replaced
   // (U+FFFD) rather than thrown on.

@@ -6,7 +6,11 @@
 //           chunks of `chunk` steps with up to `inflight` chunks outstanding
 //           per stream (1 = strict lock-step); latency is each chunk's round
 //           trip (per step with chunk = 1), from the start of its write to
-//           its response. All streams share the client's channel and one
+//           its response. With `rate` > 0 each stream sends at most `rate`
+//           chunks per second on a fixed schedule (stream i offset by
+//           i / (concurrency x rate), so the streams' chunks and opens are
+//           spread evenly over time), as many slow clients do; a chunk whose
+//           time has come waits only for the window. All streams share the client's channel and one
 //           completion-queue loop on the calling thread (no thread per
 //           stream, so the client costs little CPU next to the server).
 //           Every response is checked: [1, T, d_output] at the expected
@@ -24,6 +28,12 @@
 //           report carries the server's resident memory before the sessions
 //           and while they are held.
 // Inputs are a deterministic sine, so runs are comparable.
+// Every report carries this process's CPU time over the run (user + system,
+// all its threads: the bench loop and gRPC's own), and, with `server_pid`
+// (a server on this machine), the server's CPU time over the run from
+// /proc, so a reader can tell the two sides' shares of a chunk apart; with
+// `server_pid` the stream workload also reports the server's resident
+// memory before the streams and the largest seen while they run.
 #ifndef SSMSERVE_CLIENT_BENCH_H_
 #define SSMSERVE_CLIENT_BENCH_H_
 
@@ -43,12 +53,13 @@ struct BenchOptions {
   int64_t steps = 1000;  // stream: steps per stream
   int chunk = 1;         // stream: steps per chunk
   int inflight = 1;      // stream: chunks outstanding per stream
+  double rate = 0;       // stream: chunks per second per stream (0: no pacing)
   int64_t calls = 100;   // unary: total calls
   int batch = 1;         // unary
   int length = 1024;     // unary
   absl::Duration max_duration = absl::Seconds(60);
   absl::Duration hold = absl::Seconds(2);  // idle
-  int server_pid = 0;                      // idle: read /proc/<pid>/status
+  int server_pid = 0;  // a local server: read /proc/<pid>/{stat,status}
 };
 
 struct BenchReport {
@@ -59,8 +70,14 @@ struct BenchReport {
   int64_t errors = 0;
   std::string first_error;
   bool hit_max_duration = false;
-  // idle with server_pid: the server's VmRSS in KiB (-1: not measured).
+  // With server_pid (idle, stream): the server's VmRSS in KiB before the
+  // sessions and while they are held (stream: the largest seen); -1: not
+  // measured.
   int64_t rss_before_kb = -1, rss_held_kb = -1;
+  // CPU time (user + system) over the run: this process's, and with
+  // server_pid the server's (negative: not measured).
+  absl::Duration client_cpu;
+  absl::Duration server_cpu = -absl::Seconds(1);
   // Latency percentiles (nearest rank) of chunks or calls.
   absl::Duration p50, p90, p99, max;
 };

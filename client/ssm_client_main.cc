@@ -104,11 +104,15 @@ ABSL_FLAG(std::string, service, "", "health: service name ('' = server)");
 // Bench.
 ABSL_FLAG(std::string, mode, "stream", "bench: stream, unary or idle");
 ABSL_FLAG(double, hold_seconds, 2, "bench idle: how long to hold the sessions open");
-ABSL_FLAG(int, server_pid, 0, "bench idle: a local server's PID, to report its resident memory");
+ABSL_FLAG(int, server_pid, 0,
+          "bench: a local server's PID, to report its CPU time and resident memory");
 ABSL_FLAG(int, concurrency, 4, "bench: streams or concurrent callers");
 ABSL_FLAG(int64_t, steps, 1000, "bench stream: steps per stream");
 ABSL_FLAG(int, inflight, 1,
           "bench stream: chunks in flight per stream (1 = lock-step)");
+ABSL_FLAG(double, rate, 0,
+          "bench stream: chunks per second per stream, on a fixed schedule (0: as fast as "
+          "--inflight allows)");
 ABSL_FLAG(int64_t, calls, 100, "bench unary: total Infer calls");
 ABSL_FLAG(int, batch, 1, "bench unary: batch");
 ABSL_FLAG(double, max_seconds, 60, "bench: stop sending after this long");
@@ -139,8 +143,8 @@ subcommands:
                              an SSM convolution kernel, one CSV row per channel
   health [--service NAME]    exit 0 iff the server is SERVING
   bench --mode stream|unary|idle [--concurrency C] [--steps S] [--chunk T]
-        [--inflight K] [--calls U] [--batch B] [--length L] [--max_seconds X]
-        [--hold_seconds H] [--server_pid PID]
+        [--inflight K] [--rate R] [--calls U] [--batch B] [--length L]
+        [--max_seconds X] [--hold_seconds H] [--server_pid PID]
         [--json]             a bounded load test
 
 security (any subcommand):
@@ -603,6 +607,7 @@ int CmdBench() {
   o.steps = absl::GetFlag(FLAGS_steps);
   o.chunk = absl::GetFlag(FLAGS_chunk);
   o.inflight = absl::GetFlag(FLAGS_inflight);
+  o.rate = absl::GetFlag(FLAGS_rate);
   o.calls = absl::GetFlag(FLAGS_calls);
   o.batch = absl::GetFlag(FLAGS_batch);
   o.length = absl::GetFlag(FLAGS_length);

@@ -1,5 +1,6 @@
 #include "ssm/model.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -89,6 +90,16 @@ uint64_t FingerprintOf(const ModelSpec& spec, const SafeTensors* file) {
 }
 
 }  // namespace internal
+
+void Model::AdvanceShort(absl::Span<ShortChunk> chunks, int batch, int steps,
+                         std::vector<double>& scratch) const {
+  const size_t n = static_cast<size_t>(batch) * state_size();
+  for (ShortChunk& c : chunks) {
+    std::copy(c.state_in, c.state_in + n, c.state_out);
+    c.status = Advance(c.x, batch, steps, c.position, absl::MakeSpan(c.state_out, n), c.y,
+                       scratch);
+  }
+}
 
 absl::StatusOr<std::shared_ptr<const Model>> LoadModel(const ModelSpec& spec,
                                                        const SafeTensors* weights) {

@@ -2,6 +2,10 @@
 
 #include <cmath>
 
+#ifdef __FMA__
+#include <immintrin.h>
+#endif
+
 #include <Eigen/Dense>
 
 #include "absl/strings/str_cat.h"
@@ -23,40 +27,6 @@ void PutSoA(const Row& row, double* out) {
   }
 }
 
-// The diagonal step over T inputs. Partial sums in kLanes independent
-// accumulators let the compiler vectorize the output reduction without
-// reassociating floating-point sums.
-constexpr int kLanes = 8;
-
-void DiagonalSteps(int m, const double* __restrict a, const double* __restrict b,
-                   const double* __restrict c, double d, const double* __restrict u,
-                   int steps, double* __restrict x, double* __restrict y) {
-  const double *ar = a, *ai = a + m, *br = b, *bi = b + m, *cr = c, *ci = c + m;
-  double *__restrict xr = x, *__restrict xi = x + m;
-  for (int t = 0; t < steps; ++t) {
-    const double in = u[t];
-    for (int j = 0; j < m; ++j) {
-      const double nr = ar[j] * xr[j] - ai[j] * xi[j] + br[j] * in;
-      const double ni = ar[j] * xi[j] + ai[j] * xr[j] + bi[j] * in;
-      xr[j] = nr;
-      xi[j] = ni;
-    }
-    double acc[kLanes] = {};
-    int j = 0;
-    for (; j + kLanes <= m; j += kLanes) {
-      for (int l = 0; l < kLanes; ++l) acc[l] += cr[j + l] * xr[j + l] - ci[j + l] * xi[j + l];
-    }
-    double sum = 0;
-    for (; j < m; ++j) sum += cr[j] * xr[j] - ci[j] * xi[j];
-    for (int l = 0; l < kLanes; ++l) sum += acc[l];
-    y[t] = 2 * sum + d * in;
-  }
-}
-
-// One step of every channel of one session: the streaming hot path. One
-// call walks the H x 2M parameter and state arrays front to back, which keeps
-// the hardware prefetcher busy. The loop is written with explicit 4-wide
-// vectors: GCC's auto-vectorizer left the fused update-and-reduce scalar.
 typedef double V4 __attribute__((vector_size(32)));
 
 inline V4 Load4(const double* p) {
@@ -66,98 +36,225 @@ inline V4 Load4(const double* p) {
 }
 inline void Store4(double* p, V4 v) { __builtin_memcpy(p, &v, sizeof(v)); }
 
-void DiagonalStepAllChannels(int h_count, int m, const double* __restrict a,
-                             const double* __restrict b, const double* __restrict c,
-                             const double* __restrict d, const double* __restrict u,
-                             double* __restrict x, double* __restrict y) {
-  for (int h = 0; h < h_count; ++h) {
-    const size_t off = static_cast<size_t>(h) * 2 * m;
-    const double *ar = a + off, *ai = ar + m, *br = b + off, *bi = br + m;
-    const double *cr = c + off, *ci = cr + m;
-    double *xr = x + off, *xi = xr + m;
-    const double in = u[h];
-    const V4 vin = {in, in, in, in};
-    V4 acc = {0, 0, 0, 0};
-    int j = 0;
-    for (; j + 4 <= m; j += 4) {
-      const V4 rr = Load4(ar + j), ri = Load4(ai + j), pr = Load4(xr + j), pi = Load4(xi + j);
-      const V4 nr = rr * pr - ri * pi + Load4(br + j) * vin;
-      const V4 ni = rr * pi + ri * pr + Load4(bi + j) * vin;
-      Store4(xr + j, nr);
-      Store4(xi + j, ni);
-      acc += Load4(cr + j) * nr - Load4(ci + j) * ni;
-    }
-    double sum = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-    for (; j < m; ++j) {
-      const double nr = ar[j] * xr[j] - ai[j] * xi[j] + br[j] * in;
-      const double ni = ar[j] * xi[j] + ai[j] * xr[j] + bi[j] * in;
-      xr[j] = nr;
-      xi[j] = ni;
-      sum += cr[j] * nr - ci[j] * ni;
-    }
-    y[h] = 2 * sum + d[h] * in;
+// One diagonal step of one channel: the state read from (qr, qi) and
+// written to (xr, xi), the same buffer or two that do not overlap (element
+// j is read before it is written and nothing else is, so either way gives
+// the same bits); returns the output. Written with explicit 4-wide vectors:
+// GCC's auto-vectorizer left the fused update-and-reduce scalar. Every
+// diagonal path goes through here, so a step's bits do not depend on the
+// chunk it is part of.
+inline double DiagonalStep(int m, const double* __restrict ar, const double* __restrict ai,
+                           const double* __restrict br, const double* __restrict bi,
+                           const double* __restrict cr, const double* __restrict ci, double d,
+                           double in, const double* qr, const double* qi, double* xr,
+                           double* xi) {
+  const V4 vin = {in, in, in, in};
+  V4 acc = {0, 0, 0, 0};
+  int j = 0;
+  for (; j + 4 <= m; j += 4) {
+    const V4 rr = Load4(ar + j), ri = Load4(ai + j), pr = Load4(qr + j), pi = Load4(qi + j);
+    const V4 nr = rr * pr - ri * pi + Load4(br + j) * vin;
+    const V4 ni = rr * pi + ri * pr + Load4(bi + j) * vin;
+    Store4(xr + j, nr);
+    Store4(xi + j, ni);
+    acc += Load4(cr + j) * nr - Load4(ci + j) * ni;
+  }
+  double sum = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+  for (; j < m; ++j) {
+    const double nr = ar[j] * qr[j] - ai[j] * qi[j] + br[j] * in;
+    const double ni = ar[j] * qi[j] + ai[j] * qr[j] + bi[j] * in;
+    xr[j] = nr;
+    xi[j] = ni;
+    sum += cr[j] * nr - ci[j] * ni;
+  }
+  return 2 * sum + d * in;
+}
+
+// The diagonal steps of one channel over T inputs; the state is read from
+// `x0` and written to `x`, as DiagonalStep (after the first step both are
+// `x`).
+void DiagonalSteps(int m, const double* __restrict a, const double* __restrict b,
+                   const double* __restrict c, double d, const double* __restrict u,
+                   int steps, const double* x0, double* x, double* __restrict y) {
+  for (int t = 0; t < steps; ++t) {
+    const double* q = t == 0 ? x0 : x;
+    y[t] = DiagonalStep(m, a, a + m, b, b + m, c, c + m, d, u[t], q, q + m, x, x + m);
   }
 }
 
-// The diagonal-plus-rank-R step (see SsmStepper::Create) over T inputs, two
-// passes per step, 4 modes per vector, with vector accumulators for the
-// reductions (a scalar running sum would serialize every step on the
-// adder's latency):
+// One step of every channel of one session: the streaming hot path. One
+// call walks the H x 2M parameter and state arrays front to back, which keeps
+// the hardware prefetcher busy. The state is read from `x0` and written to
+// `x`, as DiagonalStep.
+void DiagonalStepAllChannels(int h_count, int m, const double* __restrict a,
+                             const double* __restrict b, const double* __restrict c,
+                             const double* __restrict d, const double* __restrict u,
+                             const double* x0, double* x, double* __restrict y) {
+  for (int h = 0; h < h_count; ++h) {
+    const size_t off = static_cast<size_t>(h) * 2 * m;
+    y[h] = DiagonalStep(m, a + off, a + off + m, b + off, b + off + m, c + off, c + off + m,
+                        d[h], u[h], x0 + off, x0 + off + m, x + off, x + off + m);
+  }
+}
+
+// Multiply-adds rounded once where the CPU has FMA, written out rather than
+// left to the compiler's contraction: the low-rank step below is
+// instantiated for 1 to 4 sessions at a time, and every instantiation must
+// round a session's terms alike (without FMA: a multiply, then an add).
+inline V4 Fma(V4 a, V4 b, V4 c) {  // a b + c
+#ifdef __FMA__
+  return reinterpret_cast<V4>(_mm256_fmadd_pd(reinterpret_cast<__m256d>(a),
+                                              reinterpret_cast<__m256d>(b),
+                                              reinterpret_cast<__m256d>(c)));
+#else
+  return c + a * b;
+#endif
+}
+inline V4 Fms(V4 a, V4 b, V4 c) {  // a b - c
+#ifdef __FMA__
+  return reinterpret_cast<V4>(_mm256_fmsub_pd(reinterpret_cast<__m256d>(a),
+                                              reinterpret_cast<__m256d>(b),
+                                              reinterpret_cast<__m256d>(c)));
+#else
+  return a * b - c;
+#endif
+}
+inline V4 Fnma(V4 a, V4 b, V4 c) {  // c - a b
+#ifdef __FMA__
+  return reinterpret_cast<V4>(_mm256_fnmadd_pd(reinterpret_cast<__m256d>(a),
+                                               reinterpret_cast<__m256d>(b),
+                                               reinterpret_cast<__m256d>(c)));
+#else
+  return c - a * b;
+#endif
+}
+inline double Fma(double a, double b, double c) {
+#ifdef __FMA__
+  return std::fma(a, b, c);  // one instruction with FMA
+#else
+  return c + a * b;
+#endif
+}
+inline double Fms(double a, double b, double c) {
+#ifdef __FMA__
+  return std::fma(a, b, -c);
+#else
+  return a * b - c;
+#endif
+}
+inline double Fnma(double a, double b, double c) {
+#ifdef __FMA__
+  return std::fma(-a, b, c);
+#else
+  return c - a * b;
+#endif
+}
+
+// One diagonal-plus-rank-R step (see SsmStepper::Create) of one channel for
+// S sessions at once, two passes over the modes, 4 modes per vector, with
+// vector accumulators for the reductions:
 //   pass 1: k_a = Rdot(g_a, x), o = Rdot(om, x);  y = o + delta u
 //   pass 2: x = Lb x + sum_a U_a k_a + Bt u.
-// Each step's reductions read its own x (nothing is carried from one step's
-// pass to the next), so how a stream is cut into calls cannot change a
-// single bit of the outputs.
+// Session s's state is read from xin[s] and written to xout[s] (the same
+// buffer, or two that do not overlap: element j is read before it is
+// written and nothing else is), its input is u[s * stride] and its output
+// goes to y[s * stride]. The sessions share the channel's parameters (one
+// load for S) and their reductions are independent chains, which hides the
+// adds' latency; each session's arithmetic is the same whatever S, so a
+// session's bits do not depend on its company. Each step's reductions read
+// only its own x, so how a stream is cut into calls cannot change a bit of
+// the outputs either.
+template <int R, int S>
+inline void LowRankStep(int m, const double* __restrict lb, const double* __restrict bt,
+                        const double* __restrict om, const double* const* ua,
+                        const double* const* ga, double delta, const double* u, size_t stride,
+                        const double* const* xin, double* const* xout, double* y) {
+  const int mv = m - m % 4;  // modes handled 4 at a time
+  V4 kacc[S][R], oacc[S];
+  for (int s = 0; s < S; ++s) {
+    for (int a = 0; a < R; ++a) kacc[s][a] = V4{0, 0, 0, 0};
+    oacc[s] = V4{0, 0, 0, 0};
+  }
+  int j = 0;
+  for (; j < mv; j += 4) {
+    V4 g_r[R], g_i[R];
+    for (int a = 0; a < R; ++a) {
+      g_r[a] = Load4(ga[a] + j);
+      g_i[a] = Load4(ga[a] + m + j);
+    }
+    const V4 o_r = Load4(om + j), o_i = Load4(om + m + j);
+    for (int s = 0; s < S; ++s) {
+      const V4 x_r = Load4(xin[s] + j), x_i = Load4(xin[s] + m + j);
+      for (int a = 0; a < R; ++a) kacc[s][a] = Fnma(g_i[a], x_i, Fma(g_r[a], x_r, kacc[s][a]));
+      oacc[s] = Fnma(o_i, x_i, Fma(o_r, x_r, oacc[s]));
+    }
+  }
+  double k[S][R], in[S];
+  for (int s = 0; s < S; ++s) {
+    const double* xr = xin[s];
+    const double* xi = xr + m;
+    for (int a = 0; a < R; ++a) {
+      k[s][a] = (kacc[s][a][0] + kacc[s][a][1]) + (kacc[s][a][2] + kacc[s][a][3]);
+    }
+    double o = (oacc[s][0] + oacc[s][1]) + (oacc[s][2] + oacc[s][3]);
+    for (int jj = j; jj < m; ++jj) {
+      for (int a = 0; a < R; ++a) k[s][a] = Fnma(ga[a][m + jj], xi[jj], Fma(ga[a][jj], xr[jj], k[s][a]));
+      o = Fnma(om[m + jj], xi[jj], Fma(om[jj], xr[jj], o));
+    }
+    in[s] = u[s * stride];
+    y[s * stride] = Fma(delta, in[s], o);
+  }
+  for (j = 0; j < mv; j += 4) {
+    const V4 lr = Load4(lb + j), li = Load4(lb + m + j);
+    const V4 b_r = Load4(bt + j), b_i = Load4(bt + m + j);
+    V4 u_r[R], u_i[R];
+    for (int a = 0; a < R; ++a) {
+      u_r[a] = Load4(ua[a] + j);
+      u_i[a] = Load4(ua[a] + m + j);
+    }
+    for (int s = 0; s < S; ++s) {
+      const V4 x_r = Load4(xin[s] + j), x_i = Load4(xin[s] + m + j);
+      const V4 vin = {in[s], in[s], in[s], in[s]};
+      V4 nr = Fma(b_r, vin, Fms(lr, x_r, li * x_i));
+      V4 ni = Fma(b_i, vin, Fma(lr, x_i, li * x_r));
+      for (int a = 0; a < R; ++a) {
+        const V4 vk = {k[s][a], k[s][a], k[s][a], k[s][a]};
+        nr = Fma(u_r[a], vk, nr);
+        ni = Fma(u_i[a], vk, ni);
+      }
+      Store4(xout[s] + j, nr);
+      Store4(xout[s] + m + j, ni);
+    }
+  }
+  for (int s = 0; s < S; ++s) {
+    const double* xr = xin[s];
+    const double* xi = xr + m;
+    double* wr = xout[s];
+    double* wi = wr + m;
+    for (int jj = mv; jj < m; ++jj) {
+      double nr = Fma(bt[jj], in[s], Fms(lb[jj], xr[jj], lb[m + jj] * xi[jj]));
+      double ni = Fma(bt[m + jj], in[s], Fma(lb[jj], xi[jj], lb[m + jj] * xr[jj]));
+      for (int a = 0; a < R; ++a) {
+        nr = Fma(ua[a][jj], k[s][a], nr);
+        ni = Fma(ua[a][m + jj], k[s][a], ni);
+      }
+      wr[jj] = nr;
+      wi[jj] = ni;
+    }
+  }
+}
+
+// The low-rank steps of one channel of one session over T inputs; the
+// state is read from `x0` and written to `x` (after the first step both
+// are `x`).
 template <int R>
 void LowRankSteps(int m, const double* __restrict lb, const double* __restrict bt,
                   const double* __restrict om, const double* const* ua,
                   const double* const* ga, double delta, const double* __restrict u,
-                  int steps, double* __restrict x, double* __restrict y) {
-  double *xr = x, *xi = x + m;
-  const int mv = m - m % 4;  // modes handled 4 at a time
+                  int steps, const double* x0, double* x, double* __restrict y) {
   for (int t = 0; t < steps; ++t) {
-    const double in = u[t];
-    V4 kacc[R];
-    for (int a = 0; a < R; ++a) kacc[a] = V4{0, 0, 0, 0};
-    V4 oacc = {0, 0, 0, 0};
-    int j = 0;
-    for (; j < mv; j += 4) {
-      const V4 x_r = Load4(xr + j), x_i = Load4(xi + j);
-      for (int a = 0; a < R; ++a) kacc[a] += Load4(ga[a] + j) * x_r - Load4(ga[a] + m + j) * x_i;
-      oacc += Load4(om + j) * x_r - Load4(om + m + j) * x_i;
-    }
-    double k[R];
-    for (int a = 0; a < R; ++a) k[a] = (kacc[a][0] + kacc[a][1]) + (kacc[a][2] + kacc[a][3]);
-    double o = (oacc[0] + oacc[1]) + (oacc[2] + oacc[3]);
-    for (; j < m; ++j) {
-      for (int a = 0; a < R; ++a) k[a] += ga[a][j] * xr[j] - ga[a][m + j] * xi[j];
-      o += om[j] * xr[j] - om[m + j] * xi[j];
-    }
-    y[t] = o + delta * in;
-    const V4 vin = {in, in, in, in};
-    V4 vk[R];
-    for (int a = 0; a < R; ++a) vk[a] = V4{k[a], k[a], k[a], k[a]};
-    for (j = 0; j < mv; j += 4) {
-      const V4 x_r = Load4(xr + j), x_i = Load4(xi + j), lr = Load4(lb + j), li = Load4(lb + m + j);
-      V4 nr = lr * x_r - li * x_i + Load4(bt + j) * vin;
-      V4 ni = lr * x_i + li * x_r + Load4(bt + m + j) * vin;
-      for (int a = 0; a < R; ++a) {
-        nr += Load4(ua[a] + j) * vk[a];
-        ni += Load4(ua[a] + m + j) * vk[a];
-      }
-      Store4(xr + j, nr);
-      Store4(xi + j, ni);
-    }
-    for (; j < m; ++j) {
-      double nr = lb[j] * xr[j] - lb[m + j] * xi[j] + bt[j] * in;
-      double ni = lb[j] * xi[j] + lb[m + j] * xr[j] + bt[m + j] * in;
-      for (int a = 0; a < R; ++a) {
-        nr += ua[a][j] * k[a];
-        ni += ua[a][m + j] * k[a];
-      }
-      xr[j] = nr;
-      xi[j] = ni;
-    }
+    const double* in = t == 0 ? x0 : x;
+    LowRankStep<R, 1>(m, lb, bt, om, ua, ga, delta, u + t, 1, &in, &x, y + t);
   }
 }
 
@@ -335,7 +432,7 @@ absl::StatusOr<SsmStepper> SsmStepper::Create(const DplrSystem& s,
   return st;
 }
 
-void SsmStepper::StepChannel(int h, const double* u, int steps, double* x,
+void SsmStepper::StepChannel(int h, const double* u, int steps, const double* in, double* x,
                              double* y) const {
   const int m = modes_, r = rank_;
   const double d = d_(h);
@@ -345,7 +442,7 @@ void SsmStepper::StepChannel(int h, const double* u, int steps, double* x,
     const Eigen::VectorXcd& c = dense_c_[h];
     Eigen::VectorXcd full(2 * m), next(2 * m);
     for (int j = 0; j < m; ++j) {
-      full(j) = cdouble(x[j], x[m + j]);
+      full(j) = cdouble(in[j], in[m + j]);
       full(m + j) = std::conj(full(j));
     }
     for (int t = 0; t < steps; ++t) {
@@ -361,7 +458,7 @@ void SsmStepper::StepChannel(int h, const double* u, int steps, double* x,
   }
   const int off = h * 2 * m;
   if (r == 0) {
-    DiagonalSteps(m, &a_[off], &b_[off], &c_[off], d, u, steps, x, y);
+    DiagonalSteps(m, &a_[off], &b_[off], &c_[off], d, u, steps, in, x, y);
     return;
   }
   const double* ua[kMaxRank];
@@ -372,12 +469,40 @@ void SsmStepper::StepChannel(int h, const double* u, int steps, double* x,
   }
   const double *lb = &lb_[off], *bt = &bt_[off], *om = &om_[off];
   switch (r) {  // the rank as a constant: accumulators stay in registers
-    case 1: return LowRankSteps<1>(m, lb, bt, om, ua, ga, dy_[h], u, steps, x, y);
-    case 2: return LowRankSteps<2>(m, lb, bt, om, ua, ga, dy_[h], u, steps, x, y);
-    case 3: return LowRankSteps<3>(m, lb, bt, om, ua, ga, dy_[h], u, steps, x, y);
-    default: return LowRankSteps<4>(m, lb, bt, om, ua, ga, dy_[h], u, steps, x, y);
+    case 1: return LowRankSteps<1>(m, lb, bt, om, ua, ga, dy_[h], u, steps, in, x, y);
+    case 2: return LowRankSteps<2>(m, lb, bt, om, ua, ga, dy_[h], u, steps, in, x, y);
+    case 3: return LowRankSteps<3>(m, lb, bt, om, ua, ga, dy_[h], u, steps, in, x, y);
+    default: return LowRankSteps<4>(m, lb, bt, om, ua, ga, dy_[h], u, steps, in, x, y);
   }
   static_assert(kMaxRank == 4, "LowRankSteps is instantiated for ranks 1..4");
+}
+
+template <int R, int S>
+void SsmStepper::StepSessions(int64_t b0, const double* u, const double* const* in,
+                              double* const* out, int batch, double* y) const {
+  static_assert(kMaxRank == 4, "StepSessions is instantiated for ranks 1..4");
+  const int m = modes_;
+  const size_t per_session = static_cast<size_t>(state_size());
+  const double* xin[S];
+  double* xout[S];
+  for (int h = 0; h < channels_; ++h) {
+    const size_t at = static_cast<size_t>(h) * 2 * m;
+    for (int s = 0; s < S; ++s) {
+      const int64_t b = b0 + s;
+      xin[s] = in[b / batch] + (b % batch) * per_session + at;
+      xout[s] = out[b / batch] + (b % batch) * per_session + at;
+    }
+    const double* ua[R];
+    const double* ga[R];
+    for (int a = 0; a < R; ++a) {
+      ua[a] = &u_[(h * R + a) * 2 * m];
+      ga[a] = &g_[(h * R + a) * 2 * m];
+    }
+    // Steps of one: session b's input and output for channel h sit at
+    // b * H + h.
+    LowRankStep<R, S>(m, &lb_[at], &bt_[at], &om_[at], ua, ga, dy_[h], u + b0 * channels_ + h,
+                      channels_, xin, xout, y + b0 * channels_ + h);
+  }
 }
 
 absl::Status SsmStepper::Run(absl::Span<const double> u, int batch, int steps,
@@ -387,28 +512,72 @@ absl::Status SsmStepper::Run(absl::Span<const double> u, int batch, int steps,
       !st.ok()) {
     return st;
   }
+  double* const s = state.data();
+  RunBlocks(u.data(), batch, 1, steps, &s, &s, y.data());
+  return absl::OkStatus();
+}
+
+void SsmStepper::RunBlocks(const double* u, int batch, int blocks, int steps,
+                           const double* const* in, double* const* out, double* y) const {
+  // Session b of the whole set is session b % batch of group b / batch.
+  const int64_t sessions = static_cast<int64_t>(batch) * blocks;
+  const size_t per_session = static_cast<size_t>(state_size());
+  auto state_in = [&](int64_t b) { return in[b / batch] + (b % batch) * per_session; };
+  auto state_out = [&](int64_t b) { return out[b / batch] + (b % batch) * per_session; };
   if (steps == 1 && rank_ == 0 && kind_ == Kind::kFast) {
-    const int64_t per_session = std::max<int64_t>(1, 65536 / state_size());
-    internal::ParallelFor(batch, per_session, [&](int64_t begin, int64_t end) {
+    const int64_t min_sessions = std::max<int64_t>(1, 65536 / state_size());
+    internal::ParallelFor(sessions, min_sessions, [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
-        DiagonalStepAllChannels(channels_, modes_, a_.data(), b_.data(), c_.data(),
-                                d_.data(), &u[b * channels_], &state[b * state_size()],
+        DiagonalStepAllChannels(channels_, modes_, a_.data(), b_.data(), c_.data(), d_.data(),
+                                &u[b * channels_], state_in(b), state_out(b),
                                 &y[b * channels_]);
       }
     });
-    return absl::OkStatus();
+    return;
   }
-  const int64_t rows = static_cast<int64_t>(batch) * channels_;
   // A thread hand-off costs microseconds: only split work that is larger.
   const int64_t min_block =
       std::max<int64_t>(1, 65536 / (int64_t(steps) * modes_ * (rank_ + 1)));
+  if (steps == 1 && rank_ > 0 && kind_ == Kind::kFast) {
+    // The streaming case: sessions four at a time through each channel
+    // (LowRankStep shares the channel's parameters between them and
+    // overlaps their reductions), channel after channel.
+    const int64_t min_sessions = std::max<int64_t>(1, min_block / channels_);
+    internal::ParallelFor(sessions, min_sessions, [&](int64_t begin, int64_t end) {
+      for (int64_t b0 = begin; b0 < end; b0 += 4) {
+        const int group = static_cast<int>(std::min<int64_t>(4, end - b0));
+        switch (rank_ * 8 + group) {
+          case 8 + 1: StepSessions<1, 1>(b0, u, in, out, batch, y); break;
+          case 8 + 2: StepSessions<1, 2>(b0, u, in, out, batch, y); break;
+          case 8 + 3: StepSessions<1, 3>(b0, u, in, out, batch, y); break;
+          case 8 + 4: StepSessions<1, 4>(b0, u, in, out, batch, y); break;
+          case 16 + 1: StepSessions<2, 1>(b0, u, in, out, batch, y); break;
+          case 16 + 2: StepSessions<2, 2>(b0, u, in, out, batch, y); break;
+          case 16 + 3: StepSessions<2, 3>(b0, u, in, out, batch, y); break;
+          case 16 + 4: StepSessions<2, 4>(b0, u, in, out, batch, y); break;
+          case 24 + 1: StepSessions<3, 1>(b0, u, in, out, batch, y); break;
+          case 24 + 2: StepSessions<3, 2>(b0, u, in, out, batch, y); break;
+          case 24 + 3: StepSessions<3, 3>(b0, u, in, out, batch, y); break;
+          case 24 + 4: StepSessions<3, 4>(b0, u, in, out, batch, y); break;
+          case 32 + 1: StepSessions<4, 1>(b0, u, in, out, batch, y); break;
+          case 32 + 2: StepSessions<4, 2>(b0, u, in, out, batch, y); break;
+          case 32 + 3: StepSessions<4, 3>(b0, u, in, out, batch, y); break;
+          default: StepSessions<4, 4>(b0, u, in, out, batch, y); break;
+        }
+      }
+    });
+    return;
+  }
+  const int64_t rows = sessions * channels_;
   internal::ParallelFor(rows, min_block, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / channels_;
       const int h = static_cast<int>(row % channels_);
-      StepChannel(h, &u[row * steps], steps, &state[row * 2 * modes_], &y[row * steps]);
+      const size_t at = static_cast<size_t>(h) * 2 * modes_;
+      StepChannel(h, &u[row * steps], steps, state_in(b) + at, state_out(b) + at,
+                  &y[row * steps]);
     }
   });
-  return absl::OkStatus();
 }
 
 

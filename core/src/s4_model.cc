@@ -13,6 +13,7 @@
 #include "model_internal.h"
 #include "model_weights.h"
 #include "parallel.h"
+#include "row_linear.h"
 #include "ssm/conv_mode.h"
 #include "ssm/fft_conv.h"
 #include "ssm/kernel.h"
@@ -30,6 +31,7 @@ using Rows = Map<RowMatrixXd>;
 struct Linear {
   RowMatrixXd w;  // out x in
   VectorXd b;     // out
+  RowLinear rows;  // the same map for the streaming pass (row_linear.h)
   int in() const { return static_cast<int>(w.cols()); }
   int out() const { return static_cast<int>(w.rows()); }
   // y = x w^T + b over rows. For a single row Eigen picks a GEMV, and for
@@ -272,6 +274,155 @@ class S4Model final : public Model {
     return Run(x, batch, steps, state, y, scratch);
   }
 
+  // Short chunks of one session or of many (Session::Run, RunBatch): one
+  // pass over every session's rows, as Run does, except that
+  //   - each session's state stays in its own buffers (read from
+  //     state_in, written to state_out: SsmStepper::RunBlocks);
+  //   - the linears are RowLinear's, whose rows do not depend on one
+  //     another, and every other stage works row by row or, for the SSM,
+  //     session by session, so a session's bits are the same whatever
+  //     else is in the pass;
+  //   - a non-finite value reaching an SSM fails only its session (the
+  //     stepper's check, per session, with its message); the pass goes on
+  //     for the others.
+  void AdvanceShort(absl::Span<ShortChunk> chunks, int batch, int steps,
+                    std::vector<double>& scratch) const override {
+    const int h = s4_.d_model, d_in = spec().d_input, d_out = spec().d_output;
+    const int64_t n = static_cast<int64_t>(chunks.size());
+    const int64_t per = static_cast<int64_t>(batch) * steps;  // one session's rows
+    const int64_t rows = n * per;
+    const size_t width = static_cast<size_t>(rows) * h;
+    // Run's scratch, then the gathered inputs and outputs.
+    const size_t need = 7 * width + static_cast<size_t>(rows) * (d_in + d_out);
+    if (scratch.size() < need) scratch.resize(need);
+    double* stream = scratch.data();
+    double* ssm_in = stream + width;
+    double* ssm_out = ssm_in + width;
+    double* z_all = ssm_out + 2 * width;
+    double* wide_all = z_all + width;  // 2 width
+    double* xs = wide_all + 2 * width;
+    double* ys = xs + static_cast<size_t>(rows) * d_in;
+    for (int64_t i = 0; i < n; ++i) {
+      std::copy(chunks[i].x.begin(), chunks[i].x.end(), xs + i * per * d_in);
+    }
+    const int64_t min_rows = std::max<int64_t>(1, 16384 / (h * 4));
+    // As Run's: row r = b * steps + t (b counting every session's streams)
+    // sits at column t of row (b, c) in the SSM layout.
+    auto to_ssm = [&](int64_t begin, int64_t end, const double* src, double* dst) {
+      for (int64_t r0 = begin; r0 < end;) {
+        const int64_t b = r0 / steps, t0 = r0 % steps;
+        const int64_t m = std::min(end - r0, steps - t0);
+        for (int c = 0; c < h; ++c) {
+          double* out = dst + (b * h + c) * steps + t0;
+          const double* in = src + r0 * h + c;
+          for (int64_t i = 0; i < m; ++i) out[i] = in[i * h];
+        }
+        r0 += m;
+      }
+    };
+    auto from_ssm = [&](int64_t begin, int64_t end, const double* src, double* dst) {
+      for (int64_t r0 = begin; r0 < end;) {
+        const int64_t b = r0 / steps, t0 = r0 % steps;
+        const int64_t m = std::min(end - r0, steps - t0);
+        for (int c = 0; c < h; ++c) {
+          const double* in = src + (b * h + c) * steps + t0;
+          double* out = dst + r0 * h + c;
+          for (int64_t i = 0; i < m; ++i) out[i * h] = in[i];
+        }
+        r0 += m;
+      }
+    };
+
+    if (encoder_) {
+      ParallelFor(rows, min_rows, [&](int64_t begin, int64_t end) {
+        encoder_->rows.Apply(xs + begin * d_in, end - begin, stream + begin * h);
+      });
+    } else {
+      std::copy(xs, xs + width, stream);
+    }
+    // Per layer, each session's state block (its state is [layer][batch][H][2M]).
+    thread_local std::vector<const double*> state_in;
+    thread_local std::vector<double*> state_out;
+    state_in.resize(n);
+    state_out.resize(n);
+    size_t state_off = 0;
+    const size_t session_io = static_cast<size_t>(per) * h;  // one session's SSM values
+    for (const Block& blk : blocks_) {
+      ParallelFor(rows, min_rows, [&](int64_t begin, int64_t end) {
+        const double* in = stream;
+        if (s4_.norm == NormPlacement::kPre) {
+          blk.norm.Apply(stream + begin * h, static_cast<int>(end - begin), z_all + begin * h);
+          in = z_all;
+        }
+        to_ssm(begin, end, in, ssm_in);
+      });
+      for (int64_t i = 0; i < n; ++i) {
+        ShortChunk& c = chunks[i];
+        if (c.status.ok()) {
+          const double* u = ssm_in + i * session_io;
+          for (size_t j = 0; j < session_io; ++j) {
+            if (!std::isfinite(u[j])) {
+              c.status = absl::InvalidArgumentError(
+                  absl::StrCat("u has a non-finite value at index ", j));
+              break;
+            }
+          }
+        }
+        state_in[i] = c.state_in + state_off;
+        state_out[i] = c.state_out + state_off;
+      }
+      blk.stepper->RunBlocks(ssm_in, batch, static_cast<int>(n), steps, state_in.data(),
+                             state_out.data(), ssm_out);
+      state_off += static_cast<size_t>(batch) * blk.stepper->state_size();
+      ParallelFor(rows, min_rows, [&](int64_t begin, int64_t end) {
+        const int m = static_cast<int>(end - begin);
+        double* z = z_all + begin * h;
+        double* wide = wide_all + begin * 2 * h;
+        from_ssm(begin, end, ssm_out, z_all);
+        Activate(s4_.activation, z, static_cast<size_t>(m) * h);
+        switch (s4_.output_linear) {
+          case OutputLinearKind::kGlu:
+            blk.out.rows.Apply(z, m, wide);
+            for (int r = 0; r < m; ++r) {
+              const double* a = wide + static_cast<size_t>(r) * 2 * h;
+              for (int j = 0; j < h; ++j) z[r * h + j] = a[j] / (1.0 + std::exp(-a[h + j]));
+            }
+            break;
+          case OutputLinearKind::kLinear:
+            blk.out.rows.Apply(z, m, wide);
+            std::copy(wide, wide + static_cast<size_t>(m) * h, z);
+            Activate(s4_.output_activation, z, static_cast<size_t>(m) * h);
+            break;
+          case OutputLinearKind::kNone:
+            break;
+        }
+        double* out = stream + begin * h;
+        if (s4_.residual) {
+          for (size_t i = 0; i < static_cast<size_t>(m) * h; ++i) out[i] += z[i];
+        } else {
+          std::copy(z, z + static_cast<size_t>(m) * h, out);
+        }
+        if (s4_.norm == NormPlacement::kPost) blk.norm.Apply(out, m, out);
+      });
+    }
+    if (final_norm_) {
+      ParallelFor(rows, min_rows, [&](int64_t begin, int64_t end) {
+        final_norm_->Apply(stream + begin * h, static_cast<int>(end - begin), stream + begin * h);
+      });
+    }
+    if (decoder_) {
+      ParallelFor(rows, min_rows, [&](int64_t begin, int64_t end) {
+        decoder_->rows.Apply(stream + begin * h, end - begin, ys + begin * d_out);
+      });
+    } else {
+      std::copy(stream, stream + width, ys);
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      const double* from = ys + i * per * d_out;
+      std::copy(from, from + per * d_out, chunks[i].y.begin());
+    }
+  }
+
  private:
   // One pass of the stack over `steps` steps. With a state (sessions), each
   // SSM continues from and updates its slice of it; without (Forward), the
@@ -483,6 +634,7 @@ absl::StatusOr<Linear> ReadLinear(WeightReader& w, const std::string& prefix, in
   Linear l;
   l.w = Map<const RowMatrixXd>(weight->data(), out, in);
   l.b = Map<const VectorXd>(bias->data(), out);
+  l.rows = RowLinear(l.w, l.b);
   return l;
 }
 

@@ -60,10 +60,54 @@ class Reader {
   size_t pos_ = 0;
 };
 
-// Where Run saves a session's state before a chunk (see Run).
+// Where Run saves a session's state before a long chunk (see Run).
 std::vector<double>& ThreadBackup() {
   thread_local std::vector<double> backup;
   return backup;
+}
+
+// The buffers a thread lends short chunks for their new states: a chunk's
+// state after it is written into one, and when the chunk succeeds that
+// buffer becomes the session's state and the session's old buffer comes
+// back here, so no state is ever copied to be able to undo a chunk. A
+// session's state buffer is exactly its size, so buffers are kept and
+// found by exact capacity (a session never gets a larger one), at most
+// kKeptDoubles of them in all; a state larger than that gets a buffer of
+// its own each time.
+class SparePool {
+ public:
+  static constexpr size_t kKeptDoubles = size_t{1} << 19;  // 4 MiB
+  static constexpr size_t kKeptBuffers = 64;
+
+  std::vector<double> Take(size_t n) {
+    for (size_t i = free_.size(); i-- > 0;) {
+      if (free_[i].capacity() != n) continue;
+      std::vector<double> v = std::move(free_[i]);
+      free_[i] = std::move(free_.back());
+      free_.pop_back();
+      held_ -= n;
+      v.resize(n);
+      return v;
+    }
+    return std::vector<double>(n);
+  }
+
+  void Give(std::vector<double> v) {
+    if (v.capacity() == 0 || held_ + v.capacity() > kKeptDoubles) return;  // freed here
+    if (free_.capacity() == 0) free_.reserve(kKeptBuffers);
+    if (free_.size() == kKeptBuffers) return;
+    held_ += v.capacity();
+    free_.push_back(std::move(v));
+  }
+
+ private:
+  std::vector<std::vector<double>> free_;
+  size_t held_ = 0;
+};
+
+SparePool& ThreadSpares() {
+  thread_local SparePool pool;
+  return pool;
 }
 
 }  // namespace
@@ -126,21 +170,33 @@ absl::Status Session::Run(absl::Span<const double> x, int steps, absl::Span<doub
   return Run(x, steps, y, [](int) { return absl::OkStatus(); });
 }
 
-absl::Status Session::Run(absl::Span<const double> x, int steps, absl::Span<double> y,
-                          absl::FunctionRef<absl::Status(int done)> between_passes) {
-  const Model& m = *model_;
+absl::Status Session::CheckChunk(absl::Span<const double> x, int steps,
+                                 absl::Span<const double> y) const {
   if (steps < 1) return absl::InvalidArgumentError(absl::StrCat("steps must be >= 1, got ", steps));
-  if (auto st = internal::CheckIoArgs(m, x, batch_, steps, y); !st.ok()) return st;
+  if (auto st = internal::CheckIoArgs(*model_, x, batch_, steps, y); !st.ok()) return st;
   if (steps > kMaxPosition - position_) {
     return absl::OutOfRangeError(absl::StrCat("the stream is at step ", position_, "; ", steps,
                                               " more would pass the largest position, 2^53"));
   }
-  // No error may leave a half-advanced state (nor a between_passes stop, nor
-  // an output that fails the check): the state is saved first and restored
-  // on any failure. The copy is kept per thread, not per session, so an
-  // idle session holds only its own state and a step allocates nothing
-  // once the thread's buffer has grown; a state too large to keep around
-  // is copied into a buffer of its own.
+  return absl::OkStatus();
+}
+
+absl::Status Session::Run(absl::Span<const double> x, int steps, absl::Span<double> y,
+                          absl::FunctionRef<absl::Status(int done)> between_passes) {
+  if (auto st = CheckChunk(x, steps, y); !st.ok()) return st;
+  if (steps < kConvChunkThreshold) {
+    // The recurrent mode, the same pass RunBatch makes: the new state is
+    // written beside the old and swapped in on success.
+    Chunk chunk{this, x, y, absl::OkStatus()};
+    Chunk* const one = &chunk;
+    RunShort(&one, 1, steps, scratch_);
+    return chunk.status;
+  }
+  // A long chunk runs in place: no error may leave a half-advanced state
+  // (nor a between_passes stop, nor an output that fails the check), so the
+  // state is saved first and restored on any failure. The copy is kept per
+  // thread, not per session, so an idle session holds only its own state;
+  // a state too large to keep around is copied into a buffer of its own.
   std::vector<double> own_backup;
   std::vector<double>& backup = state_.size() <= kKeptScratchDoubles ? ThreadBackup() : own_backup;
   backup.assign(state_.begin(), state_.end());
@@ -156,6 +212,94 @@ absl::Status Session::Run(absl::Span<const double> x, int steps, absl::Span<doub
   if (scratch_.capacity() > kKeptScratchDoubles) std::vector<double>().swap(scratch_);
   position_ += steps;
   return absl::OkStatus();
+}
+
+void Session::RunShort(Chunk* const* chunks, int n, int steps, std::vector<double>& scratch) {
+  const Session& first = *chunks[0]->session;
+  const Model& m = *first.model_;
+  const size_t size = first.state_.size();
+  SparePool& pool = ThreadSpares();
+  thread_local std::vector<Model::ShortChunk> items;
+  thread_local std::vector<std::vector<double>> spares;
+  items.resize(n);
+  spares.resize(n);
+  for (int i = 0; i < n; ++i) {
+    Session& s = *chunks[i]->session;
+    spares[i] = pool.Take(size);
+    Model::ShortChunk& item = items[i];
+    item.x = chunks[i]->x;
+    item.y = chunks[i]->y;
+    item.state_in = s.state_.data();
+    item.state_out = spares[i].data();
+    item.position = s.position_;
+    item.status = absl::OkStatus();
+  }
+  m.AdvanceShort(absl::MakeSpan(items.data(), n), first.batch_, steps, scratch);
+  for (int i = 0; i < n; ++i) {
+    Chunk& c = *chunks[i];
+    Session& s = *c.session;
+    absl::Status status = std::move(items[i].status);
+    if (status.ok()) status = s.CheckOutputs(c.y, steps);
+    if (status.ok()) {
+      s.state_.swap(spares[i]);  // the old state's buffer goes back to the pool
+      s.position_ += steps;
+    }
+    c.status = std::move(status);
+    pool.Give(std::move(spares[i]));
+  }
+  // Short chunks keep their scratch (a step then allocates nothing) unless
+  // it grew past what an idle session should hold.
+  if (scratch.capacity() > kKeptScratchDoubles) std::vector<double>().swap(scratch);
+}
+
+void Session::RunBatch(absl::Span<Chunk> chunks, int steps) {
+  const size_t n = chunks.size();
+  // A session named twice: all but its first chunk are refused.
+  thread_local std::vector<std::pair<const Session*, size_t>> order;
+  thread_local std::vector<char> repeat;
+  order.clear();
+  repeat.assign(n, 0);
+  for (size_t i = 0; i < n; ++i) {
+    if (chunks[i].session != nullptr) order.emplace_back(chunks[i].session, i);
+  }
+  std::sort(order.begin(), order.end());
+  for (size_t k = 1; k < order.size(); ++k) {
+    if (order[k].first == order[k - 1].first) repeat[order[k].second] = 1;
+  }
+  thread_local std::vector<Chunk*> group;
+  group.clear();
+  const Session* first = nullptr;
+  for (size_t i = 0; i < n; ++i) {
+    Chunk& c = chunks[i];
+    if (c.session == nullptr) {
+      c.status = absl::InvalidArgumentError("a chunk of RunBatch has no session");
+      continue;
+    }
+    if (repeat[i]) {
+      c.status = absl::FailedPreconditionError(
+          "a session appears more than once in one RunBatch; it runs its first chunk only");
+      continue;
+    }
+    Session& s = *c.session;
+    if (first == nullptr) first = &s;
+    if (steps >= kConvChunkThreshold || s.model_ != first->model_ || s.batch_ != first->batch_) {
+      c.status = s.Run(c.x, steps, c.y);
+      continue;
+    }
+    c.status = s.CheckChunk(c.x, steps, c.y);
+    if (c.status.ok()) group.push_back(&c);
+  }
+  if (group.empty()) return;
+  // Passes of at most kMaxRowsPerPass rows (the scratch's bound, as Run's
+  // slices) and kMaxSessionsPerPass sessions.
+  const int64_t rows = static_cast<int64_t>(first->batch_) * steps;
+  const int per_pass = static_cast<int>(
+      std::clamp<int64_t>(kMaxRowsPerPass / rows, 1, kMaxSessionsPerPass));
+  thread_local std::vector<double> scratch;
+  for (size_t at = 0; at < group.size(); at += per_pass) {
+    const int count = static_cast<int>(std::min<size_t>(per_pass, group.size() - at));
+    RunShort(group.data() + at, count, steps, scratch);
+  }
 }
 
 absl::Status Session::RunOn(absl::Span<double> state, absl::Span<const double> x, int steps,

@@ -79,6 +79,42 @@ TEST(SessionAllocTest, StepsAllocateNothing) {
   }
 }
 
+// Steps of many sessions in one pass (RunBatch: 64 sessions, several
+// passes), alternating with single sessions of another model on the same
+// thread: once the thread's buffers have grown, nothing is allocated.
+TEST(SessionAllocTest, BatchedStepsAllocateNothing) {
+  const std::shared_ptr<const Model> dplr = Demo(KernelKind::kDplr);
+  const std::shared_ptr<const Model> diag = Demo(KernelKind::kDiagonal);
+  std::vector<Session> sessions;
+  for (int i = 0; i < 64; ++i) sessions.push_back(*Session::Create(dplr, 1));
+  Session other = *Session::Create(diag, 2);
+  std::vector<double> x(64, 0.25), y(64), ox(2, 0.5), oy(2);
+  std::vector<Session::Chunk> chunks(64);
+  auto round = [&](int t) {
+    for (int i = 0; i < 64; ++i) {
+      x[i] = 0.01 * t + 0.001 * i;
+      chunks[i] = {&sessions[i], absl::MakeConstSpan(&x[i], 1), absl::MakeSpan(&y[i], 1),
+                   absl::OkStatus()};
+    }
+    Session::RunBatch(absl::MakeSpan(chunks), 1);
+    return other.Run(ox, 1, absl::MakeSpan(oy));
+  };
+  ASSERT_TRUE(round(0).ok());  // the thread's buffers grow
+  g_allocations = 0;
+  g_counting = true;
+  for (int t = 1; t <= 20; ++t) {
+    const absl::Status st = round(t);
+    bool all_ok = st.ok();
+    for (const Session::Chunk& c : chunks) all_ok = all_ok && c.status.ok();
+    if (!all_ok) {
+      g_counting = false;
+      FAIL() << "round " << t << " failed";
+    }
+  }
+  g_counting = false;
+  EXPECT_EQ(g_allocations, 0);
+}
+
 // The counter itself works (the test above could not pass vacuously).
 TEST(SessionAllocTest, CounterSeesAllocations) {
   g_allocations = 0;

@@ -3,6 +3,7 @@
 // each response's shape and position, so a dropped, repeated or reordered
 // response is an error here), the counts and percentiles consistent, the
 // wall-clock cap honoured, failures counted.
+#include <cmath>
 #include <csignal>
 #include <cstdint>
 #include <memory>
@@ -115,6 +116,53 @@ TEST(BenchTest, BadOptionsAreInvalidArgument) {
   o.inflight = 1;
   o.max_duration = absl::ZeroDuration();
   EXPECT_CODE(RunBench(*client, o), kInvalidArgument);
+  o.max_duration = absl::Seconds(10);
+  o.rate = -1;
+  EXPECT_CODE(RunBench(*client, o), kInvalidArgument);
+  o.rate = std::nan("");
+  EXPECT_CODE(RunBench(*client, o), kInvalidArgument);
+}
+
+// Paced streams (--rate) keep to their schedule: 6 chunks at 20 a second
+// take at least 0.3 s, every one answered; the report carries both sides'
+// CPU time and the server's memory.
+TEST(BenchTest, PacedStreamsKeepTheirScheduleAndReportCpu) {
+  const ServerProcess& server = SharedServer();
+  auto client = ClientFor(server);
+  BenchOptions o = Streams("legt-delay", 8, 6, 1, 1, absl::Seconds(30));
+  o.rate = 20;
+  o.server_pid = server.pid();
+  absl::StatusOr<BenchReport> r = RunBench(*client, o);
+  ASSERT_OK(r);
+  ExpectComplete(*r, o);
+  EXPECT_GE(r->elapsed, absl::Milliseconds(300));
+  EXPECT_LT(r->elapsed, absl::Seconds(10));
+  EXPECT_GT(r->client_cpu, absl::ZeroDuration());
+  EXPECT_GE(r->server_cpu, absl::ZeroDuration());
+  EXPECT_GT(r->rss_before_kb, 0);
+  EXPECT_GE(r->rss_held_kb, 0);
+
+  // Without a PID the server's side is not measured.
+  o.server_pid = 0;
+  r = RunBench(*client, o);
+  ASSERT_OK(r);
+  EXPECT_LT(r->server_cpu, absl::ZeroDuration());
+  EXPECT_EQ(r->rss_held_kb, -1);
+}
+
+// The cap also ends paced streams that wait for their next chunk's time
+// (one every 100 s here) or have not even opened yet: at once, cleanly.
+TEST(BenchTest, MaxDurationStopsPacedStreamsWaitingForTheirTime) {
+  auto client = ClientFor(SharedServer());
+  BenchOptions o = Streams("legt-delay", 4, 10, 1, 1, absl::Milliseconds(300));
+  o.rate = 0.01;
+  const absl::Time start = absl::Now();
+  absl::StatusOr<BenchReport> r = RunBench(*client, o);
+  ASSERT_OK(r);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(3));
+  EXPECT_TRUE(r->hit_max_duration);
+  EXPECT_EQ(r->errors, 0) << r->first_error;
+  EXPECT_EQ(r->completed, 0);
 }
 
 // The cap stops streams that their counts would keep going for hours: they
@@ -231,6 +279,9 @@ TEST(BenchJsonTest, EveryFieldRoundTrips) {
   r.p90 = absl::Microseconds(20);
   r.p99 = absl::Microseconds(30);
   r.max = absl::Microseconds(40);
+  r.options.rate = 12.5;
+  r.client_cpu = absl::Milliseconds(38);
+  r.server_cpu = absl::Milliseconds(76);
 
   const std::string text = client::FormatBenchJson(r);
   ASSERT_FALSE(text.empty());
@@ -241,10 +292,12 @@ TEST(BenchJsonTest, EveryFieldRoundTrips) {
   std::vector<std::string> keys;
   for (const auto& [key, value] : j.items()) keys.push_back(key);
   EXPECT_EQ(keys, (std::vector<std::string>{
-                      "batch", "calls", "chunk", "completed", "completed_per_second",
+                      "batch", "calls", "chunk", "client_cpu_seconds",
+                      "client_cpu_us_per_completed", "completed", "completed_per_second",
                       "concurrency", "errors", "first_error", "hold_seconds", "inflight",
-                      "latency_us", "length", "max_seconds", "mode", "model", "seconds",
-                      "server_pid", "server_rss_before_kib", "server_rss_held_kib", "steps",
+                      "latency_us", "length", "max_seconds", "mode", "model", "rate", "seconds",
+                      "server_cpu_seconds", "server_cpu_us_per_completed", "server_pid",
+                      "server_rss_before_kib", "server_rss_held_kib", "steps",
                       "steps_per_second", "steps_per_stream", "stopped_by_max_seconds"}));
   EXPECT_EQ(j["mode"], "idle");
   EXPECT_EQ(j["model"], r.options.model);
@@ -270,6 +323,11 @@ TEST(BenchJsonTest, EveryFieldRoundTrips) {
   EXPECT_EQ(j["stopped_by_max_seconds"], true);
   EXPECT_EQ(j["server_rss_before_kib"], 1000);
   EXPECT_EQ(j["server_rss_held_kib"], 3000);
+  EXPECT_EQ(j["rate"], 12.5);
+  EXPECT_DOUBLE_EQ(j["client_cpu_seconds"].get<double>(), 0.038);
+  EXPECT_DOUBLE_EQ(j["server_cpu_seconds"].get<double>(), 0.076);
+  EXPECT_DOUBLE_EQ(j["client_cpu_us_per_completed"].get<double>(), 2000);
+  EXPECT_DOUBLE_EQ(j["server_cpu_us_per_completed"].get<double>(), 4000);
 }
 
 // What is not measured or not a number is null, and bytes that are not
@@ -281,6 +339,9 @@ TEST(BenchJsonTest, UnmeasuredIsNullAndAnyBytesAreValid) {
   const nlohmann::json j = nlohmann::json::parse(client::FormatBenchJson(r));
   EXPECT_TRUE(j["server_rss_before_kib"].is_null());
   EXPECT_TRUE(j["server_rss_held_kib"].is_null());
+  EXPECT_TRUE(j["server_cpu_seconds"].is_null());
+  EXPECT_TRUE(j["server_cpu_us_per_completed"].is_null());
+  EXPECT_TRUE(j["client_cpu_us_per_completed"].is_null());  // nothing completed
   EXPECT_TRUE(j["max_seconds"].is_null());
   EXPECT_TRUE(j["steps_per_second"].is_null());  // zero elapsed
   EXPECT_EQ(j["first_error"], "bad \xEF\xBF\xBD\xEF\xBF\xBD bytes");  // U+FFFD each

@@ -77,6 +77,22 @@ class Model {
   Model(ModelSpec spec, uint64_t fingerprint)
       : spec_(std::move(spec)), fingerprint_(fingerprint) {}
 
+  // One short chunk (steps < Session::kConvChunkThreshold, the recurrent
+  // mode) of one session, for AdvanceShort: x is batch x steps x d_input
+  // (finite), y batch x steps x d_output; the state (batch x state_size())
+  // is read from state_in and the state after the chunk written to
+  // state_out, a buffer that does not overlap it, so state_in is never
+  // changed. status is the session's own result; when it is not OK, y and
+  // state_out hold nothing of use.
+  struct ShortChunk {
+    absl::Span<const double> x;
+    absl::Span<double> y;
+    const double* state_in = nullptr;
+    double* state_out = nullptr;
+    int64_t position = 0;
+    absl::Status status;
+  };
+
  private:
   friend class Session;
   // Recurrent/chunked mode, used by Session: `steps` steps from `state`
@@ -86,6 +102,15 @@ class Model {
   virtual absl::Status Advance(absl::Span<const double> x, int batch, int steps,
                                int64_t position, absl::Span<double> state,
                                absl::Span<double> y, std::vector<double>& scratch) const = 0;
+
+  // A short chunk of each of several sessions of this model with `batch`
+  // streams each, `steps` steps, in one pass (Session::RunBatch; Session::Run
+  // passes one). Each session's outputs, state and status are bit for bit
+  // those it gets in a pass of its own: a failure (a non-finite value
+  // reaching an SSM) is that session's alone. This default runs Advance on
+  // each in turn; the S4 stack steps them together.
+  virtual void AdvanceShort(absl::Span<ShortChunk> chunks, int batch, int steps,
+                            std::vector<double>& scratch) const;
 
   ModelSpec spec_;
   uint64_t fingerprint_ = 0;

@@ -24,6 +24,7 @@
 #ifndef SSM_RECURRENT_H_
 #define SSM_RECURRENT_H_
 
+#include <cstdint>
 #include <vector>
 
 #include <Eigen/Core>
@@ -56,10 +57,30 @@ class SsmStepper {
   absl::Status Run(absl::Span<const double> u, int batch, int steps,
                    absl::Span<double> state, absl::Span<double> y) const;
 
+  // The same steps for sessions whose states lie apart, in `blocks` groups
+  // of `batch`: group k's state (batch x state_size() doubles) is read from
+  // in[k] and the state after the steps written to out[k], which is either
+  // in[k] itself (in place) or a buffer that does not overlap it (in[k] is
+  // then left as it was). u and y are (blocks x batch) x H x steps, the
+  // groups one after another. Every session's outputs and state are bit
+  // for bit those Run gives it, whatever the grouping. No checks: the
+  // caller gives finite inputs and buffers of the right sizes (Run is the
+  // checked form; a model's streaming pass checks each group's inputs).
+  void RunBlocks(const double* u, int batch, int blocks, int steps,
+                 const double* const* in, double* const* out, double* y) const;
+
  private:
   friend class DiagonalStepperF32;  // packs a_, b_, c_ in float
   SsmStepper() = default;
-  void StepChannel(int h, const double* u, int steps, double* x, double* y) const;
+  // One channel's steps from state `in` to state `out` (the same buffer, or
+  // two that do not overlap).
+  void StepChannel(int h, const double* u, int steps, const double* in, double* out,
+                   double* y) const;
+  // One low-rank step (rank R) of sessions b0 .. b0 + S - 1 of RunBlocks'
+  // set, every channel.
+  template <int R, int S>
+  void StepSessions(int64_t b0, const double* u, const double* const* in, double* const* out,
+                    int batch, double* y) const;
 
   Kind kind_ = Kind::kFast;
   int channels_ = 0, modes_ = 0, rank_ = 0;

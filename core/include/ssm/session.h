@@ -14,6 +14,11 @@
 // bounded whatever the batch: an S4 stack needs about 7 x rows x d_model
 // doubles.
 //
+// RunBatch runs a short chunk of each of many sessions of one model in one
+// pass of the model (a streaming server gathers them), each session's state
+// staying its own: every session gets exactly what Run would give it, bit
+// for bit, outputs, state, position and status alike.
+//
 // Snapshots (ExportState / Import) are portable bytes, little-endian:
 //   "SSMSNAP\0", u32 format version (1), u32 batch, u64 model fingerprint,
 //   u32 name length, name, i64 position, u64 state length n, n doubles,
@@ -29,9 +34,13 @@
 // session's output limit (set_output_limit), FailedPrecondition for a
 // model that cannot stream (bidirectional), OutOfRange when the position
 // would pass kMaxPosition. On every error the session is exactly as it was
-// before the call (state and position).
+// before the call (state and position). A short chunk never copies the
+// state to be able to undo itself: the new state is written beside the old
+// one (into a buffer the thread keeps) and the two are swapped when the
+// chunk succeeds; a long one saves a copy first.
 // Thread safety: a Session is not shareable without external locking;
-// distinct sessions of one model may run concurrently.
+// distinct sessions of one model may run concurrently (RunBatch included:
+// it needs only each of its sessions held).
 
 #ifndef SSM_SESSION_H_
 #define SSM_SESSION_H_
@@ -85,6 +94,29 @@ class Session {
   absl::Status Run(absl::Span<const double> x, int steps, absl::Span<double> y,
                    absl::FunctionRef<absl::Status(int done)> between_passes);
 
+  // One chunk of one session, for RunBatch.
+  struct Chunk {
+    Session* session = nullptr;
+    absl::Span<const double> x;  // session->batch() x steps x d_input
+    absl::Span<double> y;        // session->batch() x steps x d_output
+    absl::Status status;         // set by RunBatch: what Run would return
+  };
+  // Runs `steps` steps of every chunk's session, each exactly as
+  // chunk.session->Run(chunk.x, steps, chunk.y) would (outputs, state,
+  // position and status, bit for bit; a failing chunk leaves its session
+  // as it was and touches no other). The sessions that share the first
+  // one's model object and batch, with steps < kConvChunkThreshold, are
+  // stepped together, in passes of at most kMaxRowsPerPass rows and
+  // kMaxSessionsPerPass sessions; any other chunk runs on its own through
+  // Run. A session may appear once: a repeat gets FailedPrecondition and is
+  // not run. Like a short Run, nothing is allocated once the thread's
+  // buffers have grown.
+  static void RunBatch(absl::Span<Chunk> chunks, int steps);
+  // Sessions stepped in one pass: enough to share the model's weights
+  // across many rows, few enough that their states (in and out) stay in a
+  // core's L2 cache for small models (BM_StepBatch).
+  static constexpr int kMaxSessionsPerPass = 16;
+
   std::string ExportState() const;
 
   // Outputs of magnitude above `limit` fail their chunk (InvalidArgument,
@@ -96,10 +128,18 @@ class Session {
 
  private:
   Session(std::shared_ptr<const Model> model, int batch);
+  // A short chunk (steps < kConvChunkThreshold) of each of `n` sessions of
+  // one model and batch, checked already: one pass, new states swapped in
+  // where the chunk succeeds.
+  static void RunShort(Chunk* const* chunks, int n, int steps, std::vector<double>& scratch);
   // Runs the chunk, advancing `state`, in slices of time when it is wide.
   absl::Status RunOn(absl::Span<double> state, absl::Span<const double> x, int steps,
                      absl::Span<double> y,
                      absl::FunctionRef<absl::Status(int done)> between_passes);
+  // Run's checks before anything runs: steps, shapes, finite inputs, the
+  // position's bound.
+  absl::Status CheckChunk(absl::Span<const double> x, int steps,
+                          absl::Span<const double> y) const;
   // InvalidArgument naming the first output that is not finite or is
   // beyond output_limit_.
   absl::Status CheckOutputs(absl::Span<const double> y, int steps) const;
