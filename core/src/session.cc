@@ -9,6 +9,7 @@
 #include <nmmintrin.h>
 #endif
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "model_internal.h"
 
@@ -16,6 +17,18 @@ namespace ssm {
 namespace {
 
 constexpr char kMagic[8] = {'S', 'S', 'M', 'S', 'N', 'A', 'P', '\0'};
+
+// A model name read from a snapshot, as an error message may quote it. The
+// snapshot comes from a client: its name may be megabytes of anything (the
+// checksum proves nothing about who wrote it), so only its first bytes are
+// quoted, escaped.
+std::string QuoteSnapshotName(std::string_view name) {
+  constexpr size_t kMax = 64;
+  std::string quoted = absl::StrCat(
+      "'", absl::CHexEscape(absl::string_view(name.data(), std::min(name.size(), kMax))), "'");
+  if (name.size() > kMax) absl::StrAppend(&quoted, "...(+", name.size() - kMax, " bytes)");
+  return quoted;
+}
 
 std::array<uint32_t, 256> MakeCrcTable() {
   std::array<uint32_t, 256> t{};
@@ -293,8 +306,8 @@ void Session::RunBatch(absl::Span<Chunk> chunks, int steps) {
   // Passes of at most kMaxRowsPerPass rows (the scratch's bound, as Run's
   // slices) and kMaxSessionsPerPass sessions.
   const int64_t rows = static_cast<int64_t>(first->batch_) * steps;
-  const int per_pass = static_cast<int>(
-      std::clamp<int64_t>(kMaxRowsPerPass / rows, 1, kMaxSessionsPerPass));
+  const int per_pass =
+      static_cast<int>(std::clamp<int64_t>(kMaxRowsPerPass / rows, 1, kMaxSessionsPerPass));
   thread_local std::vector<double> scratch;
   for (size_t at = 0; at < group.size(); at += per_pass) {
     const int count = static_cast<int>(std::min<size_t>(per_pass, group.size() - at));
@@ -427,7 +440,7 @@ absl::StatusOr<Session> Session::Import(std::shared_ptr<const Model> model,
   }
   if (name != model->spec().name || fingerprint != model->fingerprint()) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "state snapshot belongs to model '", std::string(name), "' (weights fingerprint ",
+        "state snapshot belongs to model ", QuoteSnapshotName(name), " (weights fingerprint ",
         absl::Hex(fingerprint, absl::kZeroPad16), "), not to '", model->spec().name,
         "' (fingerprint ", absl::Hex(model->fingerprint(), absl::kZeroPad16), ")"));
   }

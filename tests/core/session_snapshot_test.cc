@@ -3,7 +3,8 @@
 // exact, of another model, truncated or corrupted. (The last two kept
 // their ModelTest names when they moved here from model_test.cc.)
 
-#include "ssm/session.h"
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
 
 #include <algorithm>
 #include <bit>
@@ -13,12 +14,10 @@
 #include <string_view>
 #include <vector>
 
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
-
 #include "core/ssm_systems.h"
 #include "core/test_models.h"
 #include "ssm/model.h"
+#include "ssm/session.h"
 
 // In the helpers' namespace (core/test_models.h, core/ssm_systems.h), so
 // they need no using-declarations.
@@ -67,7 +66,8 @@ TEST(SessionSnapshotTest, Crc32cMatchesTheBitwiseDefinition) {
   for (size_t offset = 0; offset < 8; ++offset) {
     for (size_t length = 0; length <= 67; ++length) {
       const std::string_view piece = all.substr(offset, length);
-      ASSERT_EQ(Crc32c(piece), Crc32cBitwise(piece)) << "offset " << offset << ", length " << length;
+      ASSERT_EQ(Crc32c(piece), Crc32cBitwise(piece))
+          << "offset " << offset << ", length " << length;
     }
   }
   for (size_t length : {65536u + 61u, 65537u, 69993u}) {
@@ -116,7 +116,7 @@ TEST(SessionSnapshotTest, LayoutFieldByField) {
   ASSERT_TRUE(m.ok()) << m.status();
   Session s = *Session::Create(*m, 2);
   const std::vector<double> x = {0.5, -1.25, 2.0, 1.0, 0.25, -0.75};  // 2 x 3 x 1
-  const std::vector<double> y = RunRange(s, x, 3, 0, 3);                // 2 x 3 x 2
+  const std::vector<double> y = RunRange(s, x, 3, 0, 3);              // 2 x 3 x 2
   const std::string snap = s.ExportState();
   ASSERT_EQ(snap.size(), 8u + 4 + 4 + 8 + 4 + 5 + 8 + 8 + 4 * 8 + 4);
 
@@ -178,11 +178,42 @@ TEST(ModelTest, SnapshotsOfAnotherModelOrCorruptedAreRefused) {
     EXPECT_EQ(Session::Import(m, bad).status().code(), absl::StatusCode::kDataLoss) << i;
   }
   for (size_t len : {size_t{0}, size_t{5}, size_t{40}, snap.size() - 1}) {
-    EXPECT_EQ(Session::Import(m, snap.substr(0, len)).status().code(),
-              absl::StatusCode::kDataLoss)
+    EXPECT_EQ(Session::Import(m, snap.substr(0, len)).status().code(), absl::StatusCode::kDataLoss)
         << len;
   }
   EXPECT_TRUE(Session::Import(m, snap).ok());
+}
+
+// The name in a snapshot is whatever its sender wrote (the checksum proves
+// nothing about who that was): a refusal quotes only its first 64 bytes,
+// escaped, so a forged name cannot make the message huge or carry control
+// characters into a log.
+TEST(SessionSnapshotTest, AForeignNameIsQuotedCutAndEscaped) {
+  HippoMemorySpec h;
+  h.measure = HippoMemorySpec::Measure::kLegS;
+  h.n = 2;
+  absl::StatusOr<std::shared_ptr<const Model>> m = LoadModel(HippoSpec(h, 2), nullptr);
+  ASSERT_TRUE(m.ok()) << m.status();
+  const std::string snap = Session::Create(*m, 1)->ExportState();
+  // Layout (see LayoutFieldByField): the 5-byte name "hippo" at offset 28,
+  // its length at 24.
+  std::string name(5000, '\n');
+  name[0] = 'x';
+  std::string forged = snap.substr(0, 24);
+  const uint32_t len = static_cast<uint32_t>(name.size());
+  for (int i = 0; i < 4; ++i) forged.push_back(static_cast<char>(len >> (8 * i)));
+  forged += name;
+  forged += snap.substr(33, snap.size() - 33 - 4);
+  const uint32_t crc = Crc32c(forged);
+  for (int i = 0; i < 4; ++i) forged.push_back(static_cast<char>(crc >> (8 * i)));
+
+  const absl::Status refused = Session::Import(*m, forged).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition) << refused;
+  const std::string message(refused.message());
+  EXPECT_LT(message.size(), 400u) << message;
+  EXPECT_THAT(message, HasSubstr("belongs to model 'x\\n\\n"));
+  EXPECT_THAT(message, HasSubstr("...(+4936 bytes)"));
+  EXPECT_EQ(message.find('\n'), std::string::npos) << "a raw control character was echoed";
 }
 
 }  // namespace
