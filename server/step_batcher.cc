@@ -47,8 +47,15 @@ void StepBatcher::Shutdown() {
 
 bool StepBatcher::Submit(Slot* slot) {
   const absl::Time now = absl::Now();
-  Pass pass;
-  bool run_here = false, wake = false;
+  // A pass run here is gathered into the thread's own vector (no
+  // allocation per pass once it has grown); only a thread that is not
+  // completing a pass does that, so the vector is never reused while a
+  // pass on it is being completed.
+  thread_local std::vector<Slot*> here;
+  std::vector<Slot*> at_shutdown;
+  std::vector<Slot*>* run_on = nullptr;
+  Group* g = nullptr;
+  bool wake = false;
   {
     absl::MutexLock lock(&mu_);
     if (slot->group_ == nullptr) {
@@ -57,7 +64,7 @@ bool StepBatcher::Submit(Slot* slot) {
       slot->group_ = g.get();
       ++g->members;
     }
-    Group* g = slot->group_;
+    g = slot->group_;
     if (g->last_arrival != absl::InfinitePast()) {
       const absl::Duration gap = now - g->last_arrival;
       g->arrival_gap = g->arrival_gap == absl::InfiniteDuration()
@@ -76,18 +83,25 @@ bool StepBatcher::Submit(Slot* slot) {
     // of this group come more than a quarter of a window apart on average.
     const bool sparse = g->arrival_gap > options_.window / 4;
     if (everyone || full || late || sparse || stopping_) {
-      pass = TakeLocked(g, now);
+      const size_t n = std::min<size_t>(g->gathered.size(), options_.max_batch);
       int64_t steps = 0;
-      for (const Slot* s : pass.slots) steps += s->steps;
+      for (size_t i = 0; i < n; ++i) steps += g->gathered[i]->steps;
       const bool cheap = g->ns_per_step > 0 &&
                          absl::Nanoseconds(g->ns_per_step * steps) <= options_.inline_budget;
-      // After Shutdown nobody else would run it.
-      if ((cheap && completing == 0) || stopping_) {
-        run_here = true;
-        ++stats_.inline_passes;
+      if (cheap && completing == 0) {
+        run_on = &here;
+      } else if (stopping_) {
+        run_on = &at_shutdown;  // nobody else would run it
       } else {
+        Pass pass;
+        pass.group = g;
+        TakeLocked(g, now, &pass.slots);
         closed_.push_back(std::move(pass));
         wake = true;
+      }
+      if (run_on != nullptr) {
+        TakeLocked(g, now, run_on);
+        ++stats_.inline_passes;
       }
     } else if (!g->open) {
       g->open = true;
@@ -96,8 +110,8 @@ bool StepBatcher::Submit(Slot* slot) {
     }
   }
   if (wake) cv_.Signal();
-  if (!run_here) return false;
-  Run(std::move(pass), slot);
+  if (run_on == nullptr) return false;
+  Run(g, *run_on, slot);
   return true;
 }
 
@@ -113,11 +127,9 @@ StepBatcher::Stats StepBatcher::stats() const {
   return stats_;
 }
 
-StepBatcher::Pass StepBatcher::TakeLocked(Group* g, absl::Time now) {
-  Pass pass;
-  pass.group = g;
+void StepBatcher::TakeLocked(Group* g, absl::Time now, std::vector<Slot*>* slots) {
   const size_t n = std::min<size_t>(g->gathered.size(), options_.max_batch);
-  pass.slots.assign(g->gathered.begin(), g->gathered.begin() + n);
+  slots->assign(g->gathered.begin(), g->gathered.begin() + n);
   g->gathered.erase(g->gathered.begin(), g->gathered.begin() + n);
   if (g->gathered.empty()) {
     if (g->open) {
@@ -131,11 +143,9 @@ StepBatcher::Pass StepBatcher::TakeLocked(Group* g, absl::Time now) {
       open_.push_back(g);
     }
   }
-  return pass;
 }
 
-void StepBatcher::Run(Pass pass, Slot* own) {
-  std::vector<Slot*>& slots = pass.slots;
+void StepBatcher::Run(Group* g, std::vector<Slot*>& slots, Slot* own) {
   // Chunks of one length per core call (almost always all of them).
   if (!std::is_sorted(slots.begin(), slots.end(),
                       [](const Slot* a, const Slot* b) { return a->steps < b->steps; })) {
@@ -166,7 +176,6 @@ void StepBatcher::Run(Pass pass, Slot* own) {
   const absl::Time end = absl::Now();
   {
     absl::MutexLock lock(&mu_);
-    Group* g = pass.group;
     const int64_t ns = absl::ToInt64Nanoseconds(end - start) / std::max<int64_t>(total_steps, 1);
     // Quick to follow a faster pass, slow to follow a slower one (a pass
     // merely preempted should not send the next ones off this thread).
@@ -186,13 +195,14 @@ void StepBatcher::Run(Pass pass, Slot* own) {
 }
 
 void StepBatcher::Loop() {
+  std::vector<Slot*> taken;
   mu_.Lock();
   while (true) {
     if (!closed_.empty()) {
       Pass pass = std::move(closed_.front());
       closed_.pop_front();
       mu_.Unlock();
-      Run(std::move(pass), nullptr);
+      Run(pass.group, pass.slots, nullptr);
       mu_.Lock();
       continue;
     }
@@ -208,9 +218,9 @@ void StepBatcher::Loop() {
       earliest = std::min(earliest, deadline);
     }
     if (due != nullptr) {
-      Pass pass = TakeLocked(due, now);
+      TakeLocked(due, now, &taken);
       mu_.Unlock();
-      Run(std::move(pass), nullptr);
+      Run(due, taken, nullptr);
       mu_.Lock();
       continue;
     }

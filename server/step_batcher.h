@@ -133,11 +133,12 @@ class StepBatcher {
     std::vector<Slot*> slots;
   };
 
-  // Takes up to max_batch of the group's gathered chunks into a pass.
-  Pass TakeLocked(Group* group, absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Steps a pass and reports its chunks done (all but `own`, which the
-  // caller reports).
-  void Run(Pass pass, Slot* own);
+  // Takes up to max_batch of the group's gathered chunks into `slots`.
+  void TakeLocked(Group* group, absl::Time now, std::vector<Slot*>* slots)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Steps a pass of the group's chunks and reports them done (all but
+  // `own`, which the caller reports).
+  void Run(Group* group, std::vector<Slot*>& slots, Slot* own);
   void Loop();
 
   const Options options_;
