@@ -119,6 +119,15 @@ class Metrics::Collector : public prometheus::Collectable {
                            static_cast<double>(s.kernel_cache_misses_total)));
     out.push_back(OneValue("ssm_kernel_cache_bytes", "Bytes of kernel spectra held.",
                            MetricType::Gauge, static_cast<double>(s.kernel_cache_bytes)));
+    out.push_back(OneValue("ssm_step_batches_total",
+                           "Passes of gathered stream chunks stepped together.",
+                           MetricType::Counter, static_cast<double>(s.step_batches_total)));
+    out.push_back(OneValue("ssm_step_batch_chunks_total", "Stream chunks stepped in those passes.",
+                           MetricType::Counter, static_cast<double>(s.step_batch_chunks_total)));
+    out.push_back(OneValue("ssm_step_batches_inline_total",
+                           "Passes run on the gRPC thread that closed them (the rest ran on "
+                           "the batcher's thread).",
+                           MetricType::Counter, static_cast<double>(s.step_batches_inline_total)));
     return out;
   }
 

@@ -33,6 +33,11 @@
 //                                           (kernel spectra per length rung)
 //                                           reused / built, all models
 //   ssm_kernel_cache_bytes                  gauge, sampled: spectra held
+//   ssm_step_batches_total, ssm_step_batch_chunks_total,
+//   ssm_step_batches_inline_total           counters, sampled: gathered
+//                                           passes, the chunks they stepped,
+//                                           and the passes run on the gRPC
+//                                           thread that closed them
 //
 // `rpc` is the method name ("Infer", "StreamInfer", "BuildHippo", ...),
 // `code` the canonical code's name ("OK", "INVALID_ARGUMENT", ...). A
@@ -88,6 +93,9 @@ class Metrics {
     int64_t kernel_cache_hits_total = 0;    // FFT convolvers found in a model's cache
     int64_t kernel_cache_misses_total = 0;  // ... and built (a new length rung)
     int64_t kernel_cache_bytes = 0;         // kernel spectra held
+    uint64_t step_batches_total = 0;        // the step batcher's passes
+    uint64_t step_batch_chunks_total = 0;   // ... and the chunks they stepped
+    uint64_t step_batches_inline_total = 0;  // passes run where they closed
   };
   using Sampler = std::function<Sampled()>;
 

@@ -22,6 +22,7 @@
 #include "server/model_catalog.h"
 #include "server/sequences.h"
 #include "server/session_manager.h"
+#include "server/step_batcher.h"
 #include "server/worker_pool.h"
 
 namespace ssm::server {
@@ -59,6 +60,9 @@ struct ServiceEnv {
   // The Open Inference Protocol's client-named sequences (sequences.h),
   // shared by its gRPC and REST transports.
   SequenceTable* sequences = nullptr;
+  // Gathers streams' short chunks to step them together (step_batcher.h);
+  // null: every chunk runs on its own (--step_batch_window=0).
+  StepBatcher* batcher = nullptr;
 
   bool Draining() const { return draining != nullptr && draining->load(std::memory_order_acquire); }
 };

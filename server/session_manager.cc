@@ -67,6 +67,7 @@ SessionManager::Entry::Entry(std::string id, std::string owner, std::string mode
       d_input_(session.model().d_input()),
       d_output_(session.model().d_output()),
       state_bytes_(static_cast<int64_t>(session.state_bytes())),
+      model_(&session.model()),
       signer_(signer),
       session_(std::move(session)),
       position_(session_.position()) {}
@@ -76,15 +77,17 @@ int64_t SessionManager::Entry::position() const {
   return session_.position();
 }
 
-absl::StatusOr<int64_t> SessionManager::Entry::Run(absl::Span<const double> x, int steps,
-                                                   absl::Span<double> y, SessionSnapshot* snapshot,
-                                                   std::optional<int64_t> received) {
-  if (lost_.load(std::memory_order_relaxed)) {
-    return absl::UnavailableError(
-        "this replica lost the session's lease (it could not renew it in time) and another "
-        "stream may have taken it over: reattach by id");
-  }
-  absl::MutexLock lock(&mu_);
+namespace {
+
+absl::Status LostLease() {
+  return absl::UnavailableError(
+      "this replica lost the session's lease (it could not renew it in time) and another "
+      "stream may have taken it over: reattach by id");
+}
+
+}  // namespace
+
+void SessionManager::Entry::BeginChunkLocked(std::optional<int64_t> received) {
   confirmed_ =
       std::max(confirmed_, std::min(received.value_or(session_.position()), session_.position()));
   confirmed_position_.store(confirmed_, std::memory_order_relaxed);
@@ -94,10 +97,67 @@ absl::StatusOr<int64_t> SessionManager::Entry::Run(absl::Span<const double> x, i
     pending_ = Captured{session_.position(), session_.ExportState()};
     capture_wanted_ = false;
   }
+}
+
+absl::StatusOr<int64_t> SessionManager::Entry::Run(absl::Span<const double> x, int steps,
+                                                   absl::Span<double> y, SessionSnapshot* snapshot,
+                                                   std::optional<int64_t> received) {
+  if (lost_.load(std::memory_order_relaxed)) return LostLease();
+  absl::MutexLock lock(&mu_);
+  BeginChunkLocked(received);
   if (absl::Status status = session_.Run(x, steps, y); !status.ok()) return status;
   if (snapshot != nullptr) *snapshot = ExportLocked();
   position_.store(session_.position(), std::memory_order_relaxed);
   return session_.position();
+}
+
+void SessionManager::Entry::RunBatch(absl::Span<Chunk> chunks, int steps) {
+  // A repeated entry would be locked twice: refused before any lock.
+  thread_local std::vector<std::pair<const Entry*, size_t>> order;
+  order.clear();
+  for (size_t i = 0; i < chunks.size(); ++i) order.emplace_back(chunks[i].entry, i);
+  std::sort(order.begin(), order.end());
+  thread_local std::vector<char> skip;
+  skip.assign(chunks.size(), 0);
+  for (size_t k = 1; k < order.size(); ++k) {
+    if (order[k].first == order[k - 1].first) {
+      skip[order[k].second] = 1;
+      chunks[order[k].second].result = absl::FailedPreconditionError(
+          "a session appears more than once in one batch; it runs its first chunk only");
+    }
+  }
+  thread_local std::vector<ssm::Session::Chunk> core;
+  thread_local std::vector<size_t> index;
+  core.clear();
+  index.clear();
+  // The locks are taken in the entries' address order: passes gather
+  // sessions in any order, and Abseil's deadlock detector (on in Debian's
+  // build) aborts on lock orders that ever disagree.
+  for (const auto& [unused, i] : order) {
+    Chunk& c = chunks[i];
+    if (skip[i]) continue;
+    if (c.entry->lost_.load(std::memory_order_relaxed)) {
+      c.result = LostLease();
+      continue;
+    }
+    c.entry->mu_.Lock();
+    c.entry->BeginChunkLocked(c.received);
+    core.push_back({&c.entry->session_, c.x, c.y, absl::OkStatus()});
+    index.push_back(i);
+  }
+  ssm::Session::RunBatch(absl::MakeSpan(core), steps);
+  for (size_t k = 0; k < core.size(); ++k) {
+    Chunk& c = chunks[index[k]];
+    Entry& e = *c.entry;
+    if (core[k].status.ok()) {
+      const int64_t position = e.session_.position();
+      e.position_.store(position, std::memory_order_relaxed);
+      c.result = position;
+    } else {
+      c.result = std::move(core[k].status);
+    }
+    e.mu_.Unlock();
+  }
 }
 
 void SessionManager::Entry::Attached(bool keep) {

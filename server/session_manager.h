@@ -144,6 +144,29 @@ class SessionManager {
                                 SessionSnapshot* snapshot,
                                 std::optional<int64_t> received = std::nullopt);
 
+    // One chunk of one entry, for RunBatch.
+    struct Chunk {
+      Entry* entry = nullptr;
+      absl::Span<const double> x;  // batch x steps x d_input
+      absl::Span<double> y;        // batch x steps x d_output
+      std::optional<int64_t> received;
+      absl::StatusOr<int64_t> result;  // set by RunBatch: what Run would return
+    };
+    // Run (without a snapshot) of a chunk of each entry, the short ones of
+    // one model object and batch stepped together (ssm::Session::RunBatch):
+    // each entry under its own lock with Run's bookkeeping (the lost lease,
+    // the confirmed position and a checkpoint's capture at the chunk's
+    // start), each result Run's, bit for bit. An entry may appear once (a
+    // repeat gets FailedPrecondition and is not run). Holds every entry's
+    // lock while the pass runs.
+    static void RunBatch(absl::Span<Chunk> chunks, int steps)
+        ABSL_NO_THREAD_SAFETY_ANALYSIS;  // locks every entry of the batch in turn
+
+    // The core model the session runs (immutable; shared by the sessions
+    // of one loaded version): sessions of one model object and batch can
+    // be stepped together.
+    const ssm::Model* model() const { return model_; }
+
     SessionSnapshot Export() const;
 
     // With a store: the position the store has the state of (-1: none yet),
@@ -160,6 +183,8 @@ class SessionManager {
       int64_t position = 0;
       std::string data;
     };
+    // Run's bookkeeping at a chunk's start (confirmed position, capture).
+    void BeginChunkLocked(std::optional<int64_t> received) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
     // A stream starts driving the session: its client has everything
     // before here. With `keep` (a store that does not have this position
     // yet) the state is kept as the fallback a last write can always use.
@@ -177,6 +202,7 @@ class SessionManager {
     const int d_input_;
     const int d_output_;
     const int64_t state_bytes_;
+    const ssm::Model* const model_;
     const SnapshotSigner* const signer_;
     mutable absl::Mutex mu_;
     ssm::Session session_ ABSL_GUARDED_BY(mu_);

@@ -72,6 +72,14 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
     return absl::InvalidArgumentError(absl::StrCat("--math_threads must be <= --threads (",
                                                    o.threads, "), got ", o.math_threads));
   }
+  if (o.step_batch_window < absl::ZeroDuration() || o.step_batch_window > absl::Seconds(1)) {
+    return absl::InvalidArgumentError(absl::StrCat("--step_batch_window must be in [0, 1s], got ",
+                                                   absl::FormatDuration(o.step_batch_window)));
+  }
+  if (o.step_batch_max < 1 || o.step_batch_max > 4096) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--step_batch_max must be in [1, 4096], got ", o.step_batch_max));
+  }
   if (o.session_ttl <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError(
         absl::StrCat("--session_ttl must be > 0, got ", absl::FormatDuration(o.session_ttl)));
@@ -259,6 +267,12 @@ absl::StatusOr<std::unique_ptr<SsmServer>> SsmServer::Start(ServerOptions option
   if (absl::Status s = ssm::SetThreads(threads); !s.ok()) return s;
   const int math_threads = o.math_threads > 0 ? o.math_threads : std::max(1, threads / 2);
   self->pool_ = std::make_unique<WorkerPool>(threads, o.max_queue, math_threads, o.max_math_queue);
+  if (o.step_batch_window > absl::ZeroDuration()) {
+    StepBatcher::Options batching;
+    batching.window = o.step_batch_window;
+    batching.max_batch = o.step_batch_max;
+    self->batcher_ = std::make_unique<StepBatcher>(batching);
+  }
   self->metrics_->SetModels(self->catalog_->loaded_versions(), self->catalog_->failed_models());
   self->metrics_->SetSampler([server = self.get(), sessions = self->sessions_.get(),
                               pool = self->pool_.get(), catalog = self->catalog_.get()] {
@@ -286,6 +300,12 @@ absl::StatusOr<std::unique_ptr<SsmServer>> SsmServer::Start(ServerOptions option
     s.kernel_cache_hits_total = cache.hits;
     s.kernel_cache_misses_total = cache.misses;
     s.kernel_cache_bytes = cache.spectra_bytes;
+    if (const StepBatcher* batcher = server->batcher_.get()) {
+      const StepBatcher::Stats b = batcher->stats();
+      s.step_batches_total = b.passes;
+      s.step_batch_chunks_total = b.chunks;
+      s.step_batches_inline_total = b.inline_passes;
+    }
     return s;
   });
 
@@ -298,6 +318,7 @@ absl::StatusOr<std::unique_ptr<SsmServer>> SsmServer::Start(ServerOptions option
   self->env_.calls = &self->calls_;
   self->env_.auth = self->auth_.get();
   self->env_.sequences = self->sequences_.get();
+  self->env_.batcher = self->batcher_.get();
   self->inference_ = std::make_unique<InferenceService>(&self->env_);
   self->math_ = std::make_unique<MathService>(&self->env_);
   self->oip_ = std::make_unique<OipService>(&self->env_);
@@ -455,6 +476,8 @@ void SsmServer::Shutdown(absl::Duration grace) {
   // they finish the calls whose jobs they hold.
   server_->Shutdown(absl::ToChronoTime(absl::Now()));
   if (health_server_ != nullptr) health_server_->Shutdown(absl::ToChronoTime(absl::Now()));
+  // Every stream has finished, so nothing is gathered any more.
+  if (batcher_ != nullptr) batcher_->Shutdown();
   // Before the workers stop: a REST request still running waits for its job.
   if (http_ != nullptr) http_->Stop();
   stop_eviction_.Notify();

@@ -49,6 +49,7 @@
 #include "server/services.h"
 #include "server/session_manager.h"
 #include "server/snapshot_keys.h"
+#include "server/step_batcher.h"
 #include "server/worker_pool.h"
 
 namespace prometheus {
@@ -63,6 +64,11 @@ struct ServerOptions {
   // 0: ssm::DefaultThreads(), the CPUs this process may use.
   int threads = 0;
   int max_queue = 256;  // jobs waiting for a worker
+  // Streams' short chunks of one model and batch that arrive within this
+  // window are stepped together, at most step_batch_max of them
+  // (step_batcher.h); zero: every chunk runs on its own.
+  absl::Duration step_batch_window = absl::Microseconds(250);
+  int step_batch_max = 64;
   // Math's share: workers that may run Math jobs at once (0: half of
   // `threads`, at least 1) and Math jobs that may wait.
   int math_threads = 0;
@@ -205,6 +211,7 @@ class SsmServer {
   std::unique_ptr<SessionManager> sessions_;
   std::unique_ptr<SequenceTable> sequences_;
   std::unique_ptr<WorkerPool> pool_;
+  std::unique_ptr<StepBatcher> batcher_;
   CallCounter calls_;
   ServiceEnv env_;
   std::unique_ptr<InferenceService> inference_;

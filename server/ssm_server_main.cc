@@ -37,6 +37,11 @@ ABSL_FLAG(int, threads, 0,
           "cgroup CPU quota)");
 ABSL_FLAG(int, max_queue, 256,
           "jobs that may wait for a worker; past it calls get RESOURCE_EXHAUSTED (server busy)");
+ABSL_FLAG(absl::Duration, step_batch_window, absl::Microseconds(250),
+          "streams' short chunks of one model and batch that arrive within this window are "
+          "stepped together (a chunk waits at most this long for company, and not at all "
+          "when every stream it expects is in); 0: every chunk runs on its own");
+ABSL_FLAG(int, step_batch_max, 64, "chunks stepped together at most (--step_batch_window)");
 ABSL_FLAG(int, math_threads, 0,
           "workers that may run Math calls (BuildHippo, ComputeKernel) at once, so they never "
           "take every worker from inference; 0: half of --threads, at least 1");
@@ -235,6 +240,8 @@ int main(int argc, char** argv) {
   options.address = absl::GetFlag(FLAGS_address);
   options.threads = absl::GetFlag(FLAGS_threads);
   options.max_queue = absl::GetFlag(FLAGS_max_queue);
+  options.step_batch_window = absl::GetFlag(FLAGS_step_batch_window);
+  options.step_batch_max = absl::GetFlag(FLAGS_step_batch_max);
   options.math_threads = absl::GetFlag(FLAGS_math_threads);
   options.max_math_queue = absl::GetFlag(FLAGS_max_math_queue);
   options.max_sessions = absl::GetFlag(FLAGS_max_sessions);

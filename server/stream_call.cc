@@ -31,10 +31,13 @@ namespace v1 = ::ssm::v1;
 //
 // Where a chunk runs. `open`, long chunks (>= the core's convolution
 // threshold) and chunks whose estimated cost is above kInlineBudgetNs are
-// not cheap: they run on the worker pool. Short recurrent chunks of a
-// session whose measured step cost is small are (the transport runs them on
-// gRPC's thread).
-class StreamInferProtocol {
+// not cheap: they run on the worker pool. With the step batcher
+// (env->batcher), a short chunk that asks for no state is handed to it
+// (Start: the batcher steps it with the other sessions' chunks of its model
+// and batch, and the stream carries on when it is done); without it, short
+// recurrent chunks of a session whose measured step cost is small run on
+// gRPC's thread.
+class StreamInferProtocol final : public StepBatcher::Waiter {
  public:
   using Request = v1::StreamRequest;
   using Response = v1::StreamResponse;
@@ -46,20 +49,23 @@ class StreamInferProtocol {
   // The transport calls End on every path; this only guards the invariant
   // that a finished stream never holds a session or a place in a quota.
   ~StreamInferProtocol() {
+    if (env_->batcher != nullptr) env_->batcher->Leave(&slot_);
     if (session_ != nullptr) env_->sessions->Detach(session_->id(), "stream ended");
     if (caller_ != nullptr) env_->auth->LeaveCall(*caller_);
   }
 
   // Whether `request` is cheap enough to run on a gRPC thread: protocol
-  // errors are; `open` is not (it may parse a snapshot or build a
-  // session); a chunk is when it is short enough to run recurrently and
-  // its estimated time (the session's measured cost per step, plus a
-  // snapshot's bytes at ~1 ns each) is within kInlineBudgetNs. A session's
+  // errors are; an `open` of a new session with a small state is (others
+  // may parse a snapshot, or ask the session store); a chunk the step
+  // batcher takes is (the batcher decides where its pass runs); any other
+  // chunk is when it is short enough to run recurrently and its estimated
+  // time (the session's measured cost per step, plus a snapshot's bytes at
+  // ~1 ns each) is within kInlineBudgetNs. Without the batcher a session's
   // first chunk goes to the pool: its cost is not known yet.
   bool RunsInline(const v1::StreamRequest& request) const {
     switch (request.kind_case()) {
       case v1::StreamRequest::kOpen:
-        return false;
+        return OpensCheaply(request.open());
       case v1::StreamRequest::kChunk:
         break;
       default:
@@ -67,6 +73,7 @@ class StreamInferProtocol {
     }
     const v1::Tensor& chunk = request.chunk();
     if (session_ == nullptr || chunk.shape_size() != 3) return true;  // an error
+    if (Gathered(request)) return true;  // the batcher decides where it runs
     const int64_t steps = chunk.shape(1);
     if (steps >= ssm::Session::kConvChunkThreshold || step_cost_ns_ <= 0) return false;
     const int64_t cost = std::max<int64_t>(steps, 1) * step_cost_ns_ +
@@ -88,7 +95,40 @@ class StreamInferProtocol {
     }
   }
 
+  // A request that may finish later (stream_transport.h): a chunk the step
+  // batcher takes; anything else is Handle's.
+  RequestStart Start(const v1::StreamRequest& request, absl::Time arrived,
+                     v1::StreamResponse* response, absl::Status* status,
+                     RequestResumer* resumer) {
+    if (request.kind_case() != v1::StreamRequest::kChunk || !Gathered(request)) {
+      *status = Handle(request, arrived, response);
+      return RequestStart::kDone;
+    }
+    if (absl::Status s = PrepareChunk(request); !s.ok()) {
+      *status = std::move(s);
+      return RequestStart::kDone;
+    }
+    slot_.entry = session_.get();
+    slot_.x = x_;
+    slot_.y = absl::MakeSpan(y_);
+    slot_.steps = static_cast<int>(out_shape_.steps);
+    slot_.received = received_;
+    slot_.waiter = this;
+    arrived_ = arrived;
+    response_ = response;
+    resumer_ = resumer;
+    if (env_->batcher->Submit(&slot_)) {
+      *status = FinishChunk();
+      return RequestStart::kDone;
+    }
+    return RequestStart::kPending;  // StepDone comes; touch nothing here
+  }
+
+  // The batcher stepped the chunk Start handed it.
+  void StepDone() override { resumer_->Resume(FinishChunk()); }
+
   std::string End(const absl::Status& status, bool clean) {
+    if (env_->batcher != nullptr) env_->batcher->Leave(&slot_);
     if (caller_ != nullptr) {
       env_->auth->LeaveCall(*caller_);
       caller_ = nullptr;
@@ -162,22 +202,49 @@ class StreamInferProtocol {
     return absl::OkStatus();
   }
 
-  absl::Status HandleChunk(const v1::StreamRequest& request, absl::Time arrived,
-                           v1::StreamResponse* response) {
+  // A new session (no snapshot to parse, no id to look up, no store to
+  // ask) whose state is at most kInlineOpenBytes: allocating it costs less
+  // than a hop to the pool, and a thousand clients connecting at once must
+  // not fill the pool's queue with opens ("server busy").
+  bool OpensCheaply(const v1::StreamOpen& open) const {
+    if (open.has_resume_from() || !open.session_id().empty() ||
+        env_->sessions->options().store != nullptr) {
+      return false;
+    }
+    if (open.batch() < 0 || open.batch() > env_->limits.max_batch) return true;  // refused at once
+    absl::StatusOr<ServedModel> served = env_->catalog->Find(open.model(), open.version());
+    if (!served.ok()) return true;  // NOT_FOUND at once
+    return std::max<int64_t>(open.batch(), 1) * static_cast<int64_t>(served->model->state_bytes()) <=
+           kInlineOpenBytes;
+  }
+  static constexpr int64_t kInlineOpenBytes = 1 << 20;
+
+  // A chunk the step batcher takes: short enough for the recurrent mode,
+  // and no state asked for (a snapshot is taken under the session's lock
+  // right after the chunk: Handle's path).
+  bool Gathered(const v1::StreamRequest& request) const {
+    if (env_->batcher == nullptr || session_ == nullptr || request.want_state()) return false;
+    const v1::Tensor& chunk = request.chunk();
+    return chunk.shape_size() == 3 && chunk.shape(1) >= 1 &&
+           chunk.shape(1) < ssm::Session::kConvChunkThreshold;
+  }
+
+  // Every check of a chunk before it runs, and its values into x_ (y_ sized
+  // for its outputs, out_shape_ and received_ set).
+  absl::Status PrepareChunk(const v1::StreamRequest& request) {
     if (session_ == nullptr) {
       return absl::InvalidArgumentError(
           "the first request of a stream must be `open`; got a chunk");
     }
     const v1::Tensor& chunk = request.chunk();
-    const bool want_state = request.want_state();
-    std::optional<int64_t> received;
+    received_.reset();
     if (request.has_received()) {
       if (request.received() < 0) {
         return absl::InvalidArgumentError(absl::StrCat("received = ", request.received(),
                                                        ": must be >= 0 (the steps of "
                                                        "outputs this client has)"));
       }
-      received = request.received();
+      received_ = request.received();
     }
     const SessionManager::Entry& entry = *session_;
     absl::StatusOr<SequenceShape> shape =
@@ -193,36 +260,53 @@ class StreamInferProtocol {
           absl::StrCat("chunk.shape[1] = ", shape->steps,
                        " steps exceeds --max_chunk_steps=", limits.max_chunk_steps));
     }
-    const SequenceShape out_shape{shape->batch, shape->steps, entry.d_output()};
-    if (absl::Status s =
-            CheckResponseBytes(out_shape.size() * 4 + (want_state ? entry.state_bytes() : 0),
-                               "the chunk's output", limits);
+    out_shape_ = SequenceShape{shape->batch, shape->steps, entry.d_output()};
+    if (absl::Status s = CheckResponseBytes(
+            out_shape_.size() * 4 + (request.want_state() ? entry.state_bytes() : 0),
+            "the chunk's output", limits);
         !s.ok()) {
       return s;
     }
     if (absl::Status s = ReadFiniteValues(chunk, "chunk", &x_); !s.ok()) return s;
-    y_.resize(out_shape.size());
+    y_.resize(out_shape_.size());
+    return absl::OkStatus();
+  }
+
+  // A gathered chunk's response, from the batcher's result.
+  absl::Status FinishChunk() {
+    if (!slot_.result.ok()) return slot_.result.status();
+    WriteChunkResponse(*slot_.result, response_);
+    return absl::OkStatus();
+  }
+
+  // The response to a chunk that ran (y_ holds its outputs), into a
+  // reused message: the previous output's tensor is overwritten in place,
+  // keeping its buffer; any other kind is replaced.
+  void WriteChunkResponse(int64_t position, v1::StreamResponse* response) {
+    WriteSequenceTensor(y_, out_shape_, response->mutable_output());
+    response->set_position(position);
+    response->set_durable_position(session_->durable_position());
+    response->clear_state();
+    handles_.steps->Increment(static_cast<double>(out_shape_.steps));
+    handles_.chunk_latency->Observe(absl::ToDoubleSeconds(absl::Now() - arrived_));
+  }
+
+  absl::Status HandleChunk(const v1::StreamRequest& request, absl::Time arrived,
+                           v1::StreamResponse* response) {
+    if (absl::Status s = PrepareChunk(request); !s.ok()) return s;
+    const bool want_state = request.want_state();
+    arrived_ = arrived;
     SessionSnapshot snapshot;
     const absl::Time run_start = absl::Now();
     absl::StatusOr<int64_t> position =
-        session_->Run(x_, static_cast<int>(shape->steps), absl::MakeSpan(y_),
-                      want_state ? &snapshot : nullptr, received);
+        session_->Run(x_, static_cast<int>(out_shape_.steps), absl::MakeSpan(y_),
+                      want_state ? &snapshot : nullptr, received_);
     if (!position.ok()) return position.status();
-    if (shape->steps < ssm::Session::kConvChunkThreshold && !want_state) {
-      NoteStepCost(absl::ToInt64Nanoseconds(absl::Now() - run_start) / shape->steps);
+    if (out_shape_.steps < ssm::Session::kConvChunkThreshold && !want_state) {
+      NoteStepCost(absl::ToInt64Nanoseconds(absl::Now() - run_start) / out_shape_.steps);
     }
-    // The previous output's tensor (a reused response) is overwritten in
-    // place, keeping its buffer; any other kind is replaced.
-    WriteSequenceTensor(y_, out_shape, response->mutable_output());
-    response->set_position(*position);
-    response->set_durable_position(session_->durable_position());
-    if (want_state) {
-      WriteStateSnapshot(snapshot, response->mutable_state());
-    } else {
-      response->clear_state();
-    }
-    handles_.steps->Increment(static_cast<double>(shape->steps));
-    handles_.chunk_latency->Observe(absl::ToDoubleSeconds(absl::Now() - arrived));
+    WriteChunkResponse(*position, response);
+    if (want_state) WriteStateSnapshot(snapshot, response->mutable_state());
     return absl::OkStatus();
   }
 
@@ -249,6 +333,14 @@ class StreamInferProtocol {
   // Reused across chunks: a stream of small chunks allocates no buffers.
   std::vector<double> x_;
   std::vector<double> y_;
+  // The chunk being run: its shape and what its client has received.
+  SequenceShape out_shape_;
+  std::optional<int64_t> received_;
+  absl::Time arrived_;
+  // A gathered chunk's place in the batcher, and where its answer goes.
+  StepBatcher::Slot slot_;
+  v1::StreamResponse* response_ = nullptr;
+  RequestResumer* resumer_ = nullptr;
 };
 
 }  // namespace

@@ -27,6 +27,17 @@
 // RunsInline and Handle are called by one thread at a time (the
 // processor); End once, after the last Handle returned.
 //
+// A Protocol may also finish some requests later (StreamInfer's gathered
+// chunks, step_batcher.h), with
+//   RequestStart Start(const Request&, absl::Time arrived, Response*,
+//                      absl::Status* status, RequestResumer* resumer);
+// used instead of Handle: kDone is Handle's contract (the result in
+// *status); kPending means the protocol keeps the request and, once the
+// response is filled in, calls resumer->Resume(status) exactly once, from
+// any thread, which then carries on as the stream's processor. Until then
+// the stream runs nothing else (its later requests wait, in order), and
+// after returning kPending the protocol's caller touches nothing.
+//
 // Pipelining. While the client has several requests in flight the stream
 // keeps one read outstanding (up to a window of kMaxWindow requests read
 // and not yet answered, and kMaxWindowBytes of them), runs the requests one
@@ -71,10 +82,12 @@
 #ifndef SSM_SERVER_STREAM_TRANSPORT_H_
 #define SSM_SERVER_STREAM_TRANSPORT_H_
 
+#include <google/protobuf/arena.h>
 #include <grpcpp/server_context.h>
 #include <grpcpp/support/byte_buffer.h>
 #include <grpcpp/support/server_callback.h>
 
+#include <concepts>
 #include <cstdint>
 #include <deque>
 #include <string>
@@ -93,8 +106,20 @@
 
 namespace ssm::server {
 
+enum class RequestStart { kDone, kPending };
+
+// Carries a stream on once a pending request's response is ready.
+class RequestResumer {
+ public:
+  virtual void Resume(absl::Status status) = 0;
+
+ protected:
+  ~RequestResumer() = default;
+};
+
 template <typename Protocol>
-class PipelinedStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+class PipelinedStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>,
+                              public RequestResumer {
  public:
   PipelinedStream(grpc::CallbackServerContext* context, const ServiceEnv* env)
       : context_(context), env_(env), protocol_(context, env) {
@@ -172,6 +197,10 @@ class PipelinedStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
     calls->Exit();
   }
 
+  // A pending request's response is ready (Protocol::Start): this thread
+  // is the processor from here on.
+  void Resume(absl::Status status) override { RunProcessor(/*on_pool=*/false, &status); }
+
  private:
   using Request = typename Protocol::Request;
   using Response = typename Protocol::Response;
@@ -206,10 +235,18 @@ class PipelinedStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
     StartRead(&read_buffer_);
   }
 
+  // Writes the oldest unsent response. While the processor has more of
+  // this stream's requests in hand, the write carries gRPC's buffer hint:
+  // gRPC holds it (and completes it at once) until a write without the hint,
+  // so a burst of answers goes out in one system call instead of one each
+  // (the last answer of the burst, or the stream's end, flushes them).
   void StartWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (writing_ || unsent_.empty() || finished_) return;
     writing_ = true;
-    StartWrite(&unsent_.front().bytes);
+    const bool more = unsent_.size() > 1 ||
+                      (processing_ && !ending_ && (has_current_ || !pending_.empty()));
+    StartWrite(&unsent_.front().bytes,
+               more ? grpc::WriteOptions().set_buffer_hint() : grpc::WriteOptions());
   }
 
   // Records why and how the stream ends (the first reason wins): nothing
@@ -258,21 +295,48 @@ class PipelinedStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
     return true;
   }
 
-  // Parses current_ into request_ (consuming its bytes), once.
+  // Parses current_ into a fresh request_ (consuming its bytes), once. The
+  // request lives on the stream's arena, reset for every request: a small
+  // request (a chunk of a few steps) is built in the arena's first block,
+  // which the stream owns, so parsing allocates nothing (a reused message
+  // would not do: parsing clears a oneof, here `open` or `chunk`, by
+  // deleting its message, and builds a new one).
   absl::Status ParseCurrent() {
     parsed_ = true;
-    if (ParseMessage(&current_.bytes, &request_).ok()) return absl::OkStatus();
-    return UnparsableRequest(request_.GetTypeName(), static_cast<size_t>(current_.size));
+    arena_.Reset();
+    request_ = google::protobuf::Arena::CreateMessage<Request>(&arena_);
+    if (ParseMessage(&current_.bytes, request_).ok()) return absl::OkStatus();
+    return UnparsableRequest(request_->GetTypeName(), static_cast<size_t>(current_.size));
+  }
+  static google::protobuf::ArenaOptions ArenaIn(char* block, size_t size) {
+    google::protobuf::ArenaOptions options;
+    options.initial_block = block;
+    options.initial_block_size = size;
+    return options;
   }
 
-  // The processor: runs the queued requests in order until none is left
-  // or the stream ends. Called by the thread that set processing_; on a
-  // gRPC thread (on_pool false) it runs only what the protocol calls
-  // cheap, for at most kInlineSlice, and hands the rest to the pool.
-  void Process(bool on_pool) {
+  static constexpr bool kStartsLater =
+      requires(Protocol p, const Request& r, absl::Time t, Response* out, absl::Status* st,
+               RequestResumer* resumer) {
+        { p.Start(r, t, out, st, resumer) } -> std::same_as<RequestStart>;
+      };
+
+  void Process(bool on_pool) { RunProcessor(on_pool, nullptr); }
+
+  // The processor: runs the queued requests in order until none is left,
+  // the stream ends or a request is pending (Protocol::Start). Called by
+  // the thread that set processing_, or (`resumed`: the pending request's
+  // result) by the one that resumes it; on a gRPC thread (on_pool false)
+  // it runs only what the protocol calls cheap, for at most kInlineSlice,
+  // and hands the rest to the pool.
+  void RunProcessor(bool on_pool, const absl::Status* resumed) {
     const absl::Time slice_end = absl::Now() + (on_pool ? kPoolSlice : kInlineSlice);
     bool pool_refused = false;
-    mu_.Lock();
+    if (resumed != nullptr) {
+      CompleteCurrent(*resumed);
+    } else {
+      mu_.Lock();
+    }
     while (!ending_ && (has_current_ || !pending_.empty())) {
       if (!has_current_) {
         Pending& front = pending_.front();
@@ -292,7 +356,7 @@ class PipelinedStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
       bool to_pool = false;
       if (status.ok()) {
         if (!on_pool) {
-          if (!parsed_ || !protocol_.RunsInline(request_)) {
+          if (!parsed_ || !protocol_.RunsInline(*request_)) {
             if (pool_refused) {
               status = BusyError(*env_->pool);
             } else {
@@ -320,27 +384,17 @@ class PipelinedStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
       }
 
       if (status.ok()) status = CallStillWanted(context_);
-      if (status.ok()) status = protocol_.Handle(request_, current_.arrived, &response_);
-      Unsent out;
-      if (status.ok()) status = SerializeMessage(response_, &out.bytes);
-      out.size = static_cast<int64_t>(out.bytes.Length());
-      mu_.Lock();
-      has_current_ = false;
-      window_bytes_ -= current_.size;
-      if (!status.ok()) {
-        --window_;
-        EndLocked(std::move(status), /*clean=*/false);
-      } else if (ending_) {
-        // The stream broke while this request ran: its response is lost.
-        --window_;
-      } else {
-        window_bytes_ += out.size;
-        unsent_.emplace_back();
-        unsent_.back().bytes.Swap(&out.bytes);
-        unsent_.back().size = out.size;
-        StartWriteLocked();
-        StartReadLocked();
+      if (status.ok()) {
+        if constexpr (kStartsLater) {
+          if (protocol_.Start(*request_, current_.arrived, &response_, &status, this) ==
+              RequestStart::kPending) {
+            return;  // processing_ stays set: Resume carries on
+          }
+        } else {
+          status = protocol_.Handle(*request_, current_.arrived, &response_);
+        }
       }
+      CompleteCurrent(std::move(status));
     }
     if (has_current_) {  // the stream ended before it ran: dropped
       has_current_ = false;
@@ -353,6 +407,32 @@ class PipelinedStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
     const bool finish = TakeFinishLocked();
     mu_.Unlock();
     if (finish) FinishNow();
+  }
+
+  // The current request is done (`status`: its result): its response is
+  // serialized and queued for writing, or the stream ends with the
+  // failure. Called by the processor without mu_; returns holding it.
+  void CompleteCurrent(absl::Status status) ABSL_EXCLUSIVE_LOCK_FUNCTION(mu_) {
+    Unsent out;
+    if (status.ok()) status = SerializeMessage(response_, &out.bytes);
+    out.size = static_cast<int64_t>(out.bytes.Length());
+    mu_.Lock();
+    has_current_ = false;
+    window_bytes_ -= current_.size;
+    if (!status.ok()) {
+      --window_;
+      EndLocked(std::move(status), /*clean=*/false);
+    } else if (ending_) {
+      // The stream broke while this request ran: its response is lost.
+      --window_;
+    } else {
+      window_bytes_ += out.size;
+      unsent_.emplace_back();
+      unsent_.back().bytes.Swap(&out.bytes);
+      unsent_.back().size = out.size;
+      StartWriteLocked();
+      StartReadLocked();
+    }
   }
 
   // Lets the protocol release what it holds, records and logs the end, and
@@ -395,9 +475,12 @@ class PipelinedStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
   Pending current_;
   bool parsed_ = false;
   Protocol protocol_;
-  // Reused for every request: a stream of small chunks parses and answers
-  // into the same buffers.
-  Request request_;
+  // Every request is parsed onto the arena (ParseCurrent) and every
+  // response written into the one reused message: a stream of small chunks
+  // allocates nothing for its messages.
+  alignas(8) char arena_block_[2048];
+  google::protobuf::Arena arena_{ArenaIn(arena_block_, sizeof(arena_block_))};
+  Request* request_ = nullptr;  // on arena_
   Response response_;
 };
 

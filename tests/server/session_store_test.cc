@@ -406,6 +406,62 @@ TEST_F(ReplicasTest, TheStoreNeverGetsAStatePastWhatTheClientHas) {
   EXPECT_EQ((*moved)->position(), (*record)->position);
 }
 
+// Chunks stepped together (Entry::RunBatch, the streaming server's
+// gathering) keep each session's bookkeeping as Run does: each store
+// position is one its own client confirmed, whatever the others said, and a
+// lost lease fails only its own session's chunk.
+TEST_F(ReplicasTest, BatchedChunksKeepEachSessionsConfirmedState) {
+  std::vector<std::shared_ptr<SessionManager::Entry>> s;
+  for (int i = 0; i < 3; ++i) {
+    absl::StatusOr<std::shared_ptr<SessionManager::Entry>> e = Open(*a_);
+    ASSERT_TRUE(e.ok());
+    s.push_back(*e);
+  }
+  const int lags[] = {-1, 3, 7};  // -1: the client says nothing
+  auto step_all = [&](std::vector<absl::StatusOr<int64_t>>* results) {
+    std::vector<std::vector<double>> x(3), y(3, std::vector<double>(4));
+    std::vector<SessionManager::Entry::Chunk> chunks;
+    for (int i = 0; i < 3; ++i) {
+      const int64_t position = s[i]->position();
+      x[i] = {0.1 * (position + 1) + i};
+      std::optional<int64_t> received;
+      if (lags[i] >= 0) received = std::max<int64_t>(position - lags[i], 0);
+      chunks.push_back({s[i].get(), x[i], absl::MakeSpan(y[i]), received, int64_t{0}});
+    }
+    SessionManager::Entry::RunBatch(absl::MakeSpan(chunks), 1);
+    results->clear();
+    for (auto& c : chunks) results->push_back(c.result);
+  };
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  std::vector<absl::StatusOr<int64_t>> results;
+  while (absl::Now() < deadline) {
+    step_all(&results);
+    for (int i = 0; i < 3; ++i) {
+      ASSERT_TRUE(results[i].ok()) << results[i].status();
+      // The store's position is one this session's client confirmed.
+      const int64_t confirmed =
+          lags[i] < 0 ? s[i]->position() - 1 : std::max<int64_t>(s[i]->position() - 1 - lags[i], 0);
+      EXPECT_LE(s[i]->durable_position(), confirmed) << "session " << i;
+    }
+    bool all = true;
+    for (int i = 0; i < 3; ++i) all = all && s[i]->durable_position() >= 15;
+    if (all) break;
+    absl::SleepFor(absl::Milliseconds(2));
+  }
+  for (int i = 0; i < 3; ++i) ASSERT_GE(s[i]->durable_position(), 15) << "session " << i;
+
+  // Another replica takes session 1's lease: its chunk fails, the others'
+  // do not.
+  ASSERT_EQ(Cli(absl::StrCat("SET ssm:lease:", s[1]->id(), " someone-else")), 0);
+  WaitFor([&] { return s[1]->lost(); });
+  step_all(&results);
+  EXPECT_TRUE(results[0].ok());
+  EXPECT_EQ(results[1].status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_TRUE(results[2].ok());
+  ASSERT_EQ(Cli(absl::StrCat("DEL ssm:lease:", s[1]->id())), 0);
+  for (auto& e : s) a_->Detach(e->id(), "test");
+}
+
 // A stream that breaks before the first checkpoint, with nothing answered
 // that the client confirmed, leaves the session where it started.
 TEST_F(ReplicasTest, ABrokenStreamBeforeAnyCheckpointLeavesItsStart) {
