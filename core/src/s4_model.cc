@@ -1,13 +1,12 @@
 // The S4 stack: encoder, S4 blocks (SSM, activation, output linear,
 // residual, LayerNorm), decoder; weights by the S4 reference's names.
 
+#include <Eigen/Dense>
 #include <cmath>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <Eigen/Dense>
 
 #include "absl/strings/str_cat.h"
 #include "model_internal.h"
@@ -29,8 +28,8 @@ using ConstRows = Map<const RowMatrixXd>;
 using Rows = Map<RowMatrixXd>;
 
 struct Linear {
-  RowMatrixXd w;  // out x in
-  VectorXd b;     // out
+  RowMatrixXd w;   // out x in
+  VectorXd b;      // out
   RowLinear rows;  // the same map for the streaming pass (row_linear.h)
   int in() const { return static_cast<int>(w.cols()); }
   int out() const { return static_cast<int>(w.rows()); }
@@ -44,8 +43,39 @@ struct Linear {
   }
 };
 
-void LayerNorm(const VectorXd& gamma, const VectorXd& beta, double eps, const double* x,
-               int rows, double* y) {
+// The two layouts of a chunk: rows (row r = b * steps + t holds the H
+// features of step t of sequence b) and the SSM's (row (b, c) holds channel
+// c's `steps` values of sequence b). Rows [begin, end) move as
+// per-sequence tiles, channel by channel, so the SSM side is written (or
+// read) contiguously.
+void RowsToSsm(int64_t begin, int64_t end, int64_t steps, int h, const double* src, double* dst) {
+  for (int64_t r0 = begin; r0 < end;) {
+    const int64_t b = r0 / steps, t0 = r0 % steps;
+    const int64_t n = std::min(end - r0, steps - t0);
+    for (int c = 0; c < h; ++c) {
+      double* out = dst + (b * h + c) * steps + t0;
+      const double* in = src + r0 * h + c;
+      for (int64_t i = 0; i < n; ++i) out[i] = in[i * h];
+    }
+    r0 += n;
+  }
+}
+
+void SsmToRows(int64_t begin, int64_t end, int64_t steps, int h, const double* src, double* dst) {
+  for (int64_t r0 = begin; r0 < end;) {
+    const int64_t b = r0 / steps, t0 = r0 % steps;
+    const int64_t n = std::min(end - r0, steps - t0);
+    for (int c = 0; c < h; ++c) {
+      const double* in = src + (b * h + c) * steps + t0;
+      double* out = dst + r0 * h + c;
+      for (int64_t i = 0; i < n; ++i) out[i * h] = in[i];
+    }
+    r0 += n;
+  }
+}
+
+void LayerNorm(const VectorXd& gamma, const VectorXd& beta, double eps, const double* x, int rows,
+               double* y) {
   const int h = static_cast<int>(gamma.size());
   for (int r = 0; r < rows; ++r) {
     const double* in = x + static_cast<size_t>(r) * h;
@@ -132,7 +162,7 @@ const char* TransformName(ParamTransform t) {
 struct Norm {
   NormKind kind = NormKind::kLayer;
   double eps = 1e-5;
-  VectorXd w, b;  // weight and bias
+  VectorXd w, b;         // weight and bias
   VectorXd mean, scale;  // BatchNorm: running_mean, weight / sqrt(running_var + eps)
   void Apply(const double* x, int rows, double* y) const {
     if (kind == NormKind::kLayer) {
@@ -199,7 +229,7 @@ struct Block {
   std::optional<ConvMode> backward;  // bidirectional: the anti-causal kernel
   std::optional<SsmStepper> stepper;
   std::optional<DssKernel> dss;  // instead of conv, backward and stepper
-  Linear out;  // empty when OutputLinearKind::kNone
+  Linear out;                    // empty when OutputLinearKind::kNone
   Norm norm;
 };
 
@@ -306,32 +336,7 @@ class S4Model final : public Model {
       std::copy(chunks[i].x.begin(), chunks[i].x.end(), xs + i * per * d_in);
     }
     const int64_t min_rows = std::max<int64_t>(1, 16384 / (h * 4));
-    // As Run's: row r = b * steps + t (b counting every session's streams)
-    // sits at column t of row (b, c) in the SSM layout.
-    auto to_ssm = [&](int64_t begin, int64_t end, const double* src, double* dst) {
-      for (int64_t r0 = begin; r0 < end;) {
-        const int64_t b = r0 / steps, t0 = r0 % steps;
-        const int64_t m = std::min(end - r0, steps - t0);
-        for (int c = 0; c < h; ++c) {
-          double* out = dst + (b * h + c) * steps + t0;
-          const double* in = src + r0 * h + c;
-          for (int64_t i = 0; i < m; ++i) out[i] = in[i * h];
-        }
-        r0 += m;
-      }
-    };
-    auto from_ssm = [&](int64_t begin, int64_t end, const double* src, double* dst) {
-      for (int64_t r0 = begin; r0 < end;) {
-        const int64_t b = r0 / steps, t0 = r0 % steps;
-        const int64_t m = std::min(end - r0, steps - t0);
-        for (int c = 0; c < h; ++c) {
-          const double* in = src + (b * h + c) * steps + t0;
-          double* out = dst + r0 * h + c;
-          for (int64_t i = 0; i < m; ++i) out[i * h] = in[i];
-        }
-        r0 += m;
-      }
-    };
+    // The rows are as Run's (RowsToSsm), b counting every session's streams.
 
     if (encoder_) {
       ParallelFor(rows, min_rows, [&](int64_t begin, int64_t end) {
@@ -354,7 +359,7 @@ class S4Model final : public Model {
           blk.norm.Apply(stream + begin * h, static_cast<int>(end - begin), z_all + begin * h);
           in = z_all;
         }
-        to_ssm(begin, end, in, ssm_in);
+        RowsToSsm(begin, end, steps, h, in, ssm_in);
       });
       for (int64_t i = 0; i < n; ++i) {
         ShortChunk& c = chunks[i];
@@ -362,8 +367,8 @@ class S4Model final : public Model {
           const double* u = ssm_in + i * session_io;
           for (size_t j = 0; j < session_io; ++j) {
             if (!std::isfinite(u[j])) {
-              c.status = absl::InvalidArgumentError(
-                  absl::StrCat("u has a non-finite value at index ", j));
+              c.status =
+                  absl::InvalidArgumentError(absl::StrCat("u has a non-finite value at index ", j));
               break;
             }
           }
@@ -378,7 +383,7 @@ class S4Model final : public Model {
         const int m = static_cast<int>(end - begin);
         double* z = z_all + begin * h;
         double* wide = wide_all + begin * 2 * h;
-        from_ssm(begin, end, ssm_out, z_all);
+        SsmToRows(begin, end, steps, h, ssm_out, z_all);
         Activate(s4_.activation, z, static_cast<size_t>(m) * h);
         switch (s4_.output_linear) {
           case OutputLinearKind::kGlu:
@@ -450,33 +455,6 @@ class S4Model final : public Model {
     double* wide_all = z_all + width;  // 2 width
     // Rows per parallel block: enough work to be worth a hand-off.
     const int64_t min_rows = std::max<int64_t>(1, 16384 / (h * 4));
-    // Row r = b * steps + t sits at column t of row (b, c) in the SSM layout.
-    // A block of rows moves as per-sequence tiles, channel by channel, so the
-    // SSM side is written (or read) contiguously.
-    auto to_ssm = [&](int64_t begin, int64_t end, const double* src, double* dst) {
-      for (int64_t r0 = begin; r0 < end;) {
-        const int64_t b = r0 / steps, t0 = r0 % steps;
-        const int64_t n = std::min(end - r0, steps - t0);
-        for (int c = 0; c < h; ++c) {
-          double* out = dst + (b * h + c) * steps + t0;
-          const double* in = src + r0 * h + c;
-          for (int64_t i = 0; i < n; ++i) out[i] = in[i * h];
-        }
-        r0 += n;
-      }
-    };
-    auto from_ssm = [&](int64_t begin, int64_t end, const double* src, double* dst) {
-      for (int64_t r0 = begin; r0 < end;) {
-        const int64_t b = r0 / steps, t0 = r0 % steps;
-        const int64_t n = std::min(end - r0, steps - t0);
-        for (int c = 0; c < h; ++c) {
-          const double* in = src + (b * h + c) * steps + t0;
-          double* out = dst + r0 * h + c;
-          for (int64_t i = 0; i < n; ++i) out[i * h] = in[i];
-        }
-        r0 += n;
-      }
-    };
 
     if (encoder_) {
       ParallelFor(rows, min_rows, [&](int64_t begin, int64_t end) {
@@ -494,17 +472,16 @@ class S4Model final : public Model {
           blk.norm.Apply(stream + begin * h, static_cast<int>(end - begin), z_all + begin * h);
           in = z_all;
         }
-        to_ssm(begin, end, in, ssm_in);
+        RowsToSsm(begin, end, steps, h, in, ssm_in);
       });
-      if (auto st = RunSsm(blk, ssm_in, batch, steps, state, state_off, ssm_out, back);
-          !st.ok()) {
+      if (auto st = RunSsm(blk, ssm_in, batch, steps, state, state_off, ssm_out, back); !st.ok()) {
         return st;
       }
       ParallelFor(rows, min_rows, [&](int64_t begin, int64_t end) {
         const int n = static_cast<int>(end - begin);
         double* z = z_all + begin * h;
         double* wide = wide_all + begin * 2 * h;
-        from_ssm(begin, end, ssm_out, z_all);
+        SsmToRows(begin, end, steps, h, ssm_out, z_all);
         Activate(s4_.activation, z, static_cast<size_t>(n) * h);
         switch (s4_.output_linear) {
           case OutputLinearKind::kGlu:
@@ -548,8 +525,7 @@ class S4Model final : public Model {
   }
 
   absl::Status RunSsm(const Block& blk, const double* u, int batch, int steps,
-                      absl::Span<double> state, size_t& state_off, double* y,
-                      double* back) const {
+                      absl::Span<double> state, size_t& state_off, double* y, double* back) const {
     const size_t io = static_cast<size_t>(batch) * s4_.d_model * steps;
     absl::Span<const double> in(u, io);
     absl::Span<double> out(y, io);
@@ -559,10 +535,10 @@ class S4Model final : public Model {
       if (s4_.bidirectional) {
         const RowMatrixXd k1 = blk.dss->Kernel(1, steps);
         const VectorXd no_d = VectorXd::Zero(s4_.d_model);
-        AddAntiCausal(u, batch, steps, y, back, [&](absl::Span<const double> rev,
-                                                    absl::Span<double> w) {
-          return CausalConv(k1, no_d, rev, batch, steps, w);
-        });
+        AddAntiCausal(u, batch, steps, y, back,
+                      [&](absl::Span<const double> rev, absl::Span<double> w) {
+                        return CausalConv(k1, no_d, rev, batch, steps, w);
+                      });
       }
       return absl::OkStatus();
     }
@@ -674,9 +650,9 @@ absl::StatusOr<Norm> ReadNorm(WeightReader& w, const S4StackSpec& s4, const std:
     norm.scale.resize(h);
     for (int j = 0; j < h; ++j) {
       if (!((*var)[j] + norm.eps > 0)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            w.source(), ": '", prefix, ".running_var'[", j, "] = ", (*var)[j],
-            ": the variance plus eps must be positive"));
+        return absl::InvalidArgumentError(absl::StrCat(w.source(), ": '", prefix, ".running_var'[",
+                                                       j, "] = ", (*var)[j],
+                                                       ": the variance plus eps must be positive"));
       }
       norm.scale(j) = norm.w(j) / std::sqrt((*var)[j] + norm.eps);
     }
@@ -684,8 +660,7 @@ absl::StatusOr<Norm> ReadNorm(WeightReader& w, const S4StackSpec& s4, const std:
   return norm;
 }
 
-absl::Status LoadBlock(WeightReader& w, const S4StackSpec& s4, int max_length, int i,
-                       Block& blk) {
+absl::Status LoadBlock(WeightReader& w, const S4StackSpec& s4, int max_length, int i, Block& blk) {
   const std::string pre = absl::StrCat("s4_layers.", i, ".");
   const int h = s4.d_model, m = s4.d_state / 2;
   const bool minimal = w.Has(pre + "kernel.log_dt");
@@ -695,16 +670,17 @@ absl::Status LoadBlock(WeightReader& w, const S4StackSpec& s4, int max_length, i
   std::vector<double> c_values;
   if (minimal) {
     if (s4.kernel != KernelKind::kDiagonal || s4.bidirectional) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          w.source(), ": '", k, "log_dt' is a minimal S4D block, but the config says ",
-          s4.kernel == KernelKind::kDplr ? "DPLR" : "bidirectional"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(w.source(), ": '", k, "log_dt' is a minimal S4D block, but the config says ",
+                       s4.kernel == KernelKind::kDplr ? "DPLR" : "bidirectional"));
     }
     const S4StackSpec defaults;
     if (s4.dss || s4.dt_transform != defaults.dt_transform ||
         s4.real_transform != defaults.real_transform ||
         s4.imag_transform != defaults.imag_transform || s4.dt_fast) {
       return absl::InvalidArgumentError(absl::StrCat(
-          w.source(), ": '", k, "log_dt' is a minimal S4D block, whose parameterization is "
+          w.source(), ": '", k,
+          "log_dt' is a minimal S4D block, whose parameterization is "
           "fixed (dt = exp(log_dt), Lambda = -exp(log_A_real) + i A_imag, ZOH), but the config "
           "sets DSS, dt_transform, real_transform, imag_transform or dt_fast"));
     }
@@ -752,10 +728,10 @@ absl::Status LoadBlock(WeightReader& w, const S4StackSpec& s4, int max_length, i
       const double stored = (*inv_dt)[r];
       const double dt = Transform(s4.dt_transform, s4.dt_fast ? std::sinh(stored) : stored);
       if (!(dt > 0) || !std::isfinite(dt)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            w.source(), ": layer ", i, ": '", k, "inv_dt'[", r, "] = ", stored, " gives dt = ",
-            dt, " under dt_transform ", TransformName(s4.dt_transform),
-            s4.dt_fast ? " (after sinh, dt_fast)" : "", "; a step must be positive"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(w.source(), ": layer ", i, ": '", k, "inv_dt'[", r, "] = ", stored,
+                         " gives dt = ", dt, " under dt_transform ", TransformName(s4.dt_transform),
+                         s4.dt_fast ? " (after sinh, dt_fast)" : "", "; a step must be positive"));
       }
       sys.dt(r) = dt;
     }
@@ -786,8 +762,8 @@ absl::Status LoadBlock(WeightReader& w, const S4StackSpec& s4, int max_length, i
     auto l = w.Take(k + "l_kernel", {{}, {1}});
     if (!l.ok()) return l.status();
     if ((*l)[0] < 0 || (*l)[0] > kMaxFftConvLength || (*l)[0] != std::floor((*l)[0])) {
-      return absl::InvalidArgumentError(absl::StrCat(w.source(), ": '", k,
-                                                     "l_kernel' must be a length, got ", (*l)[0]));
+      return absl::InvalidArgumentError(
+          absl::StrCat(w.source(), ": '", k, "l_kernel' must be a length, got ", (*l)[0]));
     }
     l_kernel = static_cast<int64_t>((*l)[0]);
   }
@@ -797,14 +773,13 @@ absl::Status LoadBlock(WeightReader& w, const S4StackSpec& s4, int max_length, i
     with_c.C = Complex(c_values, h, m, h, static_cast<size_t>(ch) * h * m * 2);
     if (l_kernel > 0) {
       if (auto st = ValidateDplr(with_c); !st.ok()) {
-        return absl::InvalidArgumentError(absl::StrCat(w.source(), ": layer ", i, ": ",
-                                                       st.message()));
+        return absl::InvalidArgumentError(
+            absl::StrCat(w.source(), ": layer ", i, ": ", st.message()));
       }
       absl::StatusOr<RowMatrixXcd> c = CFromCTilde(with_c, static_cast<int>(l_kernel));
       if (!c.ok()) {
-        return absl::InvalidArgumentError(absl::StrCat(w.source(), ": layer ", i,
-                                                       ": C~ cannot be inverted: ",
-                                                       c.status().message()));
+        return absl::InvalidArgumentError(absl::StrCat(
+            w.source(), ": layer ", i, ": C~ cannot be inverted: ", c.status().message()));
       }
       with_c.C = *std::move(c);
     }
@@ -812,8 +787,7 @@ absl::Status LoadBlock(WeightReader& w, const S4StackSpec& s4, int max_length, i
   }
   sys.C = cs[0];
   auto wrap = [&](const absl::Status& st) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(w.source(), ": layer ", i, ": ", st.message()));
+    return absl::InvalidArgumentError(absl::StrCat(w.source(), ": layer ", i, ": ", st.message()));
   };
   if (s4.dss) {
     if (auto st = ValidateDplr(sys); !st.ok()) return wrap(st);
