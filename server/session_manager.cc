@@ -205,7 +205,11 @@ SessionManager::SessionManager(Options options)
 }
 
 SessionManager::~SessionManager() {
-  stop_.Notify();
+  {
+    absl::MutexLock lock(&wake_mu_);
+    stopping_ = true;
+  }
+  wake_cv_.Signal();
   if (checkpointer_.joinable()) checkpointer_.join();
 }
 
@@ -304,6 +308,7 @@ absl::StatusOr<std::shared_ptr<SessionManager::Entry>> SessionManager::Add(
   ++per_owner_[entry->owner()];
   if (attached) ++attached_;
   state_bytes_ += entry->state_bytes();
+  if (stored && adopted == nullptr) WakeCheckpointer();
   LogfLimited("session opened", "session %s %s: model '%s' version %d, batch %d, position %d",
               SessionTag(id), OriginText(origin), entry->model_name(), version, batch, position);
   return entry;
@@ -379,6 +384,7 @@ void SessionManager::DetachLocked(Map::iterator it, absl::string_view why) {
       // has, releases the lease and lets it go: from then on it lives in
       // the store, where a reattach (here too) continues it.
       leaving_.push_back(it->second.entry);
+      WakeCheckpointer();
       LogfLimited("session detached", "session %s detached (%s); kept in %s for %s",
                   SessionTag(it->first), why, options_.store->Describe(),
                   absl::FormatDuration(options_.ttl));
@@ -397,6 +403,7 @@ void SessionManager::Close(absl::string_view id) {
   LogfLimited("session closed", "session %s closed", SessionTag(it->first));
   if (it->second.entry->stored_ && !it->second.entry->lost()) {
     to_delete_.emplace_back(it->first, it->second.entry->holder_);
+    WakeCheckpointer();
   }
   EraseLocked(it);
 }
@@ -608,8 +615,26 @@ void SessionManager::CheckpointOnce() {
 
 void SessionManager::CheckpointLoop() {
   const absl::Duration tick =
-      std::min({absl::Milliseconds(100), options_.checkpoint_interval, options_.lease / 6});
-  while (!stop_.WaitForNotificationWithTimeout(tick)) CheckpointOnce();
+      std::min({options_.checkpoint_tick, options_.checkpoint_interval, options_.lease / 6});
+  for (;;) {
+    {
+      absl::MutexLock lock(&wake_mu_);
+      const absl::Time until = absl::Now() + tick;
+      while (!wake_ && !stopping_ && !wake_cv_.WaitWithDeadline(&wake_mu_, until)) {
+      }
+      if (stopping_) return;
+      wake_ = false;  // wakes from now on ask for another pass
+    }
+    CheckpointOnce();
+  }
+}
+
+void SessionManager::WakeCheckpointer() {
+  {
+    absl::MutexLock lock(&wake_mu_);
+    wake_ = true;
+  }
+  wake_cv_.Signal();
 }
 
 absl::StatusOr<SessionManager::Stored> SessionManager::TakeStored(absl::string_view id,

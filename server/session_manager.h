@@ -14,7 +14,9 @@
 // writer across replicas, renewed every lease/3), and a background thread
 // (never the step path: a chunk only bumps an atomic) writes each attached
 // session's snapshot whenever it advanced, at most every
-// `checkpoint_interval`; durable_position() says how far the store has it.
+// `checkpoint_interval` (a new session's first write at once: until then
+// its id would die with this replica); durable_position() says how far the
+// store has it.
 // Only states whose outputs the stream's client has are written (Run's
 // `received`): a reattach after any failure replays what the client lacks
 // and never skips an output it did not get. A detached session is written
@@ -59,7 +61,6 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "server/session_store.h"
@@ -105,6 +106,13 @@ class SessionManager {
     SessionStore* store = nullptr;
     absl::Duration lease = absl::Seconds(10);
     absl::Duration checkpoint_interval = absl::Seconds(1);
+    // How often the checkpointer looks at the sessions unprompted (renewing
+    // leases, writing those that advanced); at most lease/6. What must not
+    // wait for the tick wakes it: a new session (until its first write, a
+    // replica's crash would lose it: its id could not be reopened
+    // anywhere), a detach (another replica waits for its last write and its
+    // lease) and a close (the store's copy must go).
+    absl::Duration checkpoint_tick = absl::Milliseconds(100);
   };
 
   // How a session came to be, for the log.
@@ -342,6 +350,8 @@ class SessionManager {
   void DetachLocked(Map::iterator it, absl::string_view why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void NoteStoreResult(const absl::Status& status, absl::string_view what);
   std::string NewHolder() const;
+  // Has the checkpointer run a pass now rather than at its next tick.
+  void WakeCheckpointer();
 
   const Options options_;
   const std::string replica_;  // this process, in lease holder tokens
@@ -362,7 +372,10 @@ class SessionManager {
   std::atomic<uint64_t> store_writes_{0}, store_bytes_{0}, store_errors_{0};
   std::atomic<bool> store_healthy_{true};
   absl::Mutex checkpoint_mu_;  // one checkpoint pass at a time (the thread, FlushAll)
-  absl::Notification stop_;
+  absl::Mutex wake_mu_;        // never held with mu_ or checkpoint_mu_ taken after it
+  absl::CondVar wake_cv_;
+  bool wake_ ABSL_GUARDED_BY(wake_mu_) = false;
+  bool stopping_ ABSL_GUARDED_BY(wake_mu_) = false;
   std::thread checkpointer_;
 };
 

@@ -480,6 +480,41 @@ TEST_F(ReplicasTest, ABrokenStreamBeforeAnyCheckpointLeavesItsStart) {
   EXPECT_EQ((*moved)->position(), 0);
 }
 
+// The checkpointer's tick is only its unprompted pace: a new session is in
+// the store at once (its id must survive this replica from the start), a
+// detached one is written and let go at once, and a closed one's record
+// goes at once. With an hour's tick, nothing here could happen by the tick.
+TEST_F(ReplicasTest, OpensDetachesAndClosesDoNotWaitForTheTick) {
+  SessionManager::Options o;
+  o.store = store_.get();
+  o.lease = absl::Hours(24);
+  o.checkpoint_interval = absl::Hours(1);
+  o.checkpoint_tick = absl::Hours(1);
+  auto lazy = std::make_unique<SessionManager>(o);
+
+  absl::StatusOr<std::shared_ptr<SessionManager::Entry>> s = Open(*lazy);
+  ASSERT_TRUE(s.ok()) << s.status();
+  const std::string id = (*s)->id();
+  WaitFor([&] { return (*s)->durable_position() == 0 && store_->Get(id)->has_value(); });
+  Step(**s, 7);
+  lazy->Detach(id, "the connection broke");
+  // Its lease is released at once (else: FailedPrecondition for a day).
+  WaitFor([&] { return lazy->GetStats().detached == 0; });
+  absl::StatusOr<std::shared_ptr<SessionManager::Entry>> moved = Open(*b_, id);
+  ASSERT_TRUE(moved.ok()) << moved.status();
+  // No pass asked for a state while it ran, so the store has its start:
+  // the client, told durable_position 0, still holds the 7 chunks.
+  EXPECT_EQ((*moved)->position(), 0);
+
+  absl::StatusOr<std::shared_ptr<SessionManager::Entry>> other = Open(*lazy);
+  ASSERT_TRUE(other.ok()) << other.status();
+  const std::string other_id = (*other)->id();
+  WaitFor([&] { return store_->Get(other_id)->has_value(); });
+  lazy->Close(other_id);
+  WaitFor([&] { return !store_->Get(other_id)->has_value(); });
+  b_->Detach(id, "test");
+}
+
 // The same replica: a reattach by id right after the stream broke waits for
 // the last write (the lease) and continues from the confirmed state.
 TEST_F(ReplicasTest, AReattachOnTheSameReplicaContinuesFromTheConfirmedState) {
