@@ -254,6 +254,61 @@ absl::StatusOr<std::shared_ptr<SessionManager::Entry>> SessionManager::Add(
                 entry->model_name(), version, batch, position);
     return entry;
   }
+  // A store that is failing is not waited for on every open (each would
+  // take the store's timeout): the session runs at once and the
+  // checkpointer writes it when the store answers.
+  Adopted written;
+  if (stored && adopted == nullptr && store_healthy_.load()) {
+    absl::StatusOr<Adopted> first = WriteNew(owner, model_name, version, session);
+    if (first.ok()) {
+      written = *std::move(first);
+      adopted = &written;
+    }
+  }
+  absl::StatusOr<std::shared_ptr<Entry>> entry =
+      Register(std::move(model_name), version, std::move(session), attached, origin,
+               std::move(owner), adopted);
+  if (!entry.ok() && adopted == &written) {
+    // Refused (a limit): the record goes, and its lease with it.
+    const absl::Status deleted = options_.store->Delete(written.id, written.holder);
+    NoteStoreResult(deleted, "deleting a refused session");
+  }
+  return entry;
+}
+
+absl::StatusOr<SessionManager::Adopted> SessionManager::WriteNew(const std::string& owner,
+                                                                 const std::string& model_name,
+                                                                 int64_t version,
+                                                                 const ssm::Session& session) {
+  SessionStore& store = *options_.store;
+  Adopted out{NewSessionId(), NewHolder(), session.position()};
+  absl::StatusOr<bool> leased = store.AcquireLease(out.id, out.holder, options_.lease);
+  absl::Status status = leased.status();
+  if (status.ok() && !*leased) {
+    status = absl::InternalError("the lease of a fresh random id is held");  // 2^-128
+  }
+  if (status.ok()) {
+    StoredSession record{owner, model_name, version, out.position, session.ExportState()};
+    const size_t bytes = record.snapshot.size();
+    status = store.Put(out.id, out.holder, record, options_.ttl);
+    if (status.ok()) {
+      store_writes_.fetch_add(1);
+      store_bytes_.fetch_add(bytes);
+    } else {
+      (void)store.ReleaseLease(out.id, out.holder);
+    }
+  }
+  NoteStoreResult(status, "writing a new session");
+  if (!status.ok()) return status;
+  return out;
+}
+
+absl::StatusOr<std::shared_ptr<SessionManager::Entry>> SessionManager::Register(
+    std::string model_name, int64_t version, ssm::Session session, bool attached, Origin origin,
+    std::string owner, const Adopted* adopted) {
+  const int batch = session.batch();
+  const int64_t position = session.position();
+  const bool stored = options_.store != nullptr && origin != Origin::kSequence;
   absl::MutexLock lock(&mu_);
   const absl::Time now = options_.clock();
   if (static_cast<int>(sessions_.size()) >= options_.max_sessions) {
@@ -291,8 +346,9 @@ absl::StatusOr<std::shared_ptr<SessionManager::Entry>> SessionManager::Add(
                                        std::move(session), options_.signer);
   entry->stored_ = stored;
   if (stored) {
-    // The checkpointer takes the lease of a new session with its first
-    // write; an adopted one came with its lease and its stored position.
+    // An adopted session (or a new one written by Add) came with its lease
+    // and its stored position; else the checkpointer takes the lease with
+    // its first write.
     entry->holder_ = adopted != nullptr ? adopted->holder : NewHolder();
     if (adopted != nullptr) {
       entry->saved_position_ = adopted->position;

@@ -14,9 +14,9 @@
 // writer across replicas, renewed every lease/3), and a background thread
 // (never the step path: a chunk only bumps an atomic) writes each attached
 // session's snapshot whenever it advanced, at most every
-// `checkpoint_interval` (a new session's first write at once: until then
-// its id would die with this replica); durable_position() says how far the
-// store has it.
+// `checkpoint_interval`; a new session is written by Add itself, so its id
+// never dies with this replica; durable_position() says how far the store
+// has it.
 // Only states whose outputs the stream's client has are written (Run's
 // `received`): a reattach after any failure replays what the client lacks
 // and never skips an output it did not get. A detached session is written
@@ -257,7 +257,10 @@ class SessionManager {
   // Registers `session` under a fresh id, owned by `owner`, attached (a
   // stream's) or detached (ImportState's). ResourceExhausted at
   // max_sessions (after evicting the expired ones) or past the owner's
-  // quota_sessions, naming the limit.
+  // quota_sessions, naming the limit. With a store, a new session is
+  // written there before this returns (so its id, once a client has it,
+  // survives this replica), unless the store is failing: then it runs at
+  // once and the checkpointer writes it when the store answers.
   absl::StatusOr<std::shared_ptr<Entry>> Add(std::string model_name, int64_t version,
                                              ssm::Session session, bool attached, Origin origin,
                                              std::string owner = "",
@@ -352,6 +355,14 @@ class SessionManager {
   std::string NewHolder() const;
   // Has the checkpointer run a pass now rather than at its next tick.
   void WakeCheckpointer();
+  // A new attached session's first write, before its id is handed out:
+  // its lease and record under a fresh id, as if adopted at its position.
+  absl::StatusOr<Adopted> WriteNew(const std::string& owner, const std::string& model_name,
+                                   int64_t version, const ssm::Session& session);
+  absl::StatusOr<std::shared_ptr<Entry>> Register(std::string model_name, int64_t version,
+                                                  ssm::Session session, bool attached,
+                                                  Origin origin, std::string owner,
+                                                  const Adopted* adopted);
 
   const Options options_;
   const std::string replica_;  // this process, in lease holder tokens

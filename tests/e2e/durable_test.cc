@@ -330,6 +330,54 @@ TEST(DurableTest, RollingRestart) {
   EXPECT_GT(moved, 0);
 }
 
+// A session's id is durable from the moment the client has it: the
+// replica that opened it dies the moment it has answered the open, before
+// any checkpoint could run, and another replica continues it by id.
+TEST(DurableTest, AReplicaKilledRightAfterTheOpenLosesNothing) {
+  absl::StatusOr<std::unique_ptr<RedisProcess>> redis = RedisProcess::Start();
+  ASSERT_OK(redis);
+  Replicas replicas(**redis, 2);
+  std::string id;
+  {
+    auto stub = StubFor(replicas.address(0));
+    grpc::ClientContext context;
+    auto stream = stub->StreamInfer(&context);
+    v1::StreamRequest open;
+    open.mutable_open()->set_model("s4-demo");
+    v1::StreamResponse response;
+    ASSERT_TRUE(stream->Write(open) && stream->Read(&response));
+    replicas.server(0).Signal(SIGKILL);
+    id = response.opened().session_id();
+    EXPECT_EQ(response.durable_position(), 0);
+    context.TryCancel();
+    stream->Finish();
+  }
+  // The dead replica's lease runs out; then the other one has the session.
+  const absl::Time killed = absl::Now();
+  bool taken = false;
+  while (!taken && absl::Now() < killed + kLease + absl::Seconds(10)) {
+    auto stub = StubFor(replicas.address(1));
+    grpc::ClientContext context;
+    auto stream = stub->StreamInfer(&context);
+    v1::StreamRequest open;
+    open.mutable_open()->set_session_id(id);
+    v1::StreamResponse response;
+    if (stream->Write(open) && stream->Read(&response)) {
+      taken = true;
+      EXPECT_EQ(response.opened().session_id(), id);
+      EXPECT_EQ(response.opened().position(), 0);
+      stream->WritesDone();
+      EXPECT_TRUE(stream->Finish().ok());
+      break;
+    }
+    const grpc::Status refused = stream->Finish();
+    ASSERT_EQ(refused.error_code(), grpc::StatusCode::FAILED_PRECONDITION)
+        << refused.error_message();
+    absl::SleepFor(absl::Milliseconds(200));
+  }
+  EXPECT_TRUE(taken);
+}
+
 TEST(DurableTest, TwoClientsRaceForOneSession) {
   absl::StatusOr<std::unique_ptr<RedisProcess>> redis = RedisProcess::Start();
   ASSERT_OK(redis);

@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <memory>
 #include <optional>
@@ -82,6 +83,17 @@ class RedisStoreTest : public ::testing::Test {
   int Cli(const std::string& args) {
     return std::system(
         absl::StrCat("redis-cli -p ", redis_->port(), " ", args, " >/dev/null").c_str());
+  }
+  // Its output, trailing newline dropped.
+  std::string CliOutput(const std::string& args) {
+    FILE* out = popen(absl::StrCat("redis-cli -p ", redis_->port(), " ", args).c_str(), "r");
+    if (out == nullptr) return "popen failed";
+    std::string text;
+    char buffer[256];
+    while (fgets(buffer, sizeof(buffer), out) != nullptr) text += buffer;
+    pclose(out);
+    while (!text.empty() && text.back() == '\n') text.pop_back();
+    return text;
   }
 
   std::unique_ptr<RedisProcess> redis_;
@@ -480,9 +492,10 @@ TEST_F(ReplicasTest, ABrokenStreamBeforeAnyCheckpointLeavesItsStart) {
   EXPECT_EQ((*moved)->position(), 0);
 }
 
-// The checkpointer's tick is only its unprompted pace: a new session is in
-// the store at once (its id must survive this replica from the start), a
-// detached one is written and let go at once, and a closed one's record
+// A new session is in the store before its id is handed out (a client
+// that has the id can reattach it anywhere, even if this replica dies the
+// next moment); the checkpointer's tick is only its unprompted pace: a
+// detached session is written and let go at once, a closed one's record
 // goes at once. With an hour's tick, nothing here could happen by the tick.
 TEST_F(ReplicasTest, OpensDetachesAndClosesDoNotWaitForTheTick) {
   SessionManager::Options o;
@@ -495,7 +508,12 @@ TEST_F(ReplicasTest, OpensDetachesAndClosesDoNotWaitForTheTick) {
   absl::StatusOr<std::shared_ptr<SessionManager::Entry>> s = Open(*lazy);
   ASSERT_TRUE(s.ok()) << s.status();
   const std::string id = (*s)->id();
-  WaitFor([&] { return (*s)->durable_position() == 0 && store_->Get(id)->has_value(); });
+  EXPECT_EQ((*s)->durable_position(), 0);
+  absl::StatusOr<std::optional<StoredSession>> record = store_->Get(id);
+  ASSERT_TRUE(record.ok()) << record.status();
+  ASSERT_TRUE(record->has_value());
+  EXPECT_EQ((*record)->position, 0);
+  EXPECT_EQ((*record)->model, "mem");
   Step(**s, 7);
   lazy->Detach(id, "the connection broke");
   // Its lease is released at once (else: FailedPrecondition for a day).
@@ -513,6 +531,22 @@ TEST_F(ReplicasTest, OpensDetachesAndClosesDoNotWaitForTheTick) {
   lazy->Close(other_id);
   WaitFor([&] { return !store_->Get(other_id)->has_value(); });
   b_->Detach(id, "test");
+}
+
+// A new session refused by a limit leaves nothing in the store, though it
+// was written before its registration.
+TEST_F(ReplicasTest, ARefusedNewSessionLeavesNoRecord) {
+  SessionManager::Options o;
+  o.store = store_.get();
+  o.max_sessions = 1;
+  auto full = std::make_unique<SessionManager>(o);
+  absl::StatusOr<std::shared_ptr<SessionManager::Entry>> first = Open(*full);
+  ASSERT_TRUE(first.ok()) << first.status();
+  const int64_t writes = full->GetStats().store_writes_total;
+  EXPECT_EQ(Open(*full).status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(full->GetStats().store_writes_total, writes + 1);  // written, then deleted
+  EXPECT_EQ(CliOutput("DBSIZE"), "2");  // the first session's record and lease only
+  full->Close((*first)->id());
 }
 
 // The same replica: a reattach by id right after the stream broke waits for
