@@ -113,6 +113,16 @@ void ConnectionGuard::ScanOnce() {
     seen[inode] = first;
     live.emplace_back(first, inode);
   }
+  // The kernel's table is read in several read(2)s and is no snapshot:
+  // while connections come and go an entry can be skipped. A connection
+  // we knew whose socket is still ours was skipped, not closed: it keeps
+  // its age (else the next scan would take the oldest client for the
+  // newest and shut it down first).
+  for (const auto& [inode, first] : first_seen_) {
+    if (seen.contains(inode) || !own.contains(inode)) continue;
+    seen[inode] = first;
+    live.emplace_back(first, inode);
+  }
   first_seen_ = std::move(seen);
   open_.store(static_cast<int>(live.size()), std::memory_order_relaxed);
   const int cap = options_.max_connections;

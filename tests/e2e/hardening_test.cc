@@ -344,6 +344,7 @@ TEST(HardeningConnectionsTest, AFloodLeavesALockStepStreamsP99Bounded) {
   EXPECT_GT(connections.load(), 0);
   EXPECT_LE(flooded_p99, kFloodedP99BoundMs);
   EXPECT_OK((*witness)->Close());
+  if (HasFailure()) std::printf("server log:\n%s\n", (*server)->Log().c_str());
 }
 
 // A 1 MiB model name, 50 times: each call gets NOT_FOUND (not a transport
