@@ -106,13 +106,18 @@ class FieldReader {
   std::string_view rest_;
 };
 
-// A LegS memory of N = 2 (its state is its two coefficients, which are
-// also its outputs), batch 2, after 3 steps: 85 bytes.
-TEST(SessionSnapshotTest, LayoutFieldByField) {
+// A LegS memory of N = 2: its state is its two coefficients, which are
+// also its outputs.
+absl::StatusOr<std::shared_ptr<const Model>> LegS2() {
   HippoMemorySpec h;
   h.measure = HippoMemorySpec::Measure::kLegS;
   h.n = 2;
-  absl::StatusOr<std::shared_ptr<const Model>> m = LoadModel(HippoSpec(h, 2), nullptr);
+  return LoadModel(HippoSpec(h, 2), nullptr);
+}
+
+// LegS2, batch 2, after 3 steps: 85 bytes.
+TEST(SessionSnapshotTest, LayoutFieldByField) {
+  absl::StatusOr<std::shared_ptr<const Model>> m = LegS2();
   ASSERT_TRUE(m.ok()) << m.status();
   Session s = *Session::Create(*m, 2);
   const std::vector<double> x = {0.5, -1.25, 2.0, 1.0, 0.25, -0.75};  // 2 x 3 x 1
@@ -189,10 +194,7 @@ TEST(ModelTest, SnapshotsOfAnotherModelOrCorruptedAreRefused) {
 // escaped, so a forged name cannot make the message huge or carry control
 // characters into a log.
 TEST(SessionSnapshotTest, AForeignNameIsQuotedCutAndEscaped) {
-  HippoMemorySpec h;
-  h.measure = HippoMemorySpec::Measure::kLegS;
-  h.n = 2;
-  absl::StatusOr<std::shared_ptr<const Model>> m = LoadModel(HippoSpec(h, 2), nullptr);
+  absl::StatusOr<std::shared_ptr<const Model>> m = LegS2();
   ASSERT_TRUE(m.ok()) << m.status();
   const std::string snap = Session::Create(*m, 1)->ExportState();
   // Layout (see LayoutFieldByField): the 5-byte name "hippo" at offset 28,

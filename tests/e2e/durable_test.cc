@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -330,6 +331,24 @@ TEST(DurableTest, RollingRestart) {
   EXPECT_GT(moved, 0);
 }
 
+// Opens a new s4-demo session on `replica` and cancels the stream (the
+// session detaches), calling `answered` in between, as soon as the open is
+// answered; that answer.
+v1::StreamResponse OpenAndLeave(
+    Replicas& replicas, int replica, const std::function<void()>& answered = [] {}) {
+  auto stub = StubFor(replicas.address(replica));
+  grpc::ClientContext context;
+  auto stream = stub->StreamInfer(&context);
+  v1::StreamRequest open;
+  open.mutable_open()->set_model("s4-demo");
+  v1::StreamResponse response;
+  EXPECT_TRUE(stream->Write(open) && stream->Read(&response));
+  answered();
+  context.TryCancel();
+  stream->Finish();
+  return response;
+}
+
 // A session's id is durable from the moment the client has it: the
 // replica that opened it dies the moment it has answered the open, before
 // any checkpoint could run, and another replica continues it by id.
@@ -337,21 +356,11 @@ TEST(DurableTest, AReplicaKilledRightAfterTheOpenLosesNothing) {
   absl::StatusOr<std::unique_ptr<RedisProcess>> redis = RedisProcess::Start();
   ASSERT_OK(redis);
   Replicas replicas(**redis, 2);
-  std::string id;
-  {
-    auto stub = StubFor(replicas.address(0));
-    grpc::ClientContext context;
-    auto stream = stub->StreamInfer(&context);
-    v1::StreamRequest open;
-    open.mutable_open()->set_model("s4-demo");
-    v1::StreamResponse response;
-    ASSERT_TRUE(stream->Write(open) && stream->Read(&response));
-    replicas.server(0).Signal(SIGKILL);
-    id = response.opened().session_id();
-    EXPECT_EQ(response.durable_position(), 0);
-    context.TryCancel();
-    stream->Finish();
-  }
+  const v1::StreamResponse opened =
+      OpenAndLeave(replicas, 0, [&] { replicas.server(0).Signal(SIGKILL); });
+  const std::string id = opened.opened().session_id();
+  ASSERT_FALSE(id.empty());
+  EXPECT_EQ(opened.durable_position(), 0);
   // The dead replica's lease runs out; then the other one has the session.
   const absl::Time killed = absl::Now();
   bool taken = false;
@@ -383,19 +392,8 @@ TEST(DurableTest, TwoClientsRaceForOneSession) {
   ASSERT_OK(redis);
   Replicas replicas(**redis, 2);
   // A session, detached (its stream cancelled), in the store.
-  std::string id;
-  {
-    auto stub = StubFor(replicas.address(0));
-    grpc::ClientContext context;
-    auto stream = stub->StreamInfer(&context);
-    v1::StreamRequest open;
-    open.mutable_open()->set_model("s4-demo");
-    v1::StreamResponse response;
-    ASSERT_TRUE(stream->Write(open) && stream->Read(&response));
-    id = response.opened().session_id();
-    context.TryCancel();
-    stream->Finish();
-  }
+  const std::string id = OpenAndLeave(replicas, 0).opened().session_id();
+  ASSERT_FALSE(id.empty());
   absl::SleepFor(absl::Milliseconds(500));  // written and let go
   auto attach = [&](int replica, grpc::ClientContext* context, v1::StreamResponse* response) {
     auto stub = StubFor(replicas.address(replica));
