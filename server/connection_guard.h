@@ -6,19 +6,20 @@
 // buffers. Idle connections are closed by gRPC itself
 // (--max_connection_idle, keepalive); this closes the excess.
 //
-// How: every `period` the guard reads the kernel's TCP tables
-// (/proc/net/tcp and tcp6) for the established connections whose local
-// port is the server's and whose socket belongs to this process (its
-// inode is one of /proc/self/fd's), remembering when it first saw each
-// (the table is no snapshot and may skip an entry while connections churn:
-// a known connection whose socket is still ours keeps its age).
+// How: every `period` the guard asks each of this process's descriptors
+// (/proc/self/fd: fstat, getsockname, TCP_INFO) for the TCP sockets whose
+// local port is the server's and whose connection is established (or
+// half-closed by the peer), remembering when it first saw each (by inode).
 // Past `max_connections`, the newest ones beyond the cap are shut down
 // (shutdown(2), never close(2): the descriptor stays gRPC's, which sees
 // the connection end and cleans it up as if the peer had left; the fd is
 // checked to be the same socket right before, so a reused descriptor
 // number is never hit). Older connections, whose clients were there
-// first, are kept. A refused client sees its connection closed
-// (UNAVAILABLE) and may retry once others are gone.
+// first, are kept; among those first seen in the same scan (whose order a
+// scan cannot tell, nor can socket inodes, numbered in per-CPU batches),
+// the ones that have received the most bytes are kept. A refused client
+// sees its connection closed (UNAVAILABLE) and may retry once others are
+// gone.
 //
 // Thread safety: the guard runs its own thread; the accessors may be
 // called from any thread.
@@ -57,9 +58,15 @@ class ConnectionGuard {
   // Connections shut down for being past the cap, since construction.
   uint64_t closed_over_limit() const { return closed_.load(std::memory_order_relaxed); }
 
-  // One scan now (the thread calls it every period; tests call it to avoid
-  // waiting). Serialized with the thread's.
+  // One scan now (the thread calls it every period, starting at
+  // construction; tests call it to avoid waiting). Serialized with the
+  // thread's.
   void ScanOnce();
+  // Scans done so far, the thread's and ScanOnce's.
+  uint64_t scans() const {
+    absl::MutexLock lock(&scan_mu_);
+    return scans_;
+  }
 
  private:
   void Loop();
@@ -67,7 +74,7 @@ class ConnectionGuard {
   const Options options_;
   std::atomic<int> open_{0};
   std::atomic<uint64_t> closed_{0};
-  absl::Mutex scan_mu_;
+  mutable absl::Mutex scan_mu_;
   // Socket inode -> the scan that first saw it (its age).
   absl::flat_hash_map<uint64_t, uint64_t> first_seen_ ABSL_GUARDED_BY(scan_mu_);
   uint64_t scans_ ABSL_GUARDED_BY(scan_mu_) = 0;

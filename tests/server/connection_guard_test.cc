@@ -8,10 +8,12 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <string>
 #include <vector>
 
 #include "server/log.h"
@@ -38,6 +40,8 @@ class Listener {
     close(fd_);
   }
   int port() const { return port_; }
+  // The server's end of the last connection accepted.
+  int last_accepted() const { return accepted_.back(); }
 
   // Connects a client and accepts it; returns the client's end.
   int Connect() {
@@ -105,6 +109,35 @@ TEST_F(ConnectionGuardTest, TheNewestPastTheCapAreShutDown) {
   guard.ScanOnce();
   EXPECT_EQ(guard.open(), 4);
   EXPECT_EQ(guard.closed_over_limit(), 6u);
+}
+
+// Connections first seen in the same scan cannot be ordered by when they
+// came (nor by inode: the kernel numbers sockets in per-CPU batches): the
+// one that has carried bytes is kept, the silent ones go. The talking one
+// is made last here, so an order by inode would take it for the newest.
+TEST_F(ConnectionGuardTest, AmongConnectionsSeenTogetherTheSilentOnesGoFirst) {
+  Listener listener;
+  ConnectionGuard guard({.port = listener.port(), .max_connections = 1, .period = absl::Hours(1)});
+  // The thread's first scan (at construction) must not fall among the
+  // connects below: it would make the first of them the oldest.
+  while (guard.scans() == 0) usleep(1000);
+  std::vector<int> silent;
+  for (int i = 0; i < 8; ++i) silent.push_back(listener.Connect());
+  const int talking = listener.Connect();
+  const std::string bytes(1000, 'x');
+  ASSERT_EQ(send(talking, bytes.data(), bytes.size(), 0), 1000);
+  // Loopback delivers in a softirq that may run a moment later: wait
+  // until the server's end has the bytes.
+  int queued = 0;
+  for (int i = 0; i < 1000 && queued < 1000; ++i) {
+    ASSERT_EQ(ioctl(listener.last_accepted(), FIONREAD, &queued), 0);
+    if (queued < 1000) usleep(1000);
+  }
+  ASSERT_EQ(queued, 1000);
+  guard.ScanOnce();
+  EXPECT_EQ(guard.closed_over_limit(), 8u);
+  EXPECT_FALSE(ClosedByServer(talking));
+  for (int c : silent) EXPECT_TRUE(ClosedByServer(c));
 }
 
 TEST_F(ConnectionGuardTest, ProcessStatsAreRead) {
