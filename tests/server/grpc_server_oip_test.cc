@@ -3,14 +3,13 @@
 // exact code, Triton's sequences through ModelInfer and ModelStreamInfer,
 // auth, the drain and the metrics.
 
+#include <gmock/gmock.h>
 #include <grpcpp/generic/generic_stub.h>
+#include <gtest/gtest.h>
 
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
 
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
@@ -18,6 +17,13 @@
 
 namespace ssm::server::testing {
 namespace {
+
+// A status as a gtest assertion: a failure shows its code and message.
+::testing::AssertionResult Ok(const grpc::Status& status) {
+  if (status.ok()) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure()
+         << "gRPC status " << status.error_code() << ": " << status.error_message();
+}
 
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
@@ -41,9 +47,8 @@ TEST_F(OipTest, HealthAndMetadataRpcs) {
   ASSERT_TRUE(oip_->ServerMetadata(&c3, {}, &metadata).ok());
   EXPECT_EQ(metadata.name(), "ssmserve");
   EXPECT_FALSE(metadata.version().empty());
-  EXPECT_THAT(metadata.extensions(),
-              ElementsAre("binary_tensor_data", "model_configuration", "sequence",
-                          "sequence(string_id)"));
+  EXPECT_THAT(metadata.extensions(), ElementsAre("binary_tensor_data", "model_configuration",
+                                                 "sequence", "sequence(string_id)"));
 
   auto model_ready = [&](const std::string& name, const std::string& version,
                          inf::ModelReadyResponse* out) {
@@ -162,7 +167,7 @@ TEST_F(OipTest, ModelInferGivesInfersBitsRawOrTyped) {
       for (double v : wide) in->mutable_contents()->add_fp64_contents(v);
     }
     inf::ModelInferResponse response;
-    ASSERT_TRUE(ModelInfer(request, &response).ok());
+    ASSERT_TRUE(Ok(ModelInfer(request, &response)));
     EXPECT_TRUE(SameBits(OutputValues(response), want)) << "FP64 raw " << raw;
   }
   // The requested output's binary_data overrides the mirror, both ways.
@@ -172,7 +177,7 @@ TEST_F(OipTest, ModelInferGivesInfersBitsRawOrTyped) {
     out->set_name("output");
     (*out->mutable_parameters())["binary_data"].set_bool_param(!raw_in);
     inf::ModelInferResponse response;
-    ASSERT_TRUE(ModelInfer(request, &response).ok());
+    ASSERT_TRUE(Ok(ModelInfer(request, &response)));
     EXPECT_EQ(response.raw_output_contents_size(), raw_in ? 0 : 1);
     EXPECT_TRUE(SameBits(OutputValues(response), InferValues("legt-delay", 1, 9)));
   }
@@ -191,7 +196,7 @@ TEST_F(OipTest, BadInputsGetTheirExactCodeAndNothingElseChanges) {
   inf::ModelInferRequest start = OipRequest("s4-demo", Values(1, 30), 1);
   SetSequence(&start, 99, true, false);
   inf::ModelInferResponse response;
-  ASSERT_TRUE(ModelInfer(start, &response).ok());
+  ASSERT_TRUE(Ok(ModelInfer(start, &response)));
 
   auto bad_float = [](float v, bool raw) {
     return [v, raw](inf::ModelInferRequest* r) {
@@ -215,28 +220,44 @@ TEST_F(OipTest, BadInputsGetTheirExactCodeAndNothingElseChanges) {
        grpc::StatusCode::INVALID_ARGUMENT, "inputs[0].shape must have 3 dimensions"},
       {"zero dim", [](auto* r) { r->mutable_inputs(0)->set_shape(1, 0); },
        grpc::StatusCode::INVALID_ARGUMENT, "inputs[0].shape[1] (steps) must be >= 1"},
-      {"d_input", [](auto* r) {
+      {"d_input",
+       [](auto* r) {
          r->mutable_inputs(0)->set_shape(1, 4);
          r->mutable_inputs(0)->set_shape(2, 2);
        },
-       grpc::StatusCode::INVALID_ARGUMENT, "inputs[0].shape[2] = 2 but model 's4-demo' takes d_input 1"},
-      {"typed count", [](auto* r) { *r = OipRequest("s4-demo", Values(1, 8), 1, false);
-                                    r->mutable_inputs(0)->set_shape(1, 9); },
-       grpc::StatusCode::INVALID_ARGUMENT, "inputs[0].contents.fp32_contents holds 8 values but shape [1, 9, 1] needs 9"},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "inputs[0].shape[2] = 2 but model 's4-demo' takes d_input 1"},
+      {"typed count",
+       [](auto* r) {
+         *r = OipRequest("s4-demo", Values(1, 8), 1, false);
+         r->mutable_inputs(0)->set_shape(1, 9);
+       },
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "inputs[0].contents.fp32_contents holds 8 values but shape [1, 9, 1] needs 9"},
       {"raw size", [](auto* r) { r->mutable_raw_input_contents(0)->append("xy"); },
-       grpc::StatusCode::INVALID_ARGUMENT, "raw_input_contents[0] holds 34 bytes but shape [1, 8, 1] of FP32 needs 32"},
-      {"raw and typed", [](auto* r) { r->mutable_inputs(0)->mutable_contents()->add_fp32_contents(1); },
-       grpc::StatusCode::INVALID_ARGUMENT, "inputs[0].contents.fp32_contents and raw_input_contents are both set"},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "raw_input_contents[0] holds 34 bytes but shape [1, 8, 1] of FP32 needs 32"},
+      {"raw and typed",
+       [](auto* r) { r->mutable_inputs(0)->mutable_contents()->add_fp32_contents(1); },
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "inputs[0].contents.fp32_contents and raw_input_contents are both set"},
       {"two raw entries", [](auto* r) { r->add_raw_input_contents("abcd"); },
-       grpc::StatusCode::INVALID_ARGUMENT, "raw_input_contents has 2 entries but the request has 1 input"},
-      {"wrong typed field", [](auto* r) {
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "raw_input_contents has 2 entries but the request has 1 input"},
+      {"wrong typed field",
+       [](auto* r) {
          *r = OipRequest("s4-demo", Values(1, 8), 1, false);
          r->mutable_inputs(0)->mutable_contents()->add_int_contents(1);
        },
-       grpc::StatusCode::INVALID_ARGUMENT, "inputs[0].contents.int_contents is set but the datatype is FP32"},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "inputs[0].contents.int_contents is set but the datatype is FP32"},
       {"two inputs", [](auto* r) { *r->add_inputs() = r->inputs(0); },
        grpc::StatusCode::INVALID_ARGUMENT, "the request has 2 inputs"},
-      {"no input", [](auto* r) { r->clear_inputs(); r->clear_raw_input_contents(); },
+      {"no input",
+       [](auto* r) {
+         r->clear_inputs();
+         r->clear_raw_input_contents();
+       },
        grpc::StatusCode::INVALID_ARGUMENT, "the request has 0 inputs"},
       {"input name", [](auto* r) { r->mutable_inputs(0)->set_name("INPUT0"); },
        grpc::StatusCode::INVALID_ARGUMENT, "inputs[0].name is 'INPUT0'"},
@@ -246,41 +267,51 @@ TEST_F(OipTest, BadInputsGetTheirExactCodeAndNothingElseChanges) {
        "raw_input_contents[0] value 5 (FP32) is -Inf"},
       {"output name", [](auto* r) { r->add_outputs()->set_name("OUTPUT0"); },
        grpc::StatusCode::INVALID_ARGUMENT, "outputs[0].name is 'OUTPUT0'"},
-      {"binary_data type", [](auto* r) {
+      {"binary_data type",
+       [](auto* r) {
          auto* o = r->add_outputs();
          o->set_name("output");
          (*o->mutable_parameters())["binary_data"].set_string_param("yes");
        },
        grpc::StatusCode::INVALID_ARGUMENT, "outputs[0].parameters.binary_data must be a bool"},
-      {"sequence_id type", [](auto* r) { (*r->mutable_parameters())["sequence_id"].set_bool_param(true); },
+      {"sequence_id type",
+       [](auto* r) { (*r->mutable_parameters())["sequence_id"].set_bool_param(true); },
        grpc::StatusCode::INVALID_ARGUMENT, "parameters.sequence_id must be an integer"},
-      {"negative sequence_id", [](auto* r) { (*r->mutable_parameters())["sequence_id"].set_int64_param(-2); },
+      {"negative sequence_id",
+       [](auto* r) { (*r->mutable_parameters())["sequence_id"].set_int64_param(-2); },
        grpc::StatusCode::INVALID_ARGUMENT, "parameters.sequence_id = -2 must be >= 0"},
-      {"start type", [](auto* r) {
+      {"start type",
+       [](auto* r) {
          SetSequence(r, 5, false, false);
          (*r->mutable_parameters())["sequence_start"].set_int64_param(1);
        },
        grpc::StatusCode::INVALID_ARGUMENT, "parameters.sequence_start must be a bool"},
-      {"start without id", [](auto* r) { (*r->mutable_parameters())["sequence_start"].set_bool_param(true); },
-       grpc::StatusCode::INVALID_ARGUMENT, "parameters.sequence_start is set but there is no parameters.sequence_id"},
+      {"start without id",
+       [](auto* r) { (*r->mutable_parameters())["sequence_start"].set_bool_param(true); },
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "parameters.sequence_start is set but there is no parameters.sequence_id"},
       {"unknown sequence", [](auto* r) { SetSequence(r, 12345, false, false); },
-       grpc::StatusCode::INVALID_ARGUMENT, "sequence 12345 of model 's4-demo' version 1 is not active"},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "sequence 12345 of model 's4-demo' version 1 is not active"},
       {"batch limit", [](auto* r) { *r = OipRequest("s4-demo", Values(9, 2), 9); },
        grpc::StatusCode::RESOURCE_EXHAUSTED, "inputs[0].shape[0] = 9 exceeds --max_batch=8"},
       {"length limit", [](auto* r) { *r = OipRequest("legt-delay", Values(1, 20001), 1); },
        grpc::StatusCode::RESOURCE_EXHAUSTED, "exceeds --max_unary_length=20000"},
       {"model's max_length", [](auto* r) { *r = OipRequest("s4-demo", Values(1, 16385), 1); },
        grpc::StatusCode::INVALID_ARGUMENT, "exceeds model 's4-demo''s max_length 16384"},
-      {"chunk limit", [](auto* r) {
+      {"chunk limit",
+       [](auto* r) {
          *r = OipRequest("s4-demo", Values(1, 4097), 1);
          SetSequence(r, 99, false, false);
        },
        grpc::StatusCode::RESOURCE_EXHAUSTED, "exceeds --max_chunk_steps=4096"},
-      {"sequence batch", [](auto* r) {
+      {"sequence batch",
+       [](auto* r) {
          *r = OipRequest("s4-demo", Values(2, 3), 2);
          SetSequence(r, 99, false, false);
        },
-       grpc::StatusCode::INVALID_ARGUMENT, "inputs[0].shape[0] = 2 but sequence 99 started with batch 1"},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "inputs[0].shape[0] = 2 but sequence 99 started with batch 1"},
   };
   for (const BadInput& c : kCases) {
     inf::ModelInferRequest request = OipRequest("s4-demo", Values(1, 8), 1);
@@ -312,11 +343,12 @@ TEST_F(OipTest, BadInputsGetTheirExactCodeAndNothingElseChanges) {
   inf::ModelInferRequest next =
       OipRequest("s4-demo", std::vector<float>(all.begin() + 30, all.end()), 1);
   SetSequence(&next, 99, false, true);
-  ASSERT_TRUE(ModelInfer(next, &response).ok());
+  ASSERT_TRUE(Ok(ModelInfer(next, &response)));
   std::vector<float> joined = OutputValues(response);
   const std::vector<float> whole = InferValues("s4-demo", 1, 50);
   ASSERT_EQ(joined.size(), 20u);
-  for (int i = 0; i < 20; ++i) EXPECT_NEAR(joined[i], whole[30 + i], 1e-5 * (1 + std::abs(whole[30 + i])));
+  for (int i = 0; i < 20; ++i)
+    EXPECT_NEAR(joined[i], whole[30 + i], 1e-5 * (1 + std::abs(whole[30 + i])));
   EXPECT_EQ(server_->sessions().GetStats().detached, 0);
 }
 
@@ -355,7 +387,8 @@ TEST_F(OipTest, SequencesOverModelInferGiveInfersOutputsForAnySplit) {
   const int steps = 400;
   const std::vector<float> x = Values(1, steps, 0.3);
   const std::vector<float> want = InferValues("s4-demo", 1, steps, 0.3);
-  const std::vector<std::vector<int>> splits = {{400}, {1, 1, 1, 397}, {63, 64, 65, 208}, {200, 200}};
+  const std::vector<std::vector<int>> splits = {
+      {400}, {1, 1, 1, 397}, {63, 64, 65, 208}, {200, 200}};
   uint64_t id = 1;
   for (const auto& split : splits) {
     ExpectWireClose(SequenceOverModelInfer(oip_.get(), "s4-demo", x, split,
@@ -389,20 +422,20 @@ TEST_F(OipTest, SequenceCodesOverModelInfer) {
   // A start on a live id restarts it (the first one ends).
   inf::ModelInferRequest a = OipRequest("s4-demo", Values(1, 10), 1);
   SetSequence(&a, 7, true, false);
-  ASSERT_TRUE(ModelInfer(a, &response).ok());
-  ASSERT_TRUE(ModelInfer(a, &response).ok());
+  ASSERT_TRUE(Ok(ModelInfer(a, &response)));
+  ASSERT_TRUE(Ok(ModelInfer(a, &response)));
   EXPECT_EQ(server_->sessions().GetStats().detached, 1);
   // An int64 id and a uint64 id of the same value are the same sequence.
   inf::ModelInferRequest b = OipRequest("s4-demo", Values(1, 10), 1);
   (*b.mutable_parameters())["sequence_id"].set_int64_param(7);
   (*b.mutable_parameters())["sequence_end"].set_bool_param(true);
-  ASSERT_TRUE(ModelInfer(b, &response).ok());
+  ASSERT_TRUE(Ok(ModelInfer(b, &response)));
   EXPECT_EQ(server_->sessions().GetStats().detached, 0);
   EXPECT_EQ(ModelInfer(b, &response).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   // Sequence id 0 is no sequence: a whole Infer.
   inf::ModelInferRequest zero = OipRequest("legt-delay", Values(1, 6), 1);
   (*zero.mutable_parameters())["sequence_id"].set_int64_param(0);
-  ASSERT_TRUE(ModelInfer(zero, &response).ok());
+  ASSERT_TRUE(Ok(ModelInfer(zero, &response)));
   EXPECT_TRUE(SameBits(OutputValues(response), InferValues("legt-delay", 1, 6)));
 }
 
@@ -411,10 +444,10 @@ TEST_F(OipTest, IdleSequencesExpire) {
   inf::ModelInferResponse response;
   inf::ModelInferRequest start = OipRequest("legt-delay", Values(1, 4), 1);
   SetSequence(&start, 1, true, false);
-  ASSERT_TRUE(ModelInfer(start, &response).ok());
+  ASSERT_TRUE(Ok(ModelInfer(start, &response)));
   inf::ModelInferRequest next = OipRequest("legt-delay", Values(1, 4), 1);
   SetSequence(&next, 1, false, false);
-  ASSERT_TRUE(ModelInfer(next, &response).ok());
+  ASSERT_TRUE(Ok(ModelInfer(next, &response)));
   absl::SleepFor(absl::Milliseconds(400));
   const grpc::Status late = ModelInfer(next, &response);
   EXPECT_EQ(late.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
@@ -510,17 +543,19 @@ TEST_F(OipTest, ModelStreamInferInChunksGivesInfersOutputs) {
 TEST_F(OipTest, ASequenceOutlivesItsStreamAndMovesBetweenCalls) {
   const std::vector<float> x = Values(1, 100, 0.7);
   const std::vector<float> want = InferValues("s4-demo", 1, 100, 0.7);
-  inf::ModelInferRequest first = OipRequest("s4-demo", std::vector<float>(x.begin(), x.begin() + 40), 1);
+  inf::ModelInferRequest first =
+      OipRequest("s4-demo", std::vector<float>(x.begin(), x.begin() + 40), 1);
   SetSequence(&first, 5, true, false);
   grpc::Status status;
   std::vector<inf::ModelStreamInferResponse> responses = RunStream(oip_.get(), {first}, &status);
   ASSERT_TRUE(status.ok());
   ASSERT_EQ(responses.size(), 1u);
   // The stream is gone; the sequence is not: ModelInfer ends it.
-  inf::ModelInferRequest rest = OipRequest("s4-demo", std::vector<float>(x.begin() + 40, x.end()), 1);
+  inf::ModelInferRequest rest =
+      OipRequest("s4-demo", std::vector<float>(x.begin() + 40, x.end()), 1);
   SetSequence(&rest, 5, false, true);
   inf::ModelInferResponse response;
-  ASSERT_TRUE(ModelInfer(rest, &response).ok());
+  ASSERT_TRUE(Ok(ModelInfer(rest, &response)));
   std::vector<float> got = OutputValues(responses[0].infer_response());
   const std::vector<float> tail = OutputValues(response);
   got.insert(got.end(), tail.begin(), tail.end());
@@ -562,11 +597,11 @@ TEST_F(OipTest, CallersAndScopes) {
   const inf::ModelInferRequest legt = OipRequest("legt-delay", Values(1, 5), 1);
   EXPECT_EQ(ModelInfer(s4, &response).error_code(), grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_EQ(ModelInfer(s4, &response, "wrong").error_code(), grpc::StatusCode::UNAUTHENTICATED);
-  EXPECT_TRUE(ModelInfer(s4, &response, "alice-token").ok());
+  EXPECT_TRUE(Ok(ModelInfer(s4, &response, "alice-token")));
   const grpc::Status denied = ModelInfer(legt, &response, "alice-token");
   EXPECT_EQ(denied.error_code(), grpc::StatusCode::PERMISSION_DENIED);
   EXPECT_THAT(denied.error_message(), HasSubstr("\"run:legt-delay\""));
-  EXPECT_TRUE(ModelInfer(legt, &response, "bob-token").ok());
+  EXPECT_TRUE(Ok(ModelInfer(legt, &response, "bob-token")));
 
   // Health and server metadata are open; model calls need run:<model>; the
   // index needs list.
@@ -596,12 +631,12 @@ TEST_F(OipTest, CallersAndScopes) {
   // Sequences are the caller's: bob's sequence 1 is not alice's.
   inf::ModelInferRequest start = OipRequest("s4-demo", Values(1, 5), 1);
   SetSequence(&start, 1, true, false);
-  ASSERT_TRUE(ModelInfer(start, &response, "alice-token").ok());
+  ASSERT_TRUE(Ok(ModelInfer(start, &response, "alice-token")));
   inf::ModelInferRequest next = OipRequest("s4-demo", Values(1, 5), 1);
   SetSequence(&next, 1, false, false);
   EXPECT_EQ(ModelInfer(next, &response, "bob-token").error_code(),
             grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_TRUE(ModelInfer(next, &response, "alice-token").ok());
+  EXPECT_TRUE(Ok(ModelInfer(next, &response, "alice-token")));
 
   // A stream: refused credentials end it; a missing scope is one request's
   // error, in-band.
@@ -620,7 +655,7 @@ TEST_F(OipTest, DrainingRefusesNewWorkAndLetsSequencesFinish) {
   inf::ModelInferResponse response;
   inf::ModelInferRequest start = OipRequest("legt-delay", Values(1, 5), 1);
   SetSequence(&start, 3, true, false);
-  ASSERT_TRUE(ModelInfer(start, &response).ok());
+  ASSERT_TRUE(Ok(ModelInfer(start, &response)));
   server_->BeginDrain();
   grpc::ClientContext c1, c2, c3;
   inf::ServerLiveResponse live;
@@ -652,7 +687,7 @@ TEST_F(OipTest, DrainingRefusesNewWorkAndLetsSequencesFinish) {
 
 TEST_F(OipTest, MetricsCountTheRpcsAndTheStreamsRequests) {
   inf::ModelInferResponse response;
-  ASSERT_TRUE(ModelInfer(OipRequest("legt-delay", Values(1, 5), 1), &response).ok());
+  ASSERT_TRUE(Ok(ModelInfer(OipRequest("legt-delay", Values(1, 5), 1), &response)));
   inf::ModelInferRequest bad = OipRequest("nope", Values(1, 5), 1);
   ASSERT_FALSE(ModelInfer(bad, &response).ok());
   grpc::Status status;
