@@ -18,24 +18,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "tests/common/loopback_port.h"
 
 namespace ssm::testing {
 namespace {
-
-absl::StatusOr<int> FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-    close(fd);
-    return absl::InternalError(std::strerror(errno));
-  }
-  close(fd);
-  return ntohs(addr.sin_port);
-}
 
 // True when 127.0.0.1:port answers a RESP PING with +PONG.
 bool Pongs(int port) {
@@ -70,7 +56,7 @@ absl::StatusOr<std::unique_ptr<RedisProcess>> RedisProcess::Start(int port,
                                                                   const std::string& dir) {
   std::unique_ptr<RedisProcess> redis(new RedisProcess());
   if (port == 0) {
-    absl::StatusOr<int> free = FreePort();
+    absl::StatusOr<int> free = PickFreeLoopbackPort();
     if (!free.ok()) return free.status();
     port = *free;
   }
@@ -79,8 +65,9 @@ absl::StatusOr<std::unique_ptr<RedisProcess>> RedisProcess::Start(int port,
   const int log_fd = mkstemp(tmpl);
   if (log_fd < 0) return absl::InternalError("mkstemp failed");
   redis->log_path_ = tmpl;
-  std::vector<std::string> args = {"/usr/bin/redis-server", "--bind", "127.0.0.1", "--port",
-                                   absl::StrCat(port), "--save", "", "--protected-mode", "no"};
+  std::vector<std::string> args = {
+      "/usr/bin/redis-server", "--bind", "127.0.0.1", "--port", absl::StrCat(port), "--save", "",
+      "--protected-mode",      "no"};
   if (dir.empty()) {
     args.insert(args.end(), {"--appendonly", "no", "--dir", "/tmp"});
   } else {

@@ -17,6 +17,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/ssm_client.h"
+#include "tests/common/loopback_port.h"
 
 namespace ssm::e2e {
 namespace {
@@ -29,27 +30,11 @@ std::string TempDir() {
 
 }  // namespace
 
-absl::StatusOr<int> PickFreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return absl::InternalError(std::strerror(errno));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  socklen_t len = sizeof(addr);
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-    const std::string error = std::strerror(errno);
-    close(fd);
-    return absl::InternalError(error);
-  }
-  close(fd);
-  return ntohs(addr.sin_port);
-}
+absl::StatusOr<int> PickFreePort() { return ssm::testing::PickFreeLoopbackPort(); }
 
 absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
-    const std::vector<std::string>& extra_flags, int port,
-    absl::Duration ready_timeout, int health_port) {
+    const std::vector<std::string>& extra_flags, int port, absl::Duration ready_timeout,
+    int health_port) {
   std::unique_ptr<ServerProcess> server(new ServerProcess());
   if (port == 0) {
     absl::StatusOr<int> free_port = PickFreePort();
@@ -113,9 +98,7 @@ ServerProcess::~ServerProcess() {
   if (!log_path_.empty()) unlink(log_path_.c_str());
 }
 
-std::string ServerProcess::address() const {
-  return absl::StrCat("127.0.0.1:", port_);
-}
+std::string ServerProcess::address() const { return absl::StrCat("127.0.0.1:", port_); }
 
 void ServerProcess::Signal(int signal) {
   if (pid_ > 0 && !reaped_) kill(pid_, signal);
@@ -127,8 +110,7 @@ bool ServerProcess::Running() {
   const pid_t r = waitpid(pid_, &status, WNOHANG);
   if (r == pid_) {
     reaped_ = true;
-    exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status)
-                                   : 128 + WTERMSIG(status);
+    exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     return false;
   }
   return true;
@@ -139,8 +121,7 @@ absl::StatusOr<int> ServerProcess::WaitExit(absl::Duration timeout) {
   while (Running()) {
     if (absl::Now() >= deadline) {
       return absl::DeadlineExceededError(absl::StrCat(
-          "ssm_server (pid ", pid_, ") still runs after ",
-          absl::FormatDuration(timeout)));
+          "ssm_server (pid ", pid_, ") still runs after ", absl::FormatDuration(timeout)));
     }
     absl::SleepFor(absl::Milliseconds(10));
   }
@@ -164,8 +145,7 @@ bool PortAccepts(int port) {
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   addr.sin_port = htons(static_cast<uint16_t>(port));
-  const bool ok =
-      connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  const bool ok = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
   close(fd);
   return ok;
 }
@@ -175,8 +155,8 @@ bool PortAccepts(int port) {
 absl::Status ServerProcess::WaitServing(absl::Duration timeout, int health_port) {
   const absl::Time deadline = absl::Now() + timeout;
   auto exited = [this] {
-    return absl::InternalError(absl::StrCat(
-        "ssm_server exited with ", exit_code_, " before serving; log:\n", Log()));
+    return absl::InternalError(
+        absl::StrCat("ssm_server exited with ", exit_code_, " before serving; log:\n", Log()));
   };
   // The listener first, by plain TCP: a gRPC channel whose first attempts
   // were refused reconnects only seconds later (gRPC 1.51's pick_first
@@ -184,9 +164,9 @@ absl::Status ServerProcess::WaitServing(absl::Duration timeout, int health_port)
   while (!PortAccepts(health_port)) {
     if (!Running()) return exited();
     if (absl::Now() >= deadline) {
-      return absl::DeadlineExceededError(absl::StrCat(
-          "ssm_server not listening on port ", health_port, " after ",
-          absl::FormatDuration(timeout), "; log:\n", Log()));
+      return absl::DeadlineExceededError(
+          absl::StrCat("ssm_server not listening on port ", health_port, " after ",
+                       absl::FormatDuration(timeout), "; log:\n", Log()));
     }
     absl::SleepFor(absl::Milliseconds(20));
   }
@@ -202,13 +182,13 @@ absl::Status ServerProcess::WaitServing(absl::Duration timeout, int health_port)
     if (health.ok() && *health == client::Client::ServingStatus::kServing) {
       return absl::OkStatus();
     }
-    last = health.ok() ? absl::UnavailableError(client::ServingStatusName(*health))
-                       : health.status();
+    last =
+        health.ok() ? absl::UnavailableError(client::ServingStatusName(*health)) : health.status();
     absl::SleepFor(absl::Milliseconds(20));
   }
-  return absl::DeadlineExceededError(
-      absl::StrCat("ssm_server not SERVING after ", absl::FormatDuration(timeout),
-                   " (", last.ToString(), "); log:\n", Log()));
+  return absl::DeadlineExceededError(absl::StrCat("ssm_server not SERVING after ",
+                                                  absl::FormatDuration(timeout), " (",
+                                                  last.ToString(), "); log:\n", Log()));
 }
 
 }  // namespace ssm::e2e

@@ -1,19 +1,20 @@
 #include "grpc_server_fixture.h"
 
-#include <chrono>
-#include <cmath>
-#include <utility>
-#include <vector>
-
 #include <gmock/gmock.h>
 #include <grpcpp/create_channel.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/security/credentials.h>
 
+#include <chrono>
+#include <cmath>
+#include <utility>
+#include <vector>
+
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "server/log.h"
+#include "tests/common/loopback_port.h"
 
 namespace ssm::server::testing {
 
@@ -37,7 +38,8 @@ v1::Tensor MakeInput(int batch, int steps, double phase) {
   t.add_shape(steps);
   t.add_shape(1);
   for (int b = 0; b < batch; ++b) {
-    for (int s = 0; s < steps; ++s) t.add_values(static_cast<float>(std::sin(0.05 * s + b + phase)));
+    for (int s = 0; s < steps; ++s)
+      t.add_values(static_cast<float>(std::sin(0.05 * s + b + phase)));
   }
   return t;
 }
@@ -107,7 +109,8 @@ std::string Bytes(const grpc::ByteBuffer& buffer) {
   std::vector<grpc::Slice> slices;
   std::string out;
   if (!buffer.Dump(&slices).ok()) return out;
-  for (const grpc::Slice& s : slices) out.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  for (const grpc::Slice& s : slices)
+    out.append(reinterpret_cast<const char*>(s.begin()), s.size());
   return out;
 }
 
@@ -132,14 +135,32 @@ ServerOptions GrpcServerTest::DefaultOptions() {
 }
 
 std::shared_ptr<grpc::Channel> GrpcServerTest::NewChannel() const {
-  return grpc::CreateChannel(absl::StrCat("127.0.0.1:", server_->port()),
-                             grpc::InsecureChannelCredentials());
+  // Each channel its own subchannels: from the process-wide pool, a channel
+  // to a new server inherits the backoff of an earlier test's subchannel
+  // whose server (on the same port number, which the kernel hands out
+  // again) has gone, and fails fast with its cached "Connection refused".
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  return grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", server_->port()),
+                                   grpc::InsecureChannelCredentials(), args);
 }
 
 void GrpcServerTest::StartServer(ServerOptions options) {
   if (server_ != nullptr) server_->Shutdown(absl::ZeroDuration());
-  absl::StatusOr<std::unique_ptr<SsmServer>> server =
-      SsmServer::Start(std::move(options), ShippedRepository());
+  // Its ports come from the kernel (port 0), which may hand out one that
+  // no connection reaches here (tests/common/loopback_port.h): then again.
+  absl::StatusOr<std::unique_ptr<SsmServer>> server;
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    server = SsmServer::Start(options, ShippedRepository());
+    ASSERT_TRUE(server.ok()) << server.status();
+    const SsmServer& s = **server;
+    if (::ssm::testing::LoopbackPortReachable(s.port()) &&
+        (s.http_port() == 0 || ::ssm::testing::LoopbackPortReachable(s.http_port()))) {
+      break;
+    }
+    (*server)->Shutdown(absl::ZeroDuration());
+    server = absl::UnavailableError("no reachable ports in 8 starts");
+  }
   ASSERT_TRUE(server.ok()) << server.status();
   server_ = *std::move(server);
   channel_ = NewChannel();
@@ -157,15 +178,13 @@ void GrpcServerTest::SetDeadline(grpc::ClientContext* context) {
   context->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
 }
 
-grpc::Status GrpcServerTest::Infer(const v1::InferRequest& request,
-                                   v1::InferResponse* response) {
+grpc::Status GrpcServerTest::Infer(const v1::InferRequest& request, v1::InferResponse* response) {
   grpc::ClientContext context;
   SetDeadline(&context);
   return inference_->Infer(&context, request, response);
 }
 
-grpc::Status GrpcServerTest::ExportState(const std::string& id,
-                                         v1::ExportStateResponse* response) {
+grpc::Status GrpcServerTest::ExportState(const std::string& id, v1::ExportStateResponse* response) {
   grpc::ClientContext context;
   SetDeadline(&context);
   v1::ExportStateRequest request;
@@ -248,8 +267,8 @@ bool GrpcServerTest::WaitForDetached(int n) {
 grpc::Status GrpcServerTest::HealthCheck(const std::string& service, int* serving_status) {
   std::string request_bytes;
   if (!service.empty()) {
-    request_bytes = absl::StrCat("\x0a", std::string(1, static_cast<char>(service.size())),
-                                 service);
+    request_bytes =
+        absl::StrCat("\x0a", std::string(1, static_cast<char>(service.size())), service);
   }
   grpc::Slice slice(request_bytes);
   grpc::ByteBuffer request(&slice, 1), response;
@@ -258,8 +277,8 @@ grpc::Status GrpcServerTest::HealthCheck(const std::string& service, int* servin
   SetDeadline(&context);
   absl::Notification done;
   grpc::Status status;
-  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request,
-                 &response, [&](grpc::Status s) {
+  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
+                 [&](grpc::Status s) {
                    status = std::move(s);
                    done.Notify();
                  });
