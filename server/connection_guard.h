@@ -6,12 +6,10 @@
 // buffers. Idle connections are closed by gRPC itself
 // (--max_connection_idle, keepalive); this closes the excess.
 //
-// How: every `period` the guard reads the kernel's TCP tables
-// (/proc/net/tcp and tcp6) for the established connections whose local
-// port is the server's and whose socket belongs to this process (its
-// inode is one of /proc/self/fd's), remembering when it first saw each
-// (the table is no snapshot and may skip an entry while connections churn:
-// a known connection whose socket is still ours keeps its age).
+// How: every `period` the guard asks each of this process's descriptors
+// (/proc/self/fd: fstat, getsockname, TCP_INFO) for the TCP sockets whose
+// local port is the server's and whose connection is established (or
+// half-closed by the peer), remembering when it first saw each (by inode).
 // Past `max_connections`, the newest ones beyond the cap are shut down
 // (shutdown(2), never close(2): the descriptor stays gRPC's, which sees
 // the connection end and cleans it up as if the peer had left; the fd is
