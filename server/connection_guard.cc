@@ -53,16 +53,7 @@ absl::flat_hash_map<uint64_t, PortSocket> PortSockets(int port) {
     if (!absl::SimpleAtoi(entry->d_name, &fd) || fd == own) continue;
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
-    sockaddr_storage addr{};
-    socklen_t len = sizeof(addr);
-    if (getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) continue;
-    int local_port = -1;
-    if (addr.ss_family == AF_INET) {
-      local_port = ntohs(reinterpret_cast<const sockaddr_in*>(&addr)->sin_port);
-    } else if (addr.ss_family == AF_INET6) {
-      local_port = ntohs(reinterpret_cast<const sockaddr_in6*>(&addr)->sin6_port);
-    }
-    if (local_port != port) continue;
+    if (LocalPort(fd) != port) continue;
     tcp_info info{};
     socklen_t info_len = sizeof(info);
     if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &info_len) != 0) continue;
@@ -77,6 +68,18 @@ absl::flat_hash_map<uint64_t, PortSocket> PortSockets(int port) {
 }
 
 }  // namespace
+
+int LocalPort(int fd) {
+  sockaddr_storage addr{};
+  socklen_t len = sizeof(addr);
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) return -1;
+  if (addr.ss_family == AF_INET)
+    return ntohs(reinterpret_cast<const sockaddr_in*>(&addr)->sin_port);
+  if (addr.ss_family == AF_INET6) {
+    return ntohs(reinterpret_cast<const sockaddr_in6*>(&addr)->sin6_port);
+  }
+  return -1;
+}
 
 ConnectionGuard::ConnectionGuard(Options options) : options_(options) {
   thread_ = std::thread([this] { Loop(); });

@@ -84,6 +84,9 @@ class ConnectionGuard {
 
 // This process's resident memory, open file descriptors, descriptor limit
 // and threads, from /proc/self (zeros where unreadable).
+// The local port of socket `fd` (IPv4 or IPv6); -1 for anything else.
+int LocalPort(int fd);
+
 struct ProcessStats {
   int64_t resident_bytes = 0;
   int64_t open_fds = 0;

@@ -22,6 +22,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "nlohmann/json.hpp"
+#include "server/connection_guard.h"  // LocalPort
 #include "server/echo.h"
 #include "server/log.h"
 #include "server/oip_core.h"
@@ -206,18 +207,9 @@ void ShutdownConnections(int port) {
   while (const dirent* entry = readdir(dir)) {
     int fd = 0;
     if (!absl::SimpleAtoi(entry->d_name, &fd) || fd == dirfd(dir)) continue;
-    sockaddr_storage local{};
-    socklen_t length = sizeof(local);
-    if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &length) != 0) continue;
-    int local_port = -1;
-    if (local.ss_family == AF_INET) {
-      local_port = ntohs(reinterpret_cast<const sockaddr_in*>(&local)->sin_port);
-    } else if (local.ss_family == AF_INET6) {
-      local_port = ntohs(reinterpret_cast<const sockaddr_in6*>(&local)->sin6_port);
-    }
     int listening = 0;
     socklen_t flag_length = sizeof(listening);
-    if (local_port != port ||
+    if (LocalPort(fd) != port ||
         getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &flag_length) != 0 || listening) {
       continue;
     }
