@@ -47,6 +47,25 @@ def local_server(flags=(), port=0, **kwargs):
                                 port=port, **kwargs)
 
 
+class ServerGroup:
+    """Servers started together (all spawned first, so they load their
+    models at once, then each waited for) and stopped together."""
+
+    def __init__(self, servers):
+        self.servers = servers
+
+    def __enter__(self):
+        for s in self.servers:
+            s.start(wait=False)
+        for s in self.servers:
+            s.wait_serving()
+        return self
+
+    def __exit__(self, *exc):
+        for s in self.servers:
+            s.stop()
+
+
 @pytest.fixture(scope="session")
 def server():
     with local_server() as s:

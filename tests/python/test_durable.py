@@ -26,8 +26,8 @@ import pytest
 
 import ssmserve
 import ssmserve.aio
-from conftest import (WIRE_TOLERANCE, RedisServer, local_server, max_relative_diff,
-                      sequence)
+from conftest import (WIRE_TOLERANCE, RedisServer, ServerGroup, local_server,
+                      max_relative_diff, sequence)
 from ssmserve._stubs import pb, rpc
 
 # ---------------------------------------------------------------------------
@@ -276,13 +276,13 @@ def tag(session_id):
     return "s-" + hashlib.sha256(session_id.encode()).hexdigest()[:12]
 
 
-class DurableReplicas:
+class DurableReplicas(ServerGroup):
     """Three ssm_server replicas on fixed ports (a restarted one comes back
     where clients look) sharing a redis-server."""
 
     def __init__(self, redis, count=3):
         self.redis = redis
-        self.servers = [self._server(port=0) for _ in range(count)]
+        super().__init__([self._server(port=0) for _ in range(count)])
         self.logs = []  # those of the replicas restarted
 
     def _server(self, port):
@@ -290,17 +290,6 @@ class DurableReplicas:
                                    f"--session_store={self.redis.url}", f"--session_lease={LEASE}",
                                    f"--session_checkpoint={CHECKPOINT}",
                                    "--session_store_timeout=500ms"], port=port)
-
-    def __enter__(self):
-        for s in self.servers:
-            s.start(wait=False)
-        for s in self.servers:
-            s.wait_serving()
-        return self
-
-    def __exit__(self, *exc):
-        for s in self.servers:
-            s.stop()
 
     def restart(self, i):
         """A replica drained by SIGTERM (exit 0), started again on its port."""

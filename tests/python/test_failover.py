@@ -18,7 +18,7 @@ import numpy as np
 
 import ssmserve
 import ssmserve.aio
-from conftest import WIRE_TOLERANCE, local_server, max_relative_diff, sequence
+from conftest import WIRE_TOLERANCE, ServerGroup, local_server, max_relative_diff, sequence
 
 REPLICAS = 3
 # Recurrent chunks of several sizes and one long enough (>= 64 steps) to
@@ -29,22 +29,11 @@ PACE = 0.008  # seconds between chunks after the pause: still running at the kil
 POLICY = ssmserve.Resume(checkpoint_steps=32, max_attempts=8, backoff=0.02, connect_timeout=3.0)
 
 
-class Replicas:
+class Replicas(ServerGroup):
     def __init__(self):
         # One worker thread each: three servers and the test share two cores.
-        self.servers = [local_server(flags=["--threads=1", "--drain_timeout=1s"])
-                        for _ in range(REPLICAS)]
-
-    def __enter__(self):
-        for s in self.servers:
-            s.start(wait=False)
-        for s in self.servers:
-            s.wait_serving()
-        return self
-
-    def __exit__(self, *exc):
-        for s in self.servers:
-            s.stop()
+        super().__init__([local_server(flags=["--threads=1", "--drain_timeout=1s"])
+                          for _ in range(REPLICAS)])
 
     def target(self):
         return "ipv4:" + ",".join(s.address for s in self.servers)
