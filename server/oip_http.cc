@@ -1,9 +1,7 @@
 #include "server/oip_http.h"  // first: Eigen comes in before cpp-httplib's <resolv.h>
 
-#include <arpa/inet.h>
 #include <dirent.h>
 #include <httplib.h>
-#include <netinet/in.h>
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
