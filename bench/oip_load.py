@@ -50,13 +50,6 @@ def oip_stubs(out):
             importlib.import_module("inference.grpc_service_pb2_grpc"))
 
 
-def free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def metric(port, name, rpc):
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
     m = re.search(rf'^{name}{{rpc="{re.escape(rpc)}"}} (\S+)$', text, re.M)
@@ -150,7 +143,7 @@ def main():
 
     tmp = Path(tempfile.mkdtemp(prefix="oip_load."))
     pb, rpc = oip_stubs(tmp)
-    metrics_port, http_port = free_port(), free_port()
+    metrics_port, http_port = ssmserve.free_port(), ssmserve.free_port()
     server = ssmserve.LocalServer(args.server, model_repository=str(ROOT / "models"),
                                   flags=[f"--metrics_port={metrics_port}",
                                          f"--http_address=127.0.0.1:{http_port}"])

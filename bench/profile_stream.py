@@ -33,11 +33,12 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+
+from benchlib import free_port, wait_healthy
 
 # A sample's category: the first rule that matches, tried in this order.
 # `any`: a regular expression some frame's symbol must match; `leaf`: the
@@ -116,23 +117,6 @@ def perf_categories(data, perf):
     return counts
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(client, address, proc, tries=600):
-    for _ in range(tries):
-        if proc.poll() is not None:
-            sys.exit("profile_stream: the server exited (%d)" % proc.returncode)
-        if subprocess.run([client, "--address=" + address, "--deadline=2s", "health"],
-                          capture_output=True).returncode == 0:
-            return
-        time.sleep(0.2)
-    sys.exit("profile_stream: the server did not become healthy")
-
-
 def stop(proc):
     proc.send_signal(signal.SIGTERM)
     try:
@@ -157,7 +141,7 @@ def run_perf(args, server, client, bench, tmp):
                              "--model_repository=" + args.models] + args.server_flags,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_healthy(client, address, proc)
+        wait_healthy("profile_stream", client, address, proc, tries=600)
         subprocess.run([client, "--address=" + address, "bench", "--concurrency=8",
                         "--steps=200"], capture_output=True, check=True)  # warm-up
         server_data = os.path.join(tmp, "server.perf")
@@ -243,7 +227,7 @@ def run_callgrind(args, server, client, bench, tmp):
                             args.server_flags,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_healthy(client, address, proc)
+        wait_healthy("profile_stream", client, address, proc, tries=600)
         subprocess.run([client, "--address=" + address, "bench", "--concurrency=8",
                         "--steps=50", "--max_seconds=120"], capture_output=True, check=True)
         subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], capture_output=True,

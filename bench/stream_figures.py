@@ -28,11 +28,12 @@ The client is always --build's ssm_client.
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import time
+
+from benchlib import free_port, load_average, wait_healthy
 
 WORKLOADS = {
     "lockstep64": ["--concurrency=64", "--steps=1000", "--inflight=1"],
@@ -40,29 +41,6 @@ WORKLOADS = {
     "one_pipelined": ["--concurrency=1", "--steps=20000", "--inflight=32"],
     "slow1000": ["--concurrency=1000", "--steps=100", "--inflight=1", "--rate=10"],
 }
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def load_average():
-    with open("/proc/loadavg") as f:
-        return float(f.read().split()[0])
-
-
-def wait_healthy(client, address, proc):
-    for _ in range(150):
-        if proc.poll() is not None:
-            sys.exit("stream_figures: a server exited (%d)" % proc.returncode)
-        r = subprocess.run([client, "--address=" + address, "--deadline=1s", "health"],
-                           capture_output=True)
-        if r.returncode == 0:
-            return
-        time.sleep(0.2)
-    sys.exit("stream_figures: a server did not become healthy")
 
 
 def summarize(values):
@@ -106,7 +84,7 @@ def main():
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             procs.append((label, address, proc))
         for label, address, proc in procs:
-            wait_healthy(client, address, proc)
+            wait_healthy("stream_figures", client, address, proc)
             # One short warm-up: kernel caches, the allocator, the first chunks.
             subprocess.run([client, "--address=" + address, "bench", "--model=" + args.model,
                             "--concurrency=8", "--steps=200"], capture_output=True, check=True)

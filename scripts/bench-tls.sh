@@ -43,7 +43,7 @@ trap cleanup EXIT
 tests/e2e/make_test_pki.sh "$work/pki" >/dev/null
 
 free_port() {
-  /usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  /usr/bin/python3 -c 'import sys; sys.path.insert(0, "bench"); import benchlib; print(benchlib.free_port())'
 }
 start() {  # name port flags...
   local name=$1 port=$2

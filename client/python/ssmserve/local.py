@@ -17,29 +17,13 @@ behind.
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 
 from . import errors
 from .client import Client
-
-
-def free_port():
-    """A TCP port free on 127.0.0.1 now that a connection reaches (another
-    process may take it before it is used; the server then fails to start
-    and says so). Some sandboxes refuse connections to a few loopback ports
-    whatever listens there, so a port is connected to before it is given."""
-    for _ in range(64):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            s.listen(1)
-            port = s.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as c:
-                if c.connect_ex(("127.0.0.1", port)) == 0:
-                    return port
-    raise OSError("no loopback port a connection reaches")
+from .ports import free_port  # LocalServer's picks (tests replace it here)
 
 
 class LocalServer:
