@@ -21,6 +21,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "server/log.h"
+#include "ssm/threads.h"
 
 namespace ssm::server {
 namespace {
@@ -82,7 +83,10 @@ int LocalPort(int fd) {
 }
 
 ConnectionGuard::ConnectionGuard(Options options) : options_(options) {
-  thread_ = std::thread([this] { Loop(); });
+  thread_ = std::thread([this] {
+    ssm::NameThisThread("ssm-conn-guard");
+    Loop();
+  });
 }
 
 ConnectionGuard::~ConnectionGuard() {

@@ -27,6 +27,7 @@
 #include "server/oip_json.h"
 #include "server/status.h"
 #include "server/watched_file.h"
+#include "ssm/threads.h"
 
 namespace ssm::server {
 
@@ -416,6 +417,7 @@ absl::StatusOr<std::unique_ptr<OipHttpServer>> OipHttpServer::Start(Options opti
   self->port_ = port;
   OipHttpServer* raw = self.get();
   self->listener_ = std::thread([raw] {
+    ssm::NameThisThread("ssm-rest-listen");
     raw->server_->listen_after_bind();
     raw->listener_done_.store(true);
   });

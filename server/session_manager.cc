@@ -12,6 +12,7 @@
 #include "server/echo.h"
 #include "server/log.h"
 #include "server/snapshot_keys.h"
+#include "ssm/threads.h"
 
 namespace ssm::server {
 namespace {
@@ -201,7 +202,10 @@ SessionSnapshot SessionManager::Entry::ExportLocked() const {
 
 SessionManager::SessionManager(Options options)
     : options_(std::move(options)), replica_(NewSessionId().substr(0, 12)) {
-  if (options_.store != nullptr) checkpointer_ = std::thread([this] { CheckpointLoop(); });
+  if (options_.store != nullptr) checkpointer_ = std::thread([this] {
+      ssm::NameThisThread("ssm-checkpoint");
+      CheckpointLoop();
+    });
 }
 
 SessionManager::~SessionManager() {

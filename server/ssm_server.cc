@@ -427,7 +427,10 @@ absl::StatusOr<std::unique_ptr<SsmServer>> SsmServer::Start(ServerOptions option
     }
   }
 
-  self->eviction_thread_ = std::thread([server = self.get()] { server->EvictionLoop(); });
+  self->eviction_thread_ = std::thread([server = self.get()] {
+    ssm::NameThisThread("ssm-evict");
+    server->EvictionLoop();
+  });
   return self;
 }
 

@@ -30,7 +30,10 @@ struct StepBatcher::Group {
 };
 
 StepBatcher::StepBatcher(Options options) : options_(options) {
-  thread_ = std::thread([this] { Loop(); });
+  thread_ = std::thread([this] {
+    ssm::NameThisThread("ssm-step-batch");
+    Loop();
+  });
 }
 
 StepBatcher::~StepBatcher() { Shutdown(); }

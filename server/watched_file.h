@@ -27,6 +27,7 @@
 #include "absl/time/time.h"
 #include "server/log.h"
 #include "ssm/file_io.h"
+#include "ssm/threads.h"
 
 namespace ssm::server {
 
@@ -41,7 +42,10 @@ class WatchedFile {
     std::unique_ptr<WatchedFile> file(new WatchedFile(std::move(path), std::move(parse), period));
     absl::Status first = file->Reload();
     if (!first.ok()) return first;
-    file->thread_ = std::thread([f = file.get()] { f->Poll(); });
+    file->thread_ = std::thread([f = file.get()] {
+      ssm::NameThisThread("ssm-watch-file");
+      f->Poll();
+    });
     return file;
   }
 

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <utility>
 
+#include "ssm/threads.h"
+
 namespace ssm::server {
 
 WorkerPool::WorkerPool(int threads, int max_queue, int math_threads, int max_math_queue)
@@ -12,7 +14,12 @@ WorkerPool::WorkerPool(int threads, int max_queue, int math_threads, int max_mat
       max_math_queue_(std::max(0, max_math_queue)) {
   threads = std::max(1, threads);
   workers_.reserve(threads);
-  for (int i = 0; i < threads; ++i) workers_.emplace_back([this] { WorkerLoop(); });
+  for (int i = 0; i < threads; ++i) {
+    workers_.emplace_back([this] {
+      ssm::NameThisThread("ssm-worker");
+      WorkerLoop();
+    });
+  }
 }
 
 WorkerPool::~WorkerPool() { Shutdown(); }

@@ -1,5 +1,6 @@
 #include "parallel.h"
 
+#include <pthread.h>
 #include <sched.h>
 
 #include <algorithm>
@@ -53,7 +54,12 @@ struct Job {
 class Pool {
  public:
   explicit Pool(int workers) {
-    for (int i = 0; i < workers; ++i) threads_.emplace_back([this] { Loop(); });
+    for (int i = 0; i < workers; ++i) {
+      threads_.emplace_back([this] {
+        NameThisThread("ssm-core");
+        Loop();
+      });
+    }
   }
   // Runs what is queued (jobs whose blocks are all claimed return at once),
   // then joins. Never called from a worker: workers hold no reference to
@@ -220,6 +226,12 @@ int DefaultThreads() {
   const int quota = internal::CgroupCpuLimit();
   if (quota > 0) cpus = std::min(cpus, quota);
   return std::max(1, cpus);
+}
+
+void NameThisThread(const char* name) {
+  char cut[16];  // the kernel's limit, the terminating NUL included
+  std::snprintf(cut, sizeof(cut), "%s", name);
+  pthread_setname_np(pthread_self(), cut);
 }
 
 }  // namespace ssm

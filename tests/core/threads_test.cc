@@ -9,6 +9,8 @@
 
 #include <atomic>
 #include <filesystem>
+#include <fstream>
+#include <string>
 #include <set>
 #include <thread>
 
@@ -40,6 +42,17 @@ int TasksOfThisProcess() {
   for (const auto& unused : std::filesystem::directory_iterator("/proc/self/task")) {
     (void)unused;
     ++n;
+  }
+  return n;
+}
+
+// How many of this process's threads are named `name` now.
+int TasksNamed(const std::string& name) {
+  int n = 0;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+    std::ifstream comm(task.path() / "comm");
+    std::string line;
+    if (std::getline(comm, line) && line == name) ++n;
   }
   return n;
 }
@@ -136,6 +149,21 @@ TEST_F(ThreadsTest, DefaultIsTheCpusThisThreadMayUse) {
   ASSERT_EQ(sched_setaffinity(0, sizeof(one), &one), 0);
   EXPECT_EQ(DefaultThreads(), 1);
   ASSERT_EQ(sched_setaffinity(0, sizeof(saved), &saved), 0);
+}
+
+TEST_F(ThreadsTest, WorkersAreNamedAndLongNamesAreCut) {
+  ASSERT_TRUE(SetThreads(3).ok());
+  ThreadsOfOneLoop();
+  EXPECT_EQ(TasksNamed("ssm-core"), 2);
+
+  std::string seen;
+  std::thread named([&seen] {
+    NameThisThread("ssm-a-name-longer-than-the-kernel-keeps");
+    std::ifstream comm("/proc/thread-self/comm");
+    std::getline(comm, seen);
+  });
+  named.join();
+  EXPECT_EQ(seen, "ssm-a-name-long");  // 15 bytes
 }
 
 }  // namespace

@@ -47,6 +47,11 @@ class ThreadLimit {
 // up). At least 1.
 int DefaultThreads();
 
+// Names the calling thread for `top -H`, `perf` and gdb (Linux keeps the
+// first 15 bytes of `name`). Best effort: a system that cannot name
+// threads leaves the name as it was.
+void NameThisThread(const char* name);
+
 }  // namespace ssm
 
 #endif  // SSM_THREADS_H_
