@@ -66,9 +66,11 @@ struct ServerOptions {
   int max_queue = 256;  // jobs waiting for a worker
   // Streams' short chunks of one model and batch that arrive within this
   // window are stepped together, at most step_batch_max of them
-  // (step_batcher.h); zero: every chunk runs on its own.
+  // (step_batcher.h); zero: every chunk runs on its own. Passes of 16
+  // rather than 64 let answers leave while later chunks still arrive
+  // (docs/DESIGN.md §3.5 has the figures).
   absl::Duration step_batch_window = absl::Microseconds(250);
-  int step_batch_max = 64;
+  int step_batch_max = 16;
   // Math's share: workers that may run Math jobs at once (0: half of
   // `threads`, at least 1) and Math jobs that may wait.
   int math_threads = 0;

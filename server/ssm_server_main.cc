@@ -41,7 +41,7 @@ ABSL_FLAG(absl::Duration, step_batch_window, absl::Microseconds(250),
           "streams' short chunks of one model and batch that arrive within this window are "
           "stepped together (a chunk waits at most this long for company, and not at all "
           "when every stream it expects is in); 0: every chunk runs on its own");
-ABSL_FLAG(int, step_batch_max, 64, "chunks stepped together at most (--step_batch_window)");
+ABSL_FLAG(int, step_batch_max, 16, "chunks stepped together at most (--step_batch_window)");
 ABSL_FLAG(int, math_threads, 0,
           "workers that may run Math calls (BuildHippo, ComputeKernel) at once, so they never "
           "take every worker from inference; 0: half of --threads, at least 1");
