@@ -11,6 +11,12 @@ which the bench reports (user + system, /proc and getrusage). Kernel time
 counts: on loopback the sender's system call also runs the receiver's TCP
 processing.
 
+With --syscalls the processes are not sampled: perf counts their system
+calls (the kernel's syscall tracepoints, on both sides) and /proc their
+threads' CPU time (per thread name: gRPC's, and ours, which name
+themselves ssm-*), and the script prints both per chunk. A system call
+per message on a side means its writes were not coalesced.
+
 With --callgrind the server runs under valgrind's callgrind instead (no
 kernel time; instructions, which a busy machine does not disturb) and the
 script prints the server's instructions per chunk, in total and inclusive
@@ -19,7 +25,7 @@ serializing).
 
     /usr/bin/python3 bench/profile_stream.py [--build=build]
         [--bench="--concurrency=64 --steps=2000 --inflight=1"]
-        [--callgrind] [--server=PATH] [--keep=DIR] [-- server flags...]
+        [--syscalls | --callgrind] [--server=PATH] [--keep=DIR] [-- server flags...]
 
 Needs perf (or valgrind for --callgrind) and a build. Stops its server by
 PID.
@@ -173,6 +179,80 @@ def run_perf(args, server, client, bench, tmp):
                 report["client_cpu_us_per_completed"])
 
 
+SYSCALLS = ["sendmsg", "recvmsg", "epoll_wait", "futex", "write", "read"]
+
+
+def thread_ticks(pid):
+    """CPU clock ticks (user + system) of each of pid's threads, summed
+    per thread name."""
+    ticks = collections.Counter()
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+                stat = f.read()
+        except OSError:
+            continue  # the thread ended
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        ticks[name] += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks
+
+
+def syscall_counts(path, completed):
+    counts = {}
+    with open(path) as f:
+        for line in f:
+            fields = line.strip().split(",")
+            if len(fields) > 2 and fields[2].startswith("syscalls:sys_enter_"):
+                counts[fields[2][len("syscalls:sys_enter_"):]] = int(fields[0]) / completed
+    return counts
+
+
+def run_syscalls(args, server, client, bench, tmp):
+    perf = shutil.which("perf")
+    if perf is None:
+        sys.exit("profile_stream: perf is not installed (apt-get install linux-perf)")
+    address = "127.0.0.1:%d" % free_port()
+    proc = subprocess.Popen([server, "--address=" + address, "--metrics_port=0",
+                             "--model_repository=" + args.models] + args.server_flags,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    events = ",".join("syscalls:sys_enter_" + name for name in SYSCALLS)
+    server_data = os.path.join(tmp, "server.stat")
+    client_data = os.path.join(tmp, "client.stat")
+    try:
+        wait_healthy("profile_stream", client, address, proc, tries=600)
+        subprocess.run([client, "--address=" + address, "bench", "--concurrency=8",
+                        "--steps=200"], capture_output=True, check=True)  # warm-up
+        stat = [perf, "stat", "-x", ",", "-e", events]
+        srv = subprocess.Popen(stat + ["-o", server_data, "-p", str(proc.pid)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)  # perf attaches
+        before = thread_ticks(proc.pid)
+        out = subprocess.run(stat + ["-o", client_data, "--", client, "--address=" + address,
+                                     "bench", "--json", "--server_pid=%d" % proc.pid] + bench,
+                             capture_output=True, text=True)
+        after = thread_ticks(proc.pid)
+        srv.send_signal(signal.SIGINT)
+        srv.wait()
+    finally:
+        stop(proc)
+    report = json.loads(out.stdout)
+    completed = report["completed"]
+    print("bench %s: %.0f steps/s, p50 %.3f ms, p99 %.3f ms, %d errors (perf's counting "
+          "costs a little)" % (" ".join(bench), report["steps_per_second"],
+                               report["latency_us"]["p50"] / 1e3,
+                               report["latency_us"]["p99"] / 1e3, report["errors"]))
+    for side, path in (("server", server_data), ("client", client_data)):
+        counts = syscall_counts(path, completed)
+        print("%s system calls per chunk: %s" % (side, ", ".join(
+            "%s %.2f" % (name, counts.get(name, 0.0)) for name in SYSCALLS)))
+    hz = os.sysconf("SC_CLK_TCK")
+    busy = {name: (after[name] - before.get(name, 0)) * 1e6 / hz / completed
+            for name in after if after[name] > before.get(name, 0)}
+    print("server CPU per chunk by thread (us, %d-tick resolution): %s" % (hz, ", ".join(
+        "%s %.1f" % (name, us) for name, us in sorted(busy.items(), key=lambda kv: -kv[1]))))
+
+
 # Functions whose inclusive instructions per chunk --callgrind prints.
 CALLGRIND_FUNCTIONS = [
     ("the transport's processor (parse, run, serialize, queue the write)",
@@ -272,6 +352,8 @@ def main():
                     help="ssm_client bench flags (stream mode, s4-demo by default)")
     ap.add_argument("--frequency", type=int, default=499, help="perf samples per second")
     ap.add_argument("--callgrind", action="store_true")
+    ap.add_argument("--syscalls", action="store_true",
+                    help="count system calls and the server threads' CPU instead of sampling")
     ap.add_argument("--keep", help="keep the profiles in this folder")
     ap.add_argument("server_flags", nargs="*", help="after --: extra ssm_server flags")
     args = ap.parse_args()
@@ -289,7 +371,8 @@ def main():
     tmp = args.keep or tempfile.mkdtemp(prefix="ssm-profile-")
     os.makedirs(tmp, exist_ok=True)
     try:
-        (run_callgrind if args.callgrind else run_perf)(args, server, client, bench, tmp)
+        run = run_callgrind if args.callgrind else run_syscalls if args.syscalls else run_perf
+        run(args, server, client, bench, tmp)
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)

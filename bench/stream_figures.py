@@ -14,10 +14,15 @@ with other work. Stops its servers by PID.
     /usr/bin/python3 bench/stream_figures.py [--build=build] [--runs=5]
         [--only=lockstep64,one_lockstep,one_pipelined,slow1000]
         [--servers=before:/path/to/ssm_server,after:build/server/ssm_server]
-        [--json=out.json] [-- server flags...]
+        [--model=s4-demo[,legs-memory]] [--json=out.json] [-- server flags...]
+
+--model with several models alternates them too (each server serves the
+whole repository): `--model=s4-demo,legs-memory` sets the service's cost
+beside that of a model that costs next to nothing, the ceiling the
+transport leaves on this machine.
 
 Workloads (names for --only):
-  lockstep64     64 streams of single steps on s4-demo, lock-step, 1000 each
+  lockstep64     64 streams of single steps, lock-step, 1000 each
   one_lockstep   1 stream of single steps, lock-step, 5000
   one_pipelined  1 stream of single steps, 32 in flight, 20000
   slow1000       1000 streams at 10 single steps a second each, 100 each
@@ -53,7 +58,8 @@ def main():
     ap.add_argument("--build", default="build")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--only", default=",".join(WORKLOADS))
-    ap.add_argument("--model", default="s4-demo")
+    ap.add_argument("--model", default="s4-demo",
+                    help="a model, or several (comma-separated) to alternate like servers")
     ap.add_argument("--servers", help="label:path,... (default: the build's ssm_server)")
     ap.add_argument("--json", help="also write every run's report here")
     ap.add_argument("server_flags", nargs="*", help="after --: extra ssm_server flags")
@@ -72,8 +78,8 @@ def main():
         if n not in WORKLOADS:
             sys.exit("stream_figures: unknown workload %r (known: %s)" % (n, ", ".join(WORKLOADS)))
 
+    models = [m for m in args.model.split(",") if m]
     procs = []
-    runs = {(label, n): [] for label, _ in servers for n in names}
     try:
         for label, path in servers:
             address = "127.0.0.1:%d" % free_port()
@@ -85,23 +91,28 @@ def main():
             procs.append((label, address, proc))
         for label, address, proc in procs:
             wait_healthy("stream_figures", client, address, proc)
+        # Every (server, model) pair is measured alike, alternating.
+        columns = [(label if len(models) == 1 else "%s/%s" % (label, model), address, proc, model)
+                   for model in models for label, address, proc in procs]
+        runs = {(column[0], n): [] for column in columns for n in names}
+        for _, address, _, model in columns:
             # One short warm-up: kernel caches, the allocator, the first chunks.
-            subprocess.run([client, "--address=" + address, "bench", "--model=" + args.model,
+            subprocess.run([client, "--address=" + address, "bench", "--model=" + model,
                             "--concurrency=8", "--steps=200"], capture_output=True, check=True)
         print("server flags: %s" % (" ".join(args.server_flags) or "(defaults)"))
         for r in range(args.runs):
             for n in names:
-                for label, address, proc in procs:
+                for label, address, proc, model in columns:
                     load = load_average()
                     out = subprocess.run(
                         [client, "--address=" + address, "bench", "--json", "--mode=stream",
-                         "--model=" + args.model, "--server_pid=%d" % proc.pid,
+                         "--model=" + model, "--server_pid=%d" % proc.pid,
                          "--max_seconds=120"] + WORKLOADS[n],
                         capture_output=True, text=True)
                     report = json.loads(out.stdout)
                     report["load_before"] = load
                     runs[(label, n)].append(report)
-                    print("%-8s %-14s run %d: %8.0f steps/s  p50 %6.3f ms  p99 %6.3f ms  server %5.1f"
+                    print("%-20s %-14s run %d: %8.0f steps/s  p50 %6.3f ms  p99 %6.3f ms  server %5.1f"
                           " us  client %5.1f us per chunk  errors %d  load %.2f%s" % (
                               label, n, r + 1, report["steps_per_second"],
                               report["latency_us"]["p50"] / 1000,
@@ -124,7 +135,7 @@ def main():
 
     print("\nmedian (range) of %d runs:" % args.runs)
     for n in names:
-        for label, _ in servers:
+        for label, _, _, _ in columns:
             rs = runs[(label, n)]
             rate = summarize([r["steps_per_second"] for r in rs])
             p50 = summarize([r["latency_us"]["p50"] / 1000 for r in rs])
@@ -133,7 +144,7 @@ def main():
             cli = summarize([r["client_cpu_us_per_completed"] for r in rs])
             load = summarize([r["load_before"] for r in rs])
             errors = sum(r["errors"] for r in rs)
-            print("%-8s %-14s %6.1fk steps/s (%.1fk-%.1fk)  p50 %.3f ms  p99 %.2f ms (%.2f-%.2f)  "
+            print("%-20s %-14s %6.1fk steps/s (%.1fk-%.1fk)  p50 %.3f ms  p99 %.2f ms (%.2f-%.2f)  "
                   "server %.1f us (%.1f-%.1f)  client %.1f us per chunk  errors %d  "
                   "load %.1f-%.1f" % (
                       label, n, rate[0] / 1e3, rate[1] / 1e3, rate[2] / 1e3, p50[0], p99[0],
