@@ -14,7 +14,12 @@ with other work. Stops its servers by PID.
     /usr/bin/python3 bench/stream_figures.py [--build=build] [--runs=5]
         [--only=lockstep64,one_lockstep,one_pipelined,slow1000]
         [--servers=before:/path/to/ssm_server,after:build/server/ssm_server]
-        [--model=s4-demo[,legs-memory]] [--json=out.json] [-- server flags...]
+        [--model=s4-demo[,legs-memory]] [--transport=tcp[,unix]] [--json=out.json]
+        [-- server flags...]
+
+--transport=tcp,unix starts every server twice, on loopback TCP and on a
+Unix-domain socket (what a co-located client can use), and alternates
+them too.
 
 --model with several models alternates them too (each server serves the
 whole repository): `--model=s4-demo,legs-memory` sets the service's cost
@@ -34,8 +39,10 @@ import argparse
 import json
 import os
 import statistics
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 from benchlib import free_port, load_average, wait_healthy
@@ -61,6 +68,8 @@ def main():
     ap.add_argument("--model", default="s4-demo",
                     help="a model, or several (comma-separated) to alternate like servers")
     ap.add_argument("--servers", help="label:path,... (default: the build's ssm_server)")
+    ap.add_argument("--transport", default="tcp",
+                    help="tcp (loopback), unix (a Unix-domain socket), or both: tcp,unix")
     ap.add_argument("--json", help="also write every run's report here")
     ap.add_argument("server_flags", nargs="*", help="after --: extra ssm_server flags")
     args = ap.parse_args()
@@ -79,10 +88,20 @@ def main():
             sys.exit("stream_figures: unknown workload %r (known: %s)" % (n, ", ".join(WORKLOADS)))
 
     models = [m for m in args.model.split(",") if m]
+    transports = [t for t in args.transport.split(",") if t]
+    for t in transports:
+        if t not in ("tcp", "unix"):
+            sys.exit("stream_figures: unknown transport %r (tcp, unix)" % t)
+    sockets = tempfile.mkdtemp(prefix="ssm-figures-")
     procs = []
     try:
-        for label, path in servers:
-            address = "127.0.0.1:%d" % free_port()
+        for (label, path), transport in [(s, t) for t in transports for s in servers]:
+            if transport == "unix":
+                address = "unix:%s/%s.sock" % (sockets, label)
+                label = label + "/unix" if len(transports) > 1 else label
+            else:
+                address = "127.0.0.1:%d" % free_port()
+                label = label + "/tcp" if len(transports) > 1 else label
             proc = subprocess.Popen(
                 [path, "--address=" + address,
                  "--model_repository=" + os.path.join(root, "models"),
@@ -132,6 +151,7 @@ def main():
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        shutil.rmtree(sockets, ignore_errors=True)
 
     print("\nmedian (range) of %d runs:" % args.runs)
     for n in names:

@@ -7,6 +7,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -20,6 +21,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "server/log.h"
 #include "ssm/threads.h"
 
@@ -35,16 +37,34 @@ struct PortSocket {
   uint64_t bytes_received = 0;
 };
 
-// This process's TCP sockets whose local port is `port` and whose
-// connection is established or half-closed by the peer (CLOSE_WAIT: still
-// holding a descriptor), by inode, with their descriptors and the bytes
-// each has received. Asked of each of
+// This process's sockets that are the server's accepted connections, by
+// inode, with their descriptors and the bytes each has received: TCP
+// sockets whose local port is `options.port` and whose connection is
+// established or half-closed by the peer (CLOSE_WAIT: still holding a
+// descriptor), or, with `options.unix_path`, connected Unix-domain sockets
+// named by that path (an accepted socket carries its listener's name; the
+// listener itself has no peer). Asked of each of
 // our own descriptors (fstat, getsockname, TCP_INFO): a few system calls
 // per descriptor, where reading the kernel's tables (/proc/net/tcp) walks
 // every bucket of the namespace's connection hash, ~6 ms a scan on the
 // development VM whatever the connections (5% of a core at one scan every
 // 200 ms).
-absl::flat_hash_map<uint64_t, PortSocket> PortSockets(int port) {
+// Whether `fd` is a connected Unix-domain socket whose local name is
+// `path` (a leading NUL: the abstract namespace).
+bool IsUnixConnection(int fd, const std::string& path) {
+  sockaddr_un addr{};
+  socklen_t len = sizeof(addr);
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) return false;
+  if (addr.sun_family != AF_UNIX || len <= offsetof(sockaddr_un, sun_path)) return false;
+  absl::string_view name(addr.sun_path, len - offsetof(sockaddr_un, sun_path));
+  if (!name.empty() && name[0] != '\0') name = name.substr(0, name.find('\0'));
+  if (name != path) return false;
+  sockaddr_un peer{};
+  socklen_t peer_len = sizeof(peer);
+  return getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_len) == 0;
+}
+
+absl::flat_hash_map<uint64_t, PortSocket> OwnSockets(const ConnectionGuard::Options& options) {
   absl::flat_hash_map<uint64_t, PortSocket> out;
   DIR* dir = opendir("/proc/self/fd");
   if (dir == nullptr) return out;
@@ -54,7 +74,11 @@ absl::flat_hash_map<uint64_t, PortSocket> PortSockets(int port) {
     if (!absl::SimpleAtoi(entry->d_name, &fd) || fd == own) continue;
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
-    if (LocalPort(fd) != port) continue;
+    if (!options.unix_path.empty()) {
+      if (IsUnixConnection(fd, options.unix_path)) out[st.st_ino] = PortSocket{fd, 0};
+      continue;
+    }
+    if (LocalPort(fd) != options.port) continue;
     tcp_info info{};
     socklen_t info_len = sizeof(info);
     if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &info_len) != 0) continue;
@@ -103,7 +127,7 @@ void ConnectionGuard::Loop() {
 void ConnectionGuard::ScanOnce() {
   absl::MutexLock lock(&scan_mu_);
   ++scans_;
-  const absl::flat_hash_map<uint64_t, PortSocket> own = PortSockets(options_.port);
+  const absl::flat_hash_map<uint64_t, PortSocket> own = OwnSockets(options_);
   struct Live {
     uint64_t first_seen;
     uint64_t bytes_received;

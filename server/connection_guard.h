@@ -1,4 +1,5 @@
-// Bounds the TCP connections a server holds on its port, and counts them.
+// Bounds the connections a server holds on its TCP port (or its Unix-domain
+// socket), and counts them.
 //
 // gRPC 1.51 has no cap on incoming connections (later releases add
 // GRPC_ARG_MAX_ALLOWED_INCOMING_CONNECTIONS), and a client can open
@@ -9,7 +10,9 @@
 // How: every `period` the guard asks each of this process's descriptors
 // (/proc/self/fd: fstat, getsockname, TCP_INFO) for the TCP sockets whose
 // local port is the server's and whose connection is established (or
-// half-closed by the peer), remembering when it first saw each (by inode).
+// half-closed by the peer) — or, for a server on a Unix-domain socket, the
+// connected sockets named by its path — remembering when it first saw each
+// (by inode).
 // Past `max_connections`, the newest ones beyond the cap are shut down
 // (shutdown(2), never close(2): the descriptor stays gRPC's, which sees
 // the connection end and cleans it up as if the peer had left; the fd is
@@ -17,7 +20,9 @@
 // number is never hit). Older connections, whose clients were there
 // first, are kept; among those first seen in the same scan (whose order a
 // scan cannot tell, nor can socket inodes, numbered in per-CPU batches),
-// the ones that have received the most bytes are kept. A refused client
+// the ones that have received the most bytes are kept (TCP only: a
+// Unix-domain socket does not count them, and its ties go by inode). A
+// refused client
 // sees its connection closed (UNAVAILABLE) and may retry once others are
 // gone.
 //
@@ -29,6 +34,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <string>
 #include <thread>
 
 #include "absl/base/thread_annotations.h"
@@ -43,6 +49,7 @@ class ConnectionGuard {
  public:
   struct Options {
     int port = 0;             // the server's TCP port
+    std::string unix_path;    // or its Unix-domain socket's path (then port is unused)
     int max_connections = 0;  // 0: count only, never close
     absl::Duration period = absl::Milliseconds(200);
   };

@@ -12,11 +12,13 @@
 #include <algorithm>
 #include <climits>
 #include <exception>
+#include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "prometheus/exposer.h"
 #include "server/log.h"
@@ -129,7 +131,17 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
   return absl::OkStatus();
 }
 
+std::string UnixSocketPath(absl::string_view address) {
+  if (absl::ConsumePrefix(&address, "unix-abstract:")) {
+    return absl::StrCat(absl::string_view("\0", 1), address);
+  }
+  if (absl::ConsumePrefix(&address, "unix://")) return std::string(address);
+  if (absl::ConsumePrefix(&address, "unix:")) return std::string(address);
+  return "";
+}
+
 bool IsLoopback(absl::string_view address) {
+  if (!UnixSocketPath(address).empty()) return true;
   const absl::string_view host = address.substr(0, address.rfind(':'));
   return host == "127.0.0.1" || host == "localhost" || host == "[::1]" ||
          absl::StartsWith(host, "127.");
@@ -411,6 +423,7 @@ absl::StatusOr<std::unique_ptr<SsmServer>> SsmServer::Start(ServerOptions option
 
   ConnectionGuard::Options guard;
   guard.port = self->port_;
+  guard.unix_path = UnixSocketPath(o.address);
   guard.max_connections = o.max_connections;
   self->connections_ = std::make_unique<ConnectionGuard>(guard);
 

@@ -25,7 +25,8 @@
 #include "server/ssm_server.h"
 
 ABSL_FLAG(std::string, address, "127.0.0.1:50051",
-          "host:port to serve gRPC on (loopback by default; 0.0.0.0:50051 for all interfaces)");
+          "host:port to serve gRPC on (loopback by default; 0.0.0.0:50051 for all interfaces), or "
+          "unix:/path/ssm.sock for a Unix-domain socket (co-located clients)");
 ABSL_FLAG(std::string, model_repository, "models",
           "model repository folder (<model>/config.pbtxt, <model>/<version>/weights.safetensors); "
           "relative paths are from the working directory");
@@ -335,15 +336,18 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "ssm_server: %s\n", std::string(server.status().message()).c_str());
     return 1;
   }
-  Logf(
-      "ssm_server started on port %d: %d model versions loaded, %d models failed, %d workers, "
-      "metrics %s",
-      (*server)->port(), (*server)->catalog().loaded_versions(),
-      (*server)->catalog().failed_models(), (*server)->pool().threads(),
-      options.metrics_address.empty() ? std::string("off") : options.metrics_address);
-  // With port 0 in --address the system chose one: show the real one.
+  // With port 0 in --address the system chose one: show the real one. (A
+  // Unix-domain socket has no port; gRPC reports 1 for it.)
   const std::string bound =
-      absl::StrCat(options.address.substr(0, options.address.rfind(':')), ":", (*server)->port());
+      ssm::server::UnixSocketPath(options.address).empty()
+          ? absl::StrCat(options.address.substr(0, options.address.rfind(':')), ":",
+                         (*server)->port())
+          : options.address;
+  Logf("ssm_server started on %s: %d model versions loaded, %d models failed, %d workers, "
+       "metrics %s",
+       bound, (*server)->catalog().loaded_versions(), (*server)->catalog().failed_models(),
+       (*server)->pool().threads(),
+       options.metrics_address.empty() ? std::string("off") : options.metrics_address);
   if (options.tls.cert_file.empty() && !ssm::server::IsLoopback(bound)) {
     Logf("%s", PlaintextWarning(bound));
   }

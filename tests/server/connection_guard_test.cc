@@ -1,6 +1,7 @@
 // The connection cap (connection_guard.h), on real loopback sockets: the
 // guard counts this process's connections on a port and shuts down the
-// newest past the cap, leaving the older ones and other ports alone.
+// newest past the cap, leaving the older ones and other ports alone; the
+// same for a server on a Unix-domain socket.
 
 #include "server/connection_guard.h"
 
@@ -10,10 +11,14 @@
 #include <netinet/in.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstddef>
+#include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "server/log.h"
@@ -59,6 +64,52 @@ class Listener {
  private:
   int fd_ = -1;
   int port_ = 0;
+  std::vector<int> accepted_, clients_;
+};
+
+// A Unix-domain listener at `path` (a leading NUL: the abstract
+// namespace), with the same Connect as Listener.
+class UnixListener {
+ public:
+  explicit UnixListener(std::string path) : path_(std::move(path)) {
+    if (path_[0] != '\0') unlink(path_.c_str());
+    fd_ = socket(AF_UNIX, SOCK_STREAM, 0);
+    const sockaddr_un addr = Address();
+    EXPECT_EQ(bind(fd_, reinterpret_cast<const sockaddr*>(&addr), AddressLength()), 0)
+        << std::strerror(errno);
+    EXPECT_EQ(listen(fd_, 128), 0);
+  }
+  ~UnixListener() {
+    for (int fd : accepted_) close(fd);
+    for (int fd : clients_) close(fd);
+    close(fd_);
+    if (path_[0] != '\0') unlink(path_.c_str());
+  }
+  const std::string& path() const { return path_; }
+
+  int Connect() {
+    const int c = socket(AF_UNIX, SOCK_STREAM, 0);
+    const sockaddr_un addr = Address();
+    EXPECT_EQ(connect(c, reinterpret_cast<const sockaddr*>(&addr), AddressLength()), 0);
+    accepted_.push_back(accept(fd_, nullptr, nullptr));
+    clients_.push_back(c);
+    return c;
+  }
+
+ private:
+  sockaddr_un Address() const {
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, path_.data(), path_.size());
+    return addr;
+  }
+  socklen_t AddressLength() const {
+    return static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path_.size() +
+                                  (path_[0] == '\0' ? 0 : 1));
+  }
+
+  std::string path_;
+  int fd_ = -1;
   std::vector<int> accepted_, clients_;
 };
 
@@ -138,6 +189,38 @@ TEST_F(ConnectionGuardTest, AmongConnectionsSeenTogetherTheSilentOnesGoFirst) {
   EXPECT_EQ(guard.closed_over_limit(), 8u);
   EXPECT_FALSE(ClosedByServer(talking));
   for (int c : silent) EXPECT_TRUE(ClosedByServer(c));
+}
+
+TEST_F(ConnectionGuardTest, OnAUnixSocketItCountsAndCapsThatSocketsConnections) {
+  const std::string dir = ::testing::TempDir();
+  UnixListener mine(dir + "/guard-mine-" + std::to_string(getpid()) + ".sock");
+  UnixListener other(dir + "/guard-other-" + std::to_string(getpid()) + ".sock");
+  Listener tcp;
+  ConnectionGuard guard(
+      {.unix_path = mine.path(), .max_connections = 3, .period = absl::Hours(1)});
+  std::vector<int> first, later;
+  for (int i = 0; i < 3; ++i) first.push_back(mine.Connect());
+  for (int i = 0; i < 2; ++i) other.Connect();
+  for (int i = 0; i < 2; ++i) tcp.Connect();
+  guard.ScanOnce();
+  EXPECT_EQ(guard.open(), 3);  // not the listener, the other socket's or TCP's
+  for (int i = 0; i < 4; ++i) later.push_back(mine.Connect());
+  guard.ScanOnce();
+  EXPECT_EQ(guard.closed_over_limit(), 4u);
+  for (int c : first) EXPECT_FALSE(ClosedByServer(c));
+  for (int c : later) EXPECT_TRUE(ClosedByServer(c));
+}
+
+TEST_F(ConnectionGuardTest, OnAnAbstractUnixSocketItCountsThatName) {
+  using namespace std::string_literals;
+  UnixListener mine("\0ssm-guard-test-"s + std::to_string(getpid()));
+  UnixListener longer(mine.path() + "-2");  // a name that starts like it
+  ConnectionGuard guard(
+      {.unix_path = mine.path(), .max_connections = 0, .period = absl::Hours(1)});
+  for (int i = 0; i < 2; ++i) mine.Connect();
+  for (int i = 0; i < 3; ++i) longer.Connect();
+  guard.ScanOnce();
+  EXPECT_EQ(guard.open(), 2);
 }
 
 TEST_F(ConnectionGuardTest, ProcessStatsAreRead) {
