@@ -25,7 +25,8 @@ serializing).
 
     /usr/bin/python3 bench/profile_stream.py [--build=build]
         [--bench="--concurrency=64 --steps=2000 --inflight=1"]
-        [--syscalls | --callgrind] [--server=PATH] [--keep=DIR] [-- server flags...]
+        [--syscalls | --callgrind] [--unix] [--server=PATH] [--keep=DIR]
+        [-- server flags...]
 
 Needs perf (or valgrind for --callgrind) and a build. Stops its server by
 PID.
@@ -123,6 +124,14 @@ def perf_categories(data, perf):
     return counts
 
 
+def server_address(args, tmp):
+    """Where the server listens: a free loopback port, or with --unix a
+    Unix-domain socket in the scratch folder."""
+    if args.unix:
+        return "unix:" + os.path.join(tmp, "ssm.sock")
+    return "127.0.0.1:%d" % free_port()
+
+
 def stop(proc):
     proc.send_signal(signal.SIGTERM)
     try:
@@ -142,7 +151,7 @@ def print_table(title, counts, us_per_chunk):
 
 def run_perf(args, server, client, bench, tmp):
     perf = shutil.which("perf") or sys.exit("profile_stream: perf is not installed")
-    address = "127.0.0.1:%d" % free_port()
+    address = server_address(args, tmp)
     proc = subprocess.Popen([server, "--address=" + address, "--metrics_port=0",
                              "--model_repository=" + args.models] + args.server_flags,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -212,7 +221,7 @@ def run_syscalls(args, server, client, bench, tmp):
     perf = shutil.which("perf")
     if perf is None:
         sys.exit("profile_stream: perf is not installed (apt-get install linux-perf)")
-    address = "127.0.0.1:%d" % free_port()
+    address = server_address(args, tmp)
     proc = subprocess.Popen([server, "--address=" + address, "--metrics_port=0",
                              "--model_repository=" + args.models] + args.server_flags,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -298,7 +307,7 @@ def small_repository(models, tmp):
 
 def run_callgrind(args, server, client, bench, tmp):
     valgrind = shutil.which("valgrind") or sys.exit("profile_stream: valgrind is not installed")
-    address = "127.0.0.1:%d" % free_port()
+    address = server_address(args, tmp)
     out_file = os.path.join(tmp, "callgrind.out")
     proc = subprocess.Popen([valgrind, "--tool=callgrind", "--callgrind-out-file=" + out_file,
                              "--instr-atstart=no",
@@ -352,6 +361,8 @@ def main():
                     help="ssm_client bench flags (stream mode, s4-demo by default)")
     ap.add_argument("--frequency", type=int, default=499, help="perf samples per second")
     ap.add_argument("--callgrind", action="store_true")
+    ap.add_argument("--unix", action="store_true",
+                    help="serve on a Unix-domain socket instead of loopback TCP")
     ap.add_argument("--syscalls", action="store_true",
                     help="count system calls and the server threads' CPU instead of sampling")
     ap.add_argument("--keep", help="keep the profiles in this folder")
