@@ -254,6 +254,23 @@ def test_unreachable_and_late(server):
             c.infer("s4-demo", np.zeros((8, 4096, 1)), timeout=0.001)
 
 
+def test_local_server_on_a_unix_socket(tmp_path):
+    # A co-located client's transport: the same answers as over TCP, the
+    # socket file there while it serves and gone after a clean stop.
+    path = tmp_path / "ssm.sock"
+    x = sequence(30, 1, seed=5)
+    with local_server(unix_socket=path) as s:
+        assert s.address == f"unix:{path}"
+        assert path.is_socket()
+        with ssmserve.Client(s.address, token="") as c:
+            with c.session("legt-delay") as session:
+                streamed = session.run(x, chunk=1)
+            whole = c.infer("legt-delay", x)
+    assert s.stop() == 0
+    assert not path.exists()
+    assert max_relative_diff(streamed, whole) <= WIRE_TOLERANCE
+
+
 def test_local_server_moves_off_a_taken_port(monkeypatch):
     # The port it picked is taken before the server binds it: it picks
     # another. A server that cannot start says why, with its log.

@@ -1,5 +1,6 @@
-"""LocalServer: an ssm_server process of your own on a free loopback port,
-for notebooks, scripts and tests.
+"""LocalServer: an ssm_server process of your own on a free loopback port
+(or a Unix-domain socket: `unix_socket=` a path), for notebooks, scripts
+and tests.
 
     with ssmserve.LocalServer("build/server/ssm_server", model_repository="models") as server:
         client = ssmserve.Client(server.address)
@@ -28,15 +29,19 @@ from .ports import free_port  # LocalServer's picks (tests replace it here)
 
 class LocalServer:
     def __init__(self, binary="ssm_server", *, model_repository=None, flags=(), port=0,
-                 ready_timeout=30.0, stop_timeout=15.0, client_options=None):
+                 unix_socket=None, ready_timeout=30.0, stop_timeout=15.0, client_options=None):
         self.binary = shutil.which(binary) or binary
         self.model_repository = model_repository
         self.flags = list(flags)
         # Client keyword arguments for the readiness probe (e.g. ca=,
         # server_name= for a server with --tls_cert).
         self.client_options = dict(client_options or {})
-        self._pick_port = not port  # a port of its own choice may be retaken
-        self.port = port or free_port()
+        # A Unix-domain socket's path (the server replaces a stale file);
+        # then there is no port.
+        self.unix_socket = os.fspath(unix_socket) if unix_socket is not None else None
+        # A port of its own choice may be retaken.
+        self._pick_port = not port and self.unix_socket is None
+        self.port = 0 if self.unix_socket is not None else (port or free_port())
         self.ready_timeout = ready_timeout
         self.stop_timeout = stop_timeout
         self.process = None
@@ -44,6 +49,8 @@ class LocalServer:
 
     @property
     def address(self):
+        if self.unix_socket is not None:
+            return f"unix:{self.unix_socket}"
         return f"127.0.0.1:{self.port}"
 
     @property
