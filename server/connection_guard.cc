@@ -37,18 +37,6 @@ struct PortSocket {
   uint64_t bytes_received = 0;
 };
 
-// This process's sockets that are the server's accepted connections, by
-// inode, with their descriptors and the bytes each has received: TCP
-// sockets whose local port is `options.port` and whose connection is
-// established or half-closed by the peer (CLOSE_WAIT: still holding a
-// descriptor), or, with `options.unix_path`, connected Unix-domain sockets
-// named by that path (an accepted socket carries its listener's name; the
-// listener itself has no peer). Asked of each of
-// our own descriptors (fstat, getsockname, TCP_INFO): a few system calls
-// per descriptor, where reading the kernel's tables (/proc/net/tcp) walks
-// every bucket of the namespace's connection hash, ~6 ms a scan on the
-// development VM whatever the connections (5% of a core at one scan every
-// 200 ms).
 // Whether `fd` is a connected Unix-domain socket whose local name is
 // `path` (a leading NUL: the abstract namespace).
 bool IsUnixConnection(int fd, const std::string& path) {
@@ -64,6 +52,18 @@ bool IsUnixConnection(int fd, const std::string& path) {
   return getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_len) == 0;
 }
 
+// This process's sockets that are the server's accepted connections, by
+// inode, with their descriptors and the bytes each has received: TCP
+// sockets whose local port is `options.port` and whose connection is
+// established or half-closed by the peer (CLOSE_WAIT: still holding a
+// descriptor), or, with `options.unix_path`, connected Unix-domain sockets
+// named by that path (an accepted socket carries its listener's name; the
+// listener itself has no peer). Asked of each of
+// our own descriptors (fstat, getsockname, TCP_INFO): a few system calls
+// per descriptor, where reading the kernel's tables (/proc/net/tcp) walks
+// every bucket of the namespace's connection hash, ~6 ms a scan on the
+// development VM whatever the connections (5% of a core at one scan every
+// 200 ms).
 absl::flat_hash_map<uint64_t, PortSocket> OwnSockets(const ConnectionGuard::Options& options) {
   absl::flat_hash_map<uint64_t, PortSocket> out;
   DIR* dir = opendir("/proc/self/fd");

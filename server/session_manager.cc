@@ -202,10 +202,12 @@ SessionSnapshot SessionManager::Entry::ExportLocked() const {
 
 SessionManager::SessionManager(Options options)
     : options_(std::move(options)), replica_(NewSessionId().substr(0, 12)) {
-  if (options_.store != nullptr) checkpointer_ = std::thread([this] {
+  if (options_.store != nullptr) {
+    checkpointer_ = std::thread([this] {
       ssm::NameThisThread("ssm-checkpoint");
       CheckpointLoop();
     });
+  }
 }
 
 SessionManager::~SessionManager() {

@@ -153,8 +153,8 @@ bool IsLoopback(absl::string_view address);
 // "unix:PATH", "unix:///ABSOLUTE/PATH", or "unix-abstract:NAME" (Linux's
 // abstract namespace: the path is a NUL byte, then NAME) — or empty for a
 // TCP "host:port". A co-located client (a sidecar, an app on the same
-// host) reaches the server there without TCP: about a quarter more steps/s
-// for 64 lock-step streams (bench/README.md).
+// host) reaches the server there without TCP: a quarter to a third more
+// steps/s for 64 lock-step streams (bench/README.md).
 std::string UnixSocketPath(absl::string_view address);
 
 class SsmServer {

@@ -343,11 +343,12 @@ int main(int argc, char** argv) {
           ? absl::StrCat(options.address.substr(0, options.address.rfind(':')), ":",
                          (*server)->port())
           : options.address;
-  Logf("ssm_server started on %s: %d model versions loaded, %d models failed, %d workers, "
-       "metrics %s",
-       bound, (*server)->catalog().loaded_versions(), (*server)->catalog().failed_models(),
-       (*server)->pool().threads(),
-       options.metrics_address.empty() ? std::string("off") : options.metrics_address);
+  Logf(
+      "ssm_server started on %s: %d model versions loaded, %d models failed, %d workers, "
+      "metrics %s",
+      bound, (*server)->catalog().loaded_versions(), (*server)->catalog().failed_models(),
+      (*server)->pool().threads(),
+      options.metrics_address.empty() ? std::string("off") : options.metrics_address);
   if (options.tls.cert_file.empty() && !ssm::server::IsLoopback(bound)) {
     Logf("%s", PlaintextWarning(bound));
   }

@@ -42,8 +42,7 @@ absl::StatusOr<Tensor> LockStepOutputs(Client& client, const Tensor& input) {
 }
 
 TEST(UnixSocketTest, ServesLikeTcpAndItsConnectionsAreCounted) {
-  const std::string path =
-      absl::StrCat(::testing::TempDir(), "/ssm-e2e-", getpid(), ".sock");
+  const std::string path = absl::StrCat(::testing::TempDir(), "/ssm-e2e-", getpid(), ".sock");
   absl::StatusOr<int> health = PickFreePort();
   absl::StatusOr<int> metrics = PickFreePort();
   ASSERT_OK(health);

@@ -196,8 +196,7 @@ TEST_F(ConnectionGuardTest, OnAUnixSocketItCountsAndCapsThatSocketsConnections) 
   UnixListener mine(dir + "/guard-mine-" + std::to_string(getpid()) + ".sock");
   UnixListener other(dir + "/guard-other-" + std::to_string(getpid()) + ".sock");
   Listener tcp;
-  ConnectionGuard guard(
-      {.unix_path = mine.path(), .max_connections = 3, .period = absl::Hours(1)});
+  ConnectionGuard guard({.unix_path = mine.path(), .max_connections = 3, .period = absl::Hours(1)});
   std::vector<int> first, later;
   for (int i = 0; i < 3; ++i) first.push_back(mine.Connect());
   for (int i = 0; i < 2; ++i) other.Connect();
@@ -215,8 +214,7 @@ TEST_F(ConnectionGuardTest, OnAnAbstractUnixSocketItCountsThatName) {
   using namespace std::string_literals;
   UnixListener mine("\0ssm-guard-test-"s + std::to_string(getpid()));
   UnixListener longer(mine.path() + "-2");  // a name that starts like it
-  ConnectionGuard guard(
-      {.unix_path = mine.path(), .max_connections = 0, .period = absl::Hours(1)});
+  ConnectionGuard guard({.unix_path = mine.path(), .max_connections = 0, .period = absl::Hours(1)});
   for (int i = 0; i < 2; ++i) mine.Connect();
   for (int i = 0; i < 3; ++i) longer.Connect();
   guard.ScanOnce();
