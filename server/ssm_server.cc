@@ -21,6 +21,7 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "prometheus/exposer.h"
+#include "server/echo.h"
 #include "server/log.h"
 #include "ssm/file_io.h"
 #include "ssm/threads.h"
@@ -81,6 +82,20 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
   if (o.step_batch_max < 1 || o.step_batch_max > 4096) {
     return absl::InvalidArgumentError(
         absl::StrCat("--step_batch_max must be in [1, 4096], got ", o.step_batch_max));
+  }
+  if (absl::StartsWith(o.address, "unix:") || absl::StartsWith(o.address, "unix-abstract:")) {
+    // gRPC would take "unix:" without a path for a TCP host named "unix",
+    // and cuts nothing: say what is wrong before it does something else.
+    const std::string path = UnixSocketPath(o.address);
+    if (path.empty() || path == absl::string_view("\0", 1)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--address=", Echo(o.address), " names no socket path (e.g. unix:/run/ssm/ssm.sock)"));
+    }
+    if (path.size() > kMaxUnixSocketPath) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--address: a Unix socket's path is at most ", kMaxUnixSocketPath,
+                       " bytes, got ", path.size(), " (", Echo(path), ")"));
+    }
   }
   if (o.session_ttl <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError(

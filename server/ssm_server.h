@@ -156,6 +156,8 @@ bool IsLoopback(absl::string_view address);
 // host) reaches the server there without TCP: a quarter to a third more
 // steps/s for 64 lock-step streams (bench/README.md).
 std::string UnixSocketPath(absl::string_view address);
+// sockaddr_un's sun_path holds 108 bytes, a filesystem path's NUL included.
+inline constexpr size_t kMaxUnixSocketPath = 107;
 
 class SsmServer {
  public:

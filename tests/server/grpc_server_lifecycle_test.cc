@@ -155,5 +155,36 @@ TEST_F(GrpcServerTest, AddressInUseIsAnError) {
             absl::StatusCode::kInvalidArgument);
 }
 
+TEST(UnixSocketAddressTest, PathsAreReadAsGrpcSpellsThem) {
+  EXPECT_EQ(UnixSocketPath("unix:/run/ssm.sock"), "/run/ssm.sock");
+  EXPECT_EQ(UnixSocketPath("unix:///run/ssm.sock"), "/run/ssm.sock");
+  EXPECT_EQ(UnixSocketPath("unix:relative.sock"), "relative.sock");
+  EXPECT_EQ(UnixSocketPath("unix-abstract:ssm"), std::string("\0ssm", 4));
+  EXPECT_EQ(UnixSocketPath("127.0.0.1:50051"), "");
+  EXPECT_EQ(UnixSocketPath("unixhost:50051"), "");
+  EXPECT_TRUE(IsLoopback("unix:/run/ssm.sock"));
+  EXPECT_TRUE(IsLoopback("unix-abstract:ssm"));
+  EXPECT_FALSE(IsLoopback("0.0.0.0:50051"));
+}
+
+TEST(UnixSocketAddressTest, AnAddressWithoutAPathOrWithOneTooLongIsRefused) {
+  ServerOptions options;
+  for (const char* address : {"unix:", "unix://", "unix-abstract:"}) {
+    options.address = address;
+    const absl::Status status = ValidateServerOptions(options);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << address;
+    EXPECT_THAT(status.message(), HasSubstr("names no socket path")) << address;
+  }
+  options.address = "unix:/tmp/" + std::string(kMaxUnixSocketPath - 5, 'a');  // 107 bytes
+  EXPECT_TRUE(ValidateServerOptions(options).ok()) << ValidateServerOptions(options);
+  options.address += "a";
+  const absl::Status status = ValidateServerOptions(options);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("at most 107 bytes, got 108"));
+  // A host whose name starts with "unix" is a host.
+  options.address = "unixhost:50051";
+  EXPECT_TRUE(ValidateServerOptions(options).ok());
+}
+
 }  // namespace
 }  // namespace ssm::server::testing
