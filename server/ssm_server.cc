@@ -92,9 +92,9 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
           "--address=", Echo(o.address), " names no socket path (e.g. unix:/run/ssm/ssm.sock)"));
     }
     if (path.size() > kMaxUnixSocketPath) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--address: a Unix socket's path is at most ", kMaxUnixSocketPath,
-                       " bytes, got ", path.size(), " (", Echo(path), ")"));
+      return absl::InvalidArgumentError(absl::StrCat("--address: a Unix socket's path is at most ",
+                                                     kMaxUnixSocketPath, " bytes, got ",
+                                                     path.size(), " (", Echo(path), ")"));
     }
   }
   if (o.session_ttl <= absl::ZeroDuration()) {
