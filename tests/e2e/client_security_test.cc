@@ -312,6 +312,50 @@ TEST_F(ClientSecurityTest, HealthOnThePlaintextHealthPort) {
   EXPECT_CODE(health.ListModels(), kUnimplemented);
 }
 
+// The same security on a Unix-domain socket (co-located clients): TLS
+// verified against the CA (gRPC's authority for a unix: target is
+// "localhost", a name the server's certificate carries), tokens and scopes,
+// client certificates as principals; a call without a token, or a client
+// that does not speak TLS, gets nothing.
+TEST(ClientSecurityUnixSocketTest, TlsTokensAndCertificatesWorkOnASocket) {
+  const std::string dir = MakeSecureFiles();
+  absl::StatusOr<int> health = PickFreePort();
+  ASSERT_OK(health);
+  const std::string socket = dir + "/ssm.sock";
+  std::vector<std::string> flags = SecureFlags(dir, *health);
+  flags.push_back("--address=unix:" + socket);
+  absl::StatusOr<std::unique_ptr<ServerProcess>> server =
+      ServerProcess::Start(flags, 0, absl::Seconds(30), *health);
+  ASSERT_OK(server);
+
+  ClientOptions o;
+  o.address = "unix:" + socket;
+  o.deadline = absl::Seconds(20);
+  o.ca_file = PkiPath("ca.pem");
+  o.token = kAliceToken;
+  Client alice(o);
+  EXPECT_OK(alice.ListModels());
+  absl::StatusOr<client::InferResult> r = alice.Infer("legt-delay", MakeSequence(1, 8, 1));
+  EXPECT_OK(r);
+  absl::StatusOr<std::unique_ptr<client::Stream>> stream =
+      alice.OpenStream({.model = "legt-delay"});
+  ASSERT_OK(stream);
+  EXPECT_OK((*stream)->RunChunk(std::vector<float>{0.5f}, 1));
+  EXPECT_OK((*stream)->Close());
+
+  o.token = kBobToken;
+  EXPECT_CODE(Client(o).Infer("s4-demo", MakeSequence(1, 4, 1)), kPermissionDenied);
+  o.token.clear();
+  EXPECT_CODE(Client(o).ListModels(), kUnauthenticated);
+  o.cert_file = PkiPath("client.pem");
+  o.key_file = PkiPath("client.key");
+  EXPECT_OK(Client(o).ListModels());  // svc-a, by its certificate
+  ClientOptions plain;
+  plain.address = o.address;
+  plain.deadline = absl::Seconds(5);
+  EXPECT_CODE(Client(plain).ListModels(), kUnavailable);
+}
+
 // Options that cannot work are refused when the Client is made, by every
 // call alike, naming the option and the file, never the token, and
 // without falling back to plaintext.
