@@ -246,28 +246,10 @@ class StreamInferProtocol final : public StepBatcher::Waiter {
       }
       received_ = request.received();
     }
-    const SessionManager::Entry& entry = *session_;
-    absl::StatusOr<SequenceShape> shape =
-        CheckSequenceShape(chunk, "chunk", entry.d_input(), entry.model_name());
-    if (!shape.ok()) return shape.status();
-    if (shape->batch != entry.batch()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "chunk.shape[0] = ", shape->batch, " but the session's batch is ", entry.batch()));
-    }
-    const RequestLimits& limits = env_->limits;
-    if (shape->steps > limits.max_chunk_steps) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("chunk.shape[1] = ", shape->steps,
-                       " steps exceeds --max_chunk_steps=", limits.max_chunk_steps));
-    }
-    out_shape_ = SequenceShape{shape->batch, shape->steps, entry.d_output()};
-    if (absl::Status s = CheckResponseBytes(
-            out_shape_.size() * 4 + (request.want_state() ? entry.state_bytes() : 0),
-            "the chunk's output", limits);
-        !s.ok()) {
-      return s;
-    }
-    if (absl::Status s = ReadFiniteValues(chunk, "chunk", &x_); !s.ok()) return s;
+    absl::StatusOr<SequenceShape> out =
+        ReadStreamChunk(chunk, request.want_state(), *session_, env_->limits, &x_);
+    if (!out.ok()) return out.status();
+    out_shape_ = *out;
     y_.resize(out_shape_.size());
     return absl::OkStatus();
   }

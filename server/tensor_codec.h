@@ -24,6 +24,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "server/limits.h"
 #include "server/session_manager.h"
 #include "ssm/v1/ssm_service.pb.h"
 
@@ -51,6 +52,18 @@ absl::StatusOr<SequenceShape> CheckSequenceShape(const ssm::v1::Tensor& tensor,
 // with the index of the first one. *out is unspecified on error.
 absl::Status ReadFiniteValues(const ssm::v1::Tensor& tensor, absl::string_view field,
                               std::vector<double>* out);
+
+// A stream chunk's checks before it runs, in StreamInfer's order (its
+// fuzz harness runs the same ones): the tensor's shape for `session` (its
+// d_input, then its batch), --max_chunk_steps, the response's size (the
+// session's state included when `want_state`), and the values, widened
+// into *x. Returns the output's shape. Errors: InvalidArgument (shape,
+// batch, a value not finite), ResourceExhausted (too many steps, a
+// response past the message limit).
+absl::StatusOr<SequenceShape> ReadStreamChunk(const ssm::v1::Tensor& chunk, bool want_state,
+                                              const SessionManager::Entry& session,
+                                              const RequestLimits& limits,
+                                              std::vector<double>* x);
 
 // InvalidArgument naming `field` and the first index [b, t, f] whose value
 // is not finite or beyond float32's range (kMaxWireValue): such an output

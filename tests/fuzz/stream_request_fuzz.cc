@@ -2,8 +2,8 @@
 // sequence of ssm.v1.StreamRequest messages driving one session the way
 // StreamInfer does (stream_call.cc): the first request opens it through
 // server::OpenSession (new, resumed from a snapshot, or reattached), each
-// chunk goes through CheckSequenceShape, the batch and limit checks,
-// ReadFiniteValues and SessionManager::Entry::Run; the first failed
+// chunk goes through server::ReadStreamChunk (the shape, batch, limit and
+// value checks) and SessionManager::Entry::Run; the first failed
 // request ends the stream, leaving the session detached; a clean end closes
 // it. The transport (gRPC, the read window, the pool) is out of scope.
 //
@@ -16,7 +16,8 @@
 // (legt, batch 2, 3 steps in) that the harness opens for each input.
 //
 // stream_call.cc keeps HandleOpen/HandleChunk in an anonymous namespace of
-// a file that needs gRPC; Stream below follows them step for step.
+// a file that needs gRPC; Stream below calls the same gRPC-free pieces
+// (OpenSession, ReadStreamChunk) in the same order.
 //
 // Contracts checked besides the sanitizers':
 //   - every error is one of the codes the protocol documents, with a
@@ -120,26 +121,10 @@ class Stream {
     if (session_ == nullptr) {
       return absl::InvalidArgumentError("the first request of a stream must be `open`");
     }
-    const server::SessionManager::Entry& entry = *session_;
     absl::StatusOr<server::SequenceShape> shape =
-        server::CheckSequenceShape(chunk, "chunk", entry.d_input(), entry.model_name());
+        server::ReadStreamChunk(chunk, want_state, *session_, Limits(), &x_);
     if (!shape.ok()) return shape.status();
-    if (shape->batch != entry.batch()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "chunk.shape[0] = ", shape->batch, " but the session's batch is ", entry.batch()));
-    }
-    const server::RequestLimits limits = Limits();
-    if (shape->steps > limits.max_chunk_steps) {
-      return absl::ResourceExhaustedError("chunk.shape[1] exceeds --max_chunk_steps");
-    }
-    const server::SequenceShape out_shape{shape->batch, shape->steps, entry.d_output()};
-    if (absl::Status s = server::CheckResponseBytes(
-            out_shape.size() * 4 + (want_state ? entry.state_bytes() : 0), "the chunk's output",
-            limits);
-        !s.ok()) {
-      return s;
-    }
-    if (absl::Status s = server::ReadFiniteValues(chunk, "chunk", &x_); !s.ok()) return s;
+    const server::SequenceShape out_shape = *shape;
     y_.resize(out_shape.size());
     server::SessionSnapshot snapshot;
     absl::StatusOr<int64_t> position = session_->Run(
