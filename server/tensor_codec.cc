@@ -85,8 +85,7 @@ absl::Status ReadFiniteValues(const ssm::v1::Tensor& tensor, absl::string_view f
 
 absl::StatusOr<SequenceShape> ReadStreamChunk(const ssm::v1::Tensor& chunk, bool want_state,
                                               const SessionManager::Entry& session,
-                                              const RequestLimits& limits,
-                                              std::vector<double>* x) {
+                                              const RequestLimits& limits, std::vector<double>* x) {
   absl::StatusOr<SequenceShape> shape =
       CheckSequenceShape(chunk, "chunk", session.d_input(), session.model_name());
   if (!shape.ok()) return shape.status();
@@ -95,13 +94,13 @@ absl::StatusOr<SequenceShape> ReadStreamChunk(const ssm::v1::Tensor& chunk, bool
         "chunk.shape[0] = ", shape->batch, " but the session's batch is ", session.batch()));
   }
   if (shape->steps > limits.max_chunk_steps) {
-    return absl::ResourceExhaustedError(absl::StrCat("chunk.shape[1] = ", shape->steps,
-                                                     " steps exceeds --max_chunk_steps=",
-                                                     limits.max_chunk_steps));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("chunk.shape[1] = ", shape->steps,
+                     " steps exceeds --max_chunk_steps=", limits.max_chunk_steps));
   }
   const SequenceShape out{shape->batch, shape->steps, session.d_output()};
-  if (absl::Status s = CheckResponseBytes(
-          out.size() * 4 + (want_state ? session.state_bytes() : 0), "the chunk's output", limits);
+  if (absl::Status s = CheckResponseBytes(out.size() * 4 + (want_state ? session.state_bytes() : 0),
+                                          "the chunk's output", limits);
       !s.ok()) {
     return s;
   }

@@ -62,8 +62,7 @@ absl::Status ReadFiniteValues(const ssm::v1::Tensor& tensor, absl::string_view f
 // response past the message limit).
 absl::StatusOr<SequenceShape> ReadStreamChunk(const ssm::v1::Tensor& chunk, bool want_state,
                                               const SessionManager::Entry& session,
-                                              const RequestLimits& limits,
-                                              std::vector<double>* x);
+                                              const RequestLimits& limits, std::vector<double>* x);
 
 // InvalidArgument naming `field` and the first index [b, t, f] whose value
 // is not finite or beyond float32's range (kMaxWireValue): such an output
