@@ -45,7 +45,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import free_port, wait_healthy
+from benchlib import free_port, load_average, wait_healthy
 
 # A sample's category: the first rule that matches, tried in this order.
 # `any`: a regular expression some frame's symbol must match; `leaf`: the
@@ -149,42 +149,60 @@ def print_table(title, counts, us_per_chunk):
         print("  %-62s %5.1f%% %8.2f" % (name, 100.0 * n / total, us_per_chunk * n / total))
 
 
+class PerfRun:
+    """One bench run with perf on both processes: the server started (and
+    warmed up), `perf <perf_args> -o FILE -p PID` attached to it, the bench
+    run under `perf <perf_args> -o FILE --`, then everything stopped. Keeps
+    the bench's report, the two perf files, the load average before the
+    run, and the server's CPU ticks per thread name before and after."""
+
+    def __init__(self, args, server, client, bench, tmp, perf_args, suffix):
+        perf = shutil.which("perf")
+        if perf is None:
+            sys.exit("profile_stream: perf is not installed (apt-get install linux-perf)")
+        self.perf = perf
+        self.server_data = os.path.join(tmp, "server." + suffix)
+        self.client_data = os.path.join(tmp, "client." + suffix)
+        address = server_address(args, tmp)
+        proc = subprocess.Popen([server, "--address=" + address, "--metrics_port=0",
+                                 "--model_repository=" + args.models] + args.server_flags,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_healthy("profile_stream", client, address, proc, tries=600)
+            subprocess.run([client, "--address=" + address, "bench", "--concurrency=8",
+                            "--steps=200"], capture_output=True, check=True)  # warm-up
+            tool = [perf] + perf_args
+            srv = subprocess.Popen(tool + ["-o", self.server_data, "-p", str(proc.pid)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)  # perf attaches
+            self.load = load_average()
+            self.ticks_before = thread_ticks(proc.pid)
+            # (ssm_client exits 1 when a stream failed; the report says so.)
+            out = subprocess.run(tool + ["-o", self.client_data, "--", client,
+                                         "--address=" + address, "bench", "--json",
+                                         "--server_pid=%d" % proc.pid] + bench,
+                                 capture_output=True, text=True)
+            self.ticks_after = thread_ticks(proc.pid)
+            srv.send_signal(signal.SIGINT)
+            srv.wait()
+        finally:
+            stop(proc)
+        self.report = json.loads(out.stdout)
+
+
 def run_perf(args, server, client, bench, tmp):
-    perf = shutil.which("perf") or sys.exit("profile_stream: perf is not installed")
-    address = server_address(args, tmp)
-    proc = subprocess.Popen([server, "--address=" + address, "--metrics_port=0",
-                             "--model_repository=" + args.models] + args.server_flags,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_healthy("profile_stream", client, address, proc, tries=600)
-        subprocess.run([client, "--address=" + address, "bench", "--concurrency=8",
-                        "--steps=200"], capture_output=True, check=True)  # warm-up
-        server_data = os.path.join(tmp, "server.perf")
-        client_data = os.path.join(tmp, "client.perf")
-        rec = [perf, "record", "-q", "-e", "cpu-clock", "-F", str(args.frequency),
-               "--call-graph", "dwarf,8192"]
-        srv = subprocess.Popen(rec + ["-o", server_data, "-p", str(proc.pid)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(1.0)  # perf attaches
-        with open("/proc/loadavg") as f:
-            load = f.read().split()[0]
-        # (ssm_client exits 1 when a stream failed; the report says so.)
-        out = subprocess.run(rec + ["-o", client_data, "--", client, "--address=" + address,
-                                    "bench", "--json", "--server_pid=%d" % proc.pid] + bench,
-                             capture_output=True, text=True)
-        srv.send_signal(signal.SIGINT)
-        srv.wait()
-    finally:
-        stop(proc)
-    report = json.loads(out.stdout)
-    print("bench %s: %.0f steps/s, p50 %.3f ms, p99 %.3f ms, %d errors%s, load average %s "
+    run = PerfRun(args, server, client, bench, tmp,
+                  ["record", "-q", "-e", "cpu-clock", "-F", str(args.frequency),
+                   "--call-graph", "dwarf,8192"], "perf")
+    report = run.report
+    print("bench %s: %.0f steps/s, p50 %.3f ms, p99 %.3f ms, %d errors%s, load average %.2f "
           "before (perf's sampling costs a few percent)" % (
               " ".join(bench), report["steps_per_second"], report["latency_us"]["p50"] / 1e3,
               report["latency_us"]["p99"] / 1e3, report["errors"],
-              " (first: %s)" % report["first_error"] if report["errors"] else "", load))
-    print_table("server", perf_categories(server_data, perf),
+              " (first: %s)" % report["first_error"] if report["errors"] else "", run.load))
+    print_table("server", perf_categories(run.server_data, run.perf),
                 report["server_cpu_us_per_completed"])
-    print_table("client (ssm_client bench)", perf_categories(client_data, perf),
+    print_table("client (ssm_client bench)", perf_categories(run.client_data, run.perf),
                 report["client_cpu_us_per_completed"])
 
 
@@ -218,44 +236,20 @@ def syscall_counts(path, completed):
 
 
 def run_syscalls(args, server, client, bench, tmp):
-    perf = shutil.which("perf")
-    if perf is None:
-        sys.exit("profile_stream: perf is not installed (apt-get install linux-perf)")
-    address = server_address(args, tmp)
-    proc = subprocess.Popen([server, "--address=" + address, "--metrics_port=0",
-                             "--model_repository=" + args.models] + args.server_flags,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     events = ",".join("syscalls:sys_enter_" + name for name in SYSCALLS)
-    server_data = os.path.join(tmp, "server.stat")
-    client_data = os.path.join(tmp, "client.stat")
-    try:
-        wait_healthy("profile_stream", client, address, proc, tries=600)
-        subprocess.run([client, "--address=" + address, "bench", "--concurrency=8",
-                        "--steps=200"], capture_output=True, check=True)  # warm-up
-        stat = [perf, "stat", "-x", ",", "-e", events]
-        srv = subprocess.Popen(stat + ["-o", server_data, "-p", str(proc.pid)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(1.0)  # perf attaches
-        before = thread_ticks(proc.pid)
-        out = subprocess.run(stat + ["-o", client_data, "--", client, "--address=" + address,
-                                     "bench", "--json", "--server_pid=%d" % proc.pid] + bench,
-                             capture_output=True, text=True)
-        after = thread_ticks(proc.pid)
-        srv.send_signal(signal.SIGINT)
-        srv.wait()
-    finally:
-        stop(proc)
-    report = json.loads(out.stdout)
+    run = PerfRun(args, server, client, bench, tmp, ["stat", "-x", ",", "-e", events], "stat")
+    report = run.report
     completed = report["completed"]
-    print("bench %s: %.0f steps/s, p50 %.3f ms, p99 %.3f ms, %d errors (perf's counting "
-          "costs a little)" % (" ".join(bench), report["steps_per_second"],
-                               report["latency_us"]["p50"] / 1e3,
-                               report["latency_us"]["p99"] / 1e3, report["errors"]))
-    for side, path in (("server", server_data), ("client", client_data)):
+    print("bench %s: %.0f steps/s, p50 %.3f ms, p99 %.3f ms, %d errors, load average %.2f "
+          "before (perf's counting costs a little)" % (
+              " ".join(bench), report["steps_per_second"], report["latency_us"]["p50"] / 1e3,
+              report["latency_us"]["p99"] / 1e3, report["errors"], run.load))
+    for side, path in (("server", run.server_data), ("client", run.client_data)):
         counts = syscall_counts(path, completed)
         print("%s system calls per chunk: %s" % (side, ", ".join(
             "%s %.2f" % (name, counts.get(name, 0.0)) for name in SYSCALLS)))
     hz = os.sysconf("SC_CLK_TCK")
+    before, after = run.ticks_before, run.ticks_after
     busy = {name: (after[name] - before.get(name, 0)) * 1e6 / hz / completed
             for name in after if after[name] > before.get(name, 0)}
     print("server CPU per chunk by thread (us, %d-tick resolution): %s" % (hz, ", ".join(
