@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <climits>
 #include <exception>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -83,18 +84,17 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
     return absl::InvalidArgumentError(
         absl::StrCat("--step_batch_max must be in [1, 4096], got ", o.step_batch_max));
   }
-  if (absl::StartsWith(o.address, "unix:") || absl::StartsWith(o.address, "unix-abstract:")) {
+  if (const std::optional<std::string> path = UnixSocketPath(o.address)) {
     // gRPC would take "unix:" without a path for a TCP host named "unix",
     // and cuts nothing: say what is wrong before it does something else.
-    const std::string path = UnixSocketPath(o.address);
-    if (path.empty() || path == absl::string_view("\0", 1)) {
+    if (path->empty() || *path == absl::string_view("\0", 1)) {
       return absl::InvalidArgumentError(absl::StrCat(
           "--address=", Echo(o.address), " names no socket path (e.g. unix:/run/ssm/ssm.sock)"));
     }
-    if (path.size() > kMaxUnixSocketPath) {
+    if (path->size() > kMaxUnixSocketPath) {
       return absl::InvalidArgumentError(absl::StrCat("--address: a Unix socket's path is at most ",
                                                      kMaxUnixSocketPath, " bytes, got ",
-                                                     path.size(), " (", Echo(path), ")"));
+                                                     path->size(), " (", Echo(*path), ")"));
     }
   }
   if (o.session_ttl <= absl::ZeroDuration()) {
@@ -146,17 +146,17 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
   return absl::OkStatus();
 }
 
-std::string UnixSocketPath(absl::string_view address) {
+std::optional<std::string> UnixSocketPath(absl::string_view address) {
   if (absl::ConsumePrefix(&address, "unix-abstract:")) {
     return absl::StrCat(absl::string_view("\0", 1), address);
   }
   if (absl::ConsumePrefix(&address, "unix://")) return std::string(address);
   if (absl::ConsumePrefix(&address, "unix:")) return std::string(address);
-  return "";
+  return std::nullopt;
 }
 
 bool IsLoopback(absl::string_view address) {
-  if (!UnixSocketPath(address).empty()) return true;
+  if (UnixSocketPath(address).has_value()) return true;
   const absl::string_view host = address.substr(0, address.rfind(':'));
   return host == "127.0.0.1" || host == "localhost" || host == "[::1]" ||
          absl::StartsWith(host, "127.");
@@ -438,7 +438,7 @@ absl::StatusOr<std::unique_ptr<SsmServer>> SsmServer::Start(ServerOptions option
 
   ConnectionGuard::Options guard;
   guard.port = self->port_;
-  guard.unix_path = UnixSocketPath(o.address);
+  guard.unix_path = UnixSocketPath(o.address).value_or("");
   guard.max_connections = o.max_connections;
   self->connections_ = std::make_unique<ConnectionGuard>(guard);
 

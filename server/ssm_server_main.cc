@@ -339,7 +339,7 @@ int main(int argc, char** argv) {
   // With port 0 in --address the system chose one: show the real one. (A
   // Unix-domain socket has no port; gRPC reports 1 for it.)
   const std::string bound =
-      ssm::server::UnixSocketPath(options.address).empty()
+      !ssm::server::UnixSocketPath(options.address).has_value()
           ? absl::StrCat(options.address.substr(0, options.address.rfind(':')), ":",
                          (*server)->port())
           : options.address;

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -160,8 +161,9 @@ TEST(UnixSocketAddressTest, PathsAreReadAsGrpcSpellsThem) {
   EXPECT_EQ(UnixSocketPath("unix:///run/ssm.sock"), "/run/ssm.sock");
   EXPECT_EQ(UnixSocketPath("unix:relative.sock"), "relative.sock");
   EXPECT_EQ(UnixSocketPath("unix-abstract:ssm"), std::string("\0ssm", 4));
-  EXPECT_EQ(UnixSocketPath("127.0.0.1:50051"), "");
-  EXPECT_EQ(UnixSocketPath("unixhost:50051"), "");
+  EXPECT_EQ(UnixSocketPath("unix:"), "");  // no path: refused by ValidateServerOptions
+  EXPECT_EQ(UnixSocketPath("127.0.0.1:50051"), std::nullopt);
+  EXPECT_EQ(UnixSocketPath("unixhost:50051"), std::nullopt);
   EXPECT_TRUE(IsLoopback("unix:/run/ssm.sock"));
   EXPECT_TRUE(IsLoopback("unix-abstract:ssm"));
   EXPECT_FALSE(IsLoopback("0.0.0.0:50051"));
